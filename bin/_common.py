@@ -1,0 +1,52 @@
+"""Shared flag definitions for the bin/ scripts (flags -> frozen dataclasses).
+
+Library code never reads flags: each script turns its flags into the dataclasses below
+and passes them down.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tfgmvae.audio import AudioConfig  # pylint: disable=wrong-import-position
+
+
+def define_audio_flags():
+  """Flags of the audio front end; unset flags keep the preset's value."""
+  flags.DEFINE_enum("audio_preset", "paper", ["paper", "authors"],
+                    "paper: SPEC section 1 (hop 256, 43 frames); authors: the authors' "
+                    "released code (hop 512, 0.2 s offset, 21 frames, eps floor).")
+  flags.DEFINE_integer("sample_rate", None, "Resampling rate in Hz.")
+  flags.DEFINE_integer("n_fft", None, "STFT window/FFT length in samples.")
+  flags.DEFINE_integer("hop_length", None, "STFT hop in samples.")
+  flags.DEFINE_integer("n_mels", None, "Number of mel bands.")
+  flags.DEFINE_float("fmin", None, "Lowest mel frequency in Hz.")
+  flags.DEFINE_float("fmax", None, "Highest mel frequency in Hz.")
+  flags.DEFINE_float("offset", None, "Seconds skipped at the start of each note.")
+  flags.DEFINE_float("duration", None, "Seconds analysed per note.")
+  flags.DEFINE_integer("n_frames", None, "STFT frames kept per note.")
+  flags.DEFINE_float("log_floor", None, "Floor added to the mel power before the log.")
+  flags.DEFINE_float("silence_threshold", None,
+                     "Peak amplitude under which a note's segment counts as silent.")
+
+
+_AUDIO_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "offset",
+                 "duration", "n_frames", "log_floor", "silence_threshold")
+
+
+def audio_config(values) -> AudioConfig:
+  """AudioConfig from parsed flag values; a bad combination exits with a usage error."""
+  base = AudioConfig.authors() if values.audio_preset == "authors" else AudioConfig()
+  changes = {k: getattr(values, k) for k in _AUDIO_FIELDS if getattr(values, k) is not None}
+  fields = base.to_dict() | changes
+  try:
+    return AudioConfig(**fields)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from e

@@ -1,0 +1,112 @@
+"""Decoding audio files into mono float32 waveforms.
+
+One decoder, libsndfile through `soundfile`, reads wav (8/16/24/32-bit integer and float),
+flac, ogg/vorbis and mp3. Paths may be local files or any URL a TensorFlow file system
+understands (gs://, and s3:// or http(s):// once `tensorflow_io` is imported); those are
+read through `tf.io.gfile`.
+"""
+
+import io as _io
+import os
+
+import numpy as np
+import soundfile
+
+SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class AudioDecodeError(ValueError):
+  """A file could not be turned into a usable waveform. The message names the file."""
+
+
+def _is_url(path: str) -> bool:
+  return "://" in path
+
+
+def _open(path: str) -> soundfile.SoundFile:
+  """Opens `path` with libsndfile, raising AudioDecodeError that names the file."""
+  try:
+    if _is_url(path):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+      if not data:
+        raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
+      return soundfile.SoundFile(_io.BytesIO(data))
+    if not os.path.exists(path):
+      raise AudioDecodeError(f"{path}: no such file.")
+    if os.path.isdir(path):
+      raise AudioDecodeError(f"{path}: is a directory; expected an audio file.")
+    if os.path.getsize(path) == 0:
+      raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
+    return soundfile.SoundFile(path)
+  except AudioDecodeError:
+    raise
+  except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError) as e:
+    raise AudioDecodeError(
+        f"{path}: cannot be decoded as audio (expected wav, flac, ogg or mp3): {e}") from e
+
+
+def read(path: str, offset: float = 0.0, duration: float | None = None,
+         margin: float = 0.0) -> tuple[np.ndarray, int]:
+  """Decodes part of an audio file at its own sample rate, mixed down to mono.
+
+  Args:
+    path: File path or TensorFlow file-system URL.
+    offset: Seconds to skip at the start.
+    duration: Seconds to read after `offset`; `None` reads to the end.
+    margin: Extra seconds read after `offset + duration` (for a resampler's context).
+
+  Returns:
+    (waveform, sample_rate): float32 [n] in [-1, 1] and the file's rate in Hz. The
+    waveform may be shorter than asked when the file is.
+
+  Raises:
+    AudioDecodeError: the file is missing, empty, not decodable, has no samples, or holds
+      NaN or infinite samples. The message names the file.
+  """
+  with _open(path) as f:
+    rate = int(f.samplerate)
+    if rate <= 0:
+      raise AudioDecodeError(f"{path}: invalid sample rate {rate} Hz in the header.")
+    if f.frames == 0:
+      raise AudioDecodeError(f"{path}: holds no audio samples (0 frames).")
+    start = int(round(offset * rate))
+    if f.frames > 0 and start >= f.frames:
+      raise AudioDecodeError(
+          f"{path}: is {f.frames / rate:.3f} s long, shorter than the offset "
+          f"{offset} s; expected the note to start before the offset.")
+    frames = -1 if duration is None else int(np.ceil((duration + margin) * rate))
+    try:
+      if start:
+        f.seek(start)
+      data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as e:
+      raise AudioDecodeError(f"{path}: decoding failed part-way: {e}") from e
+  if data.shape[0] == 0:
+    raise AudioDecodeError(f"{path}: holds no audio samples after offset {offset} s.")
+  wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+  if not np.all(np.isfinite(wave)):
+    bad = int(np.count_nonzero(~np.isfinite(wave)))
+    raise AudioDecodeError(
+        f"{path}: holds {bad} NaN or infinite samples; expected finite audio.")
+  return np.ascontiguousarray(wave, dtype=np.float32), rate
+
+
+def write_wav(path: str, waveform: np.ndarray, sample_rate: int,
+              overwrite: bool = False) -> None:
+  """Writes a mono float waveform as 16-bit PCM WAV.
+
+  Args:
+    path: Output path; its folder must exist.
+    waveform: float [n], clipped to [-1, 1].
+    sample_rate: Rate in Hz.
+    overwrite: Replace an existing file; otherwise an existing file is an error.
+
+  Raises:
+    FileExistsError: `path` exists and `overwrite` is false.
+  """
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; refusing to overwrite it.")
+  soundfile.write(path, np.clip(np.asarray(waveform, np.float32), -1.0, 1.0),
+                  int(sample_rate), subtype="PCM_16")

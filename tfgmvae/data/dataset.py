@@ -1,0 +1,142 @@
+"""The training and evaluation input pipeline over a prepared dataset.
+
+Elements are dicts:
+
+* `mel`: float32 [batch, frames, n_mels], normalised to the training range ([-1, 1] on
+  the training split); or, with `output='audio'`, `audio`: float32 [batch, samples], the
+  22,050 Hz segments, for the model to turn into mel on its own device
+  (`PreparedFeatures`);
+* `pitch`: int32 index into `prepared.pitches`;
+* `instrument`: int32 index into `prepared.instruments`;
+* `labelled`: bool, whether the instrument label may be used (semi-supervised mask);
+* `key`: string id of the note.
+
+On a CPU-only machine the log-mel is computed once in the pipeline and cached; with an
+accelerator, `output='audio'` caches the (same-sized) segments and the log-mel runs on the
+accelerator inside the model's step.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfgmvae import audio
+from tfgmvae.data import pipeline
+from tfgmvae.data.prepare import Prepared, PrepareError, TRAIN, VALIDATION
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """How batches are made.
+
+  Attributes:
+    batch_size: Notes per batch.
+    shuffle: Shuffle every epoch (training).
+    seed: Shuffle seed.
+    label_fraction: Share of each instrument's training labels kept (N).
+    cache: 'memory', a file path prefix, or '' for no cache.
+    output: 'mel' (log-mel computed in the pipeline) or 'audio' (segments).
+    drop_remainder: Drop the last partial batch.
+    repeat: Repeat forever (steps then come from the caller).
+  """
+  batch_size: int = 128
+  shuffle: bool = True
+  seed: int = 0
+  label_fraction: float = 1.0
+  cache: str = "memory"
+  output: str = "mel"
+  drop_remainder: bool = False
+  repeat: bool = False
+
+  def __post_init__(self):
+    if self.batch_size <= 0:
+      raise ValueError(f"batch_size={self.batch_size}: expected a positive integer.")
+    if not 0.0 <= self.label_fraction <= 1.0:
+      raise ValueError(f"label_fraction={self.label_fraction}: expected a number in [0, 1].")
+    if self.output not in ("mel", "audio"):
+      raise ValueError(f"output={self.output!r}: expected 'mel' or 'audio'.")
+
+
+def default_output() -> str:
+  """'audio' (mel on the accelerator) when a GPU or TPU is visible, else 'mel'."""
+  accel = tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")
+  return "audio" if accel else "mel"
+
+
+class PreparedFeatures:
+  """Segments -> normalised log-mel with a prepared dataset's constants (pure TF ops)."""
+
+  def __init__(self, prepared: Prepared):
+    self.config = prepared.audio
+    self.lo, self.hi = prepared.log_mel_min, prepared.log_mel_max
+
+  def __call__(self, segments) -> tf.Tensor:
+    return audio.normalise(audio.log_mel(segments, self.config), self.lo, self.hi)
+
+
+def _lookup(keys, values, default):
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values)), default)
+
+
+def make_dataset(prepared: Prepared, split: str,
+                 config: PipelineConfig = PipelineConfig()) -> tf.data.Dataset:
+  """Batches of one split of a prepared dataset (see the module docstring).
+
+  Raises:
+    PrepareError: unknown split, or the split is empty.
+  """
+  if split not in (TRAIN, VALIDATION):
+    raise PrepareError(f"split {split!r}: expected '{TRAIN}' or '{VALIDATION}'.")
+  rows = prepared.index(split)
+  if not rows:
+    raise PrepareError(f"{prepared.directory}: the {split} split is empty.")
+  quota = prepared.labelled_quota(config.label_fraction)
+  inst_id = {name: i for i, name in enumerate(prepared.instruments)}
+  pitch_id = {p: i for i, p in enumerate(prepared.pitches)}
+  acfg = prepared.audio
+
+  def labelled(row):
+    return split != TRAIN or row["label_rank"] < quota[row["instrument"]]
+
+  if prepared.source["dataset"] == "nsynth":
+    keys = [r["key"] for r in rows]
+    tables = {
+        "instrument": _lookup(keys, [inst_id[r["instrument"]] for r in rows], -1),
+        "pitch": _lookup(keys, [pitch_id[r["pitch"]] for r in rows], -1),
+        "labelled": _lookup(keys, [int(labelled(r)) for r in rows], 0),
+    }
+    ds = pipeline.nsynth_records(prepared.source["files"],
+                                 prepared.source["instrument_field"], acfg)
+    ds = ds.filter(lambda e: tables["pitch"].lookup(e["key"]) >= 0)
+    ds = ds.map(lambda e: {"key": e["key"], "segment": e["segment"], "error": e["error"],
+                           "instrument": tables["instrument"].lookup(e["key"]),
+                           "pitch": tables["pitch"].lookup(e["key"]),
+                           "labelled": tables["labelled"].lookup(e["key"]) > 0})
+  else:
+    labels = tf.data.Dataset.from_tensor_slices({
+        "key": [r["key"] for r in rows],
+        "instrument": tf.constant([inst_id[r["instrument"]] for r in rows], tf.int32),
+        "pitch": tf.constant([pitch_id[r["pitch"]] for r in rows], tf.int32),
+        "labelled": [labelled(r) for r in rows],
+    })
+    segments = pipeline.file_segments([r["path"] for r in rows], acfg)
+    ds = tf.data.Dataset.zip(labels, segments).map(lambda a, b: a | b)
+  ds = ds.map(pipeline.raise_on_error)
+  if config.output == "mel":
+    ds = pipeline.with_log_mel(ds, acfg)
+    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "log_mel"} | {
+        "mel": audio.normalise(e["log_mel"], prepared.log_mel_min, prepared.log_mel_max)})
+  else:
+    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "segment"} | {
+        "audio": e["segment"]})
+  if config.cache == "memory":
+    ds = ds.cache()
+  elif config.cache:
+    ds = ds.cache(config.cache)
+  if config.shuffle:
+    ds = ds.shuffle(min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True)
+  if config.repeat:
+    ds = ds.repeat()
+  ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+  return ds.prefetch(pipeline.AUTOTUNE)

@@ -1,0 +1,343 @@
+"""Preparation shared by every source: split, vocabularies, normalisation, label ranks.
+
+`prepare()` decodes every note once (so every bad file is found before training starts),
+splits 90/10 stratified by instrument with a seed, builds the instrument and pitch
+vocabularies from the training split, and takes the training split's log-mel min and
+max. It writes into a new folder:
+
+* `prepared.json`: settings, vocabularies, normalisation constants, counts;
+* `index.csv`: one row per usable note (key, path, instrument, pitch, split, label_rank);
+* `skipped.csv`: only with `on_bad_file='skip'`: every note left out and why.
+
+`label_rank` orders each instrument's training notes by a seeded shuffle; a run that
+keeps a fraction N of instrument labels keeps those with rank < round(N * count), so the
+labelled notes follow the data's instrument distribution.
+"""
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.audio import AudioConfig, PAPER
+from tfgmvae.data import pipeline
+from tfgmvae.data.sources import (FileSource, Note, NSynthSource, Problem, SourceError,
+                                  open_source)
+
+FORMAT_VERSION = 1
+JSON_NAME = "prepared.json"
+INDEX_NAME = "index.csv"
+SKIPPED_NAME = "skipped.csv"
+INDEX_FIELDS = ("key", "path", "instrument", "pitch", "split", "label_rank")
+TRAIN, VALIDATION = "train", "validation"
+
+
+class PrepareError(ValueError):
+  """The data cannot be prepared as asked; the message says which notes and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+  """What `prepare` does.
+
+  Attributes:
+    dataset: Source name (csv, rendered, tinysol, nsynth).
+    data_path: Where the source is.
+    out_dir: New folder for the prepared files; must not exist or be empty.
+    audio: Front-end settings.
+    validation_fraction: Share of each instrument's notes held out.
+    seed: Seed of the split and of the label ranks.
+    on_bad_file: 'error' stops on any unusable note, listing all of them; 'skip' leaves
+      them out and reports each in skipped.csv.
+    nsynth_instrument_field: NSynth feature used as the instrument label.
+  """
+  dataset: str
+  data_path: str
+  out_dir: str
+  audio: AudioConfig = PAPER
+  validation_fraction: float = 0.1
+  seed: int = 0
+  on_bad_file: str = "error"
+  nsynth_instrument_field: str = "instrument_family_str"
+
+  def __post_init__(self):
+    if not 0.0 < self.validation_fraction < 1.0:
+      raise ValueError(f"validation_fraction={self.validation_fraction}: expected a "
+                       "number strictly between 0 and 1.")
+    if self.on_bad_file not in ("error", "skip"):
+      raise ValueError(f"on_bad_file={self.on_bad_file!r}: expected 'error' or 'skip'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A prepared dataset, as read back from its folder."""
+  directory: str
+  source: dict
+  audio: AudioConfig
+  instruments: tuple[str, ...]
+  pitches: tuple[int, ...]
+  log_mel_min: float
+  log_mel_max: float
+  seed: int
+  validation_fraction: float
+  counts: dict
+
+  @property
+  def num_instruments(self) -> int:
+    return len(self.instruments)
+
+  @property
+  def num_pitches(self) -> int:
+    return len(self.pitches)
+
+  def index(self, split: str | None = None) -> list[dict]:
+    """Rows of index.csv (typed), optionally of one split."""
+    with open(os.path.join(self.directory, INDEX_NAME), newline="", encoding="utf-8") as f:
+      rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+      if split is None or r["split"] == split:
+        r["pitch"] = int(r["pitch"])
+        r["label_rank"] = int(r["label_rank"])
+        out.append(r)
+    return out
+
+  def labelled_quota(self, fraction: float) -> dict[str, int]:
+    """Labelled training notes per instrument when keeping `fraction` of the labels."""
+    if not 0.0 <= fraction <= 1.0:
+      raise ValueError(f"label fraction {fraction}: expected a number in [0, 1].")
+    return {k: int(round(fraction * n)) for k, n in self.counts[TRAIN].items()}
+
+  @classmethod
+  def load(cls, directory: str) -> "Prepared":
+    """Reads `directory`/prepared.json and checks index.csv against its checksum.
+
+    Raises:
+      PrepareError: missing files, another format version, or an index that changed.
+    """
+    path = os.path.join(directory, JSON_NAME)
+    if not os.path.isfile(path):
+      raise PrepareError(f"{path}: not found; expected a folder written by "
+                         "bin/prepare_dataset.")
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+      raise PrepareError(f"{path}: format_version {meta.get('format_version')} but this "
+                         f"tfgmvae reads {FORMAT_VERSION}; prepare the data again.")
+    index_path = os.path.join(directory, INDEX_NAME)
+    if not os.path.isfile(index_path) or _sha256(index_path) != meta["index_sha256"]:
+      raise PrepareError(f"{index_path}: missing or changed since {path} was written; "
+                         "prepare the data again into a new folder.")
+    return cls(directory=directory, source=meta["source"],
+               audio=AudioConfig.from_dict(meta["audio"]),
+               instruments=tuple(meta["instruments"]), pitches=tuple(meta["pitches"]),
+               log_mel_min=float(meta["log_mel_min"]),
+               log_mel_max=float(meta["log_mel_max"]), seed=int(meta["seed"]),
+               validation_fraction=float(meta["validation_fraction"]),
+               counts=meta["counts"])
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _rank_key(seed: int, salt: str, key: str) -> str:
+  return hashlib.sha256(f"{seed}:{salt}:{key}".encode()).hexdigest()
+
+
+def stratified_split(notes: list[Note], fraction: float, seed: int):
+  """Seeded split stratified by instrument that never strands a pitch in validation.
+
+  Each instrument with n notes gives max(1, round(fraction * n)) notes to validation, in
+  a seeded order, passing over any note whose pitch would then be left with no training
+  note (so the training pitch vocabulary covers the validation split).
+
+  Returns:
+    (split by key, problems): problems for instruments with fewer than 2 notes.
+  """
+  by_instrument = collections.defaultdict(list)
+  for n in notes:
+    by_instrument[n.instrument].append(n)
+  problems = []
+  train_per_pitch = collections.Counter(n.pitch for n in notes)
+  split = {}
+  for instrument in sorted(by_instrument):
+    group = sorted(by_instrument[instrument], key=lambda n: _rank_key(seed, "split", n.key))
+    if len(group) < 2:
+      problems.extend(Problem(n.key, f"instrument {instrument!r} has only {len(group)} "
+                              "note; a stratified split needs at least 2 (one for "
+                              "training, one for validation)", n.key) for n in group)
+      continue
+    quota = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
+    taken = 0
+    for n in group:
+      if taken < quota and train_per_pitch[n.pitch] > 1:
+        split[n.key] = VALIDATION
+        train_per_pitch[n.pitch] -= 1
+        taken += 1
+      else:
+        split[n.key] = TRAIN
+  return split, problems
+
+
+def label_ranks(notes: list[Note], split: dict[str, str], seed: int) -> dict[str, int]:
+  """Seeded rank of each training note within its instrument (-1 for validation)."""
+  ranks = {}
+  by_instrument = collections.defaultdict(list)
+  for n in notes:
+    if split[n.key] == TRAIN:
+      by_instrument[n.instrument].append(n)
+    else:
+      ranks[n.key] = -1
+  for group in by_instrument.values():
+    for rank, n in enumerate(sorted(group, key=lambda n: _rank_key(seed, "label", n.key))):
+      ranks[n.key] = rank
+  return ranks
+
+
+def _scan(source, config: PrepareConfig, log=print):
+  """Decodes every note once: (notes, per-note log-mel (min, max), problems)."""
+  if isinstance(source, FileSource):
+    notes = list(source.notes)
+    ds = pipeline.file_segments([n.path for n in notes], config.audio)
+  else:
+    ds = pipeline.nsynth_records(source.files, source.instrument_field, config.audio)
+    notes = None
+  ds = pipeline.with_log_mel(ds, config.audio)
+  ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "log_mel"} | {
+      "lo": tf.reduce_min(e["log_mel"]), "hi": tf.reduce_max(e["log_mel"])},
+              num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
+  stats, problems, scanned, seen = {}, [], [], {}
+  start, count = time.time(), 0
+  for i, elem in enumerate(ds.as_numpy_iterator()):
+    if notes is not None:
+      note = notes[i]
+    else:
+      key = elem["key"].decode()
+      note = Note(key, "", elem["instrument"].decode(), int(elem["pitch"]))
+      if key in seen:
+        problems.append(Problem(key, f"duplicate NSynth note_str (first seen as record "
+                                     f"{seen[key] + 1})", key))
+        continue
+      seen[key] = i
+    count += 1
+    if count % 5000 == 0:
+      log(f"  scanned {count} notes ({count / (time.time() - start):.0f}/s)")
+    error = elem["error"].decode()
+    if error:
+      problems.append(Problem(note.key, error, note.key))
+      continue
+    if not note.instrument:
+      problems.append(Problem(note.key, "empty instrument label", note.key))
+      continue
+    scanned.append(note)
+    stats[note.key] = (float(elem["lo"]), float(elem["hi"]))
+  return scanned, stats, problems
+
+
+def _report(problems: list[Problem], limit: int = 25) -> str:
+  lines = [f"  - {p}" for p in problems[:limit]]
+  if len(problems) > limit:
+    lines.append(f"  ... and {len(problems) - limit} more")
+  return "\n".join(lines)
+
+
+def _check_out_dir(out_dir: str):
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    raise PrepareError(f"--out_dir={out_dir} already exists and is not empty; prepared "
+                       "data is never overwritten. Choose a new folder or delete it.")
+
+
+def prepare(config: PrepareConfig, log=print) -> Prepared:
+  """Prepares `config.dataset` into `config.out_dir` (see the module docstring).
+
+  Raises:
+    PrepareError: out_dir is not new, or notes are unusable and on_bad_file='error'
+      (the message lists them: file or row, and what was expected).
+    SourceError: the source itself cannot be read.
+  """
+  _check_out_dir(config.out_dir)
+  source = open_source(config.dataset, config.data_path, config.nsynth_instrument_field)
+  problems = list(getattr(source, "problems", ()))
+  log(f"Decoding every note of {config.dataset} at {config.data_path} ...")
+  notes, stats, decode_problems = _scan(source, config, log)
+  problems += decode_problems
+  split, split_problems = stratified_split(notes, config.validation_fraction, config.seed)
+  problems += split_problems
+  if problems and config.on_bad_file == "error":
+    raise PrepareError(
+        f"{len(problems)} note(s) of {config.data_path} cannot be used:\n"
+        f"{_report(problems)}\nFix them, or pass --on_bad_file=skip to leave them out "
+        "(each is then listed in skipped.csv).")
+  notes = [n for n in notes if n.key in split]
+  if not notes:
+    raise PrepareError(f"{config.data_path}: no usable notes left.")
+  ranks = label_ranks(notes, split, config.seed)
+  train = [n for n in notes if split[n.key] == TRAIN]
+  lo = min(stats[n.key][0] for n in train)
+  hi = max(stats[n.key][1] for n in train)
+  if not hi > lo:
+    raise PrepareError(f"{config.data_path}: the training log-mels are constant ({lo}); "
+                       "cannot normalise.")
+  counts = {s: dict(sorted(collections.Counter(
+      n.instrument for n in notes if split[n.key] == s).items())) for s in (TRAIN, VALIDATION)}
+  parent = os.path.dirname(os.path.abspath(config.out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+  try:
+    index_path = os.path.join(tmp, INDEX_NAME)
+    with open(index_path, "w", newline="", encoding="utf-8") as f:
+      w = csv.writer(f)
+      w.writerow(INDEX_FIELDS)
+      for n in sorted(notes, key=lambda n: n.key):
+        w.writerow([n.key, n.path, n.instrument, n.pitch, split[n.key], ranks[n.key]])
+    if problems:
+      with open(os.path.join(tmp, SKIPPED_NAME), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(("key", "where", "reason"))
+        for p in problems:
+          w.writerow((p.key, p.where, p.message))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "source": source.describe(),
+        "audio": config.audio.to_dict(),
+        "seed": config.seed,
+        "validation_fraction": config.validation_fraction,
+        "instruments": sorted(counts[TRAIN]),
+        "pitches": sorted({n.pitch for n in train}),
+        "log_mel_min": lo,
+        "log_mel_max": hi,
+        "counts": counts,
+        "num_train": len(train),
+        "num_validation": len(notes) - len(train),
+        "num_skipped": len(problems),
+        "index_sha256": _sha256(index_path),
+    }
+    with open(os.path.join(tmp, JSON_NAME), "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=2)
+      f.write("\n")
+    _check_out_dir(config.out_dir)
+    if os.path.isdir(config.out_dir):
+      os.rmdir(config.out_dir)   # empty, checked above
+    os.rename(tmp, config.out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  for p in problems:
+    log(f"skipped {p}")
+  log(f"Prepared {len(train)} training and {len(notes) - len(train)} validation notes, "
+      f"{len(counts[TRAIN])} instruments, {len(meta['pitches'])} pitches, log-mel range "
+      f"[{lo:.3f}, {hi:.3f}] -> {config.out_dir}")
+  return Prepared.load(config.out_dir)

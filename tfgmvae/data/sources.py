@@ -1,0 +1,243 @@
+"""Where notes come from: a folder plus a CSV, TinySOL, NSynth TFRecords.
+
+Each source lists its notes as `Note` records (a unique key, instrument name, MIDI pitch,
+and a file path for file-based sources). Row-level problems (a missing file, an unknown
+note name, a duplicate row) are collected as `Problem`s that name the row, so the caller
+can stop with all of them at once or, when the user asked for it, skip and report them.
+Structural problems (no CSV, missing columns) raise `SourceError` at once.
+"""
+
+import csv
+import dataclasses
+import glob
+import os
+
+from tfgmvae.data.labels import parse_pitch
+
+DATASETS = ("csv", "tinysol", "nsynth", "rendered")
+NSYNTH_INSTRUMENT_FIELDS = ("instrument_family_str", "instrument_str",
+                            "instrument_source_str")
+
+
+class SourceError(ValueError):
+  """The dataset itself cannot be read; the message names the file and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+  """One labelled note.
+
+  Attributes:
+    key: Unique id: the path as written in the CSV, or NSynth's `note_str`.
+    path: Absolute audio path, or "" for notes stored inside TFRecords.
+    instrument: Instrument name.
+    pitch: MIDI pitch.
+  """
+  key: str
+  path: str
+  instrument: str
+  pitch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """A note that cannot be used: where it is (file, row) and what is wrong."""
+  where: str
+  message: str
+  key: str = ""
+
+  def __str__(self):
+    return f"{self.where}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+  """Notes stored as audio files, listed in a CSV."""
+  name: str
+  csv_path: str
+  notes: tuple[Note, ...]
+  problems: tuple[Problem, ...]
+
+  kind = "files"
+
+  def describe(self) -> dict:
+    return {"dataset": self.name, "csv": os.path.abspath(self.csv_path),
+            "notes": len(self.notes)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NSynthSource:
+  """NSynth TFRecord files (16 kHz `audio` float list plus label features).
+
+  Notes are streamed from the files; only their labels are ever held in memory.
+  """
+  files: tuple[str, ...]
+  instrument_field: str = "instrument_family_str"
+
+  name = "nsynth"
+  kind = "tfrecord"
+
+  def describe(self) -> dict:
+    return {"dataset": self.name, "files": list(self.files),
+            "instrument_field": self.instrument_field}
+
+
+def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], list[str]]:
+  if not os.path.isfile(csv_path):
+    raise SourceError(f"{csv_path}: no such CSV file (expected a label file with columns "
+                      f"{', '.join(required)}).")
+  with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+      raise SourceError(
+          f"{csv_path}: missing column(s) {', '.join(missing)}; the header is "
+          f"{','.join(header) if header else '(empty)'}; expected at least "
+          f"{','.join(required)}.")
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+  if not rows:
+    raise SourceError(f"{csv_path}: has a header but no rows; expected one row per note.")
+  return rows, header
+
+
+def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_col: str,
+                     pitch_col: str, audio_root: str,
+                     pitch_fallback_col: str | None = None):
+  notes, problems, seen = [], [], {}
+  for i, row in enumerate(rows):
+    where = f"{csv_path} row {i + 1} (line {i + 2})"
+    rel, instrument = row.get(path_col, ""), row.get(instrument_col, "")
+    if not rel:
+      problems.append(Problem(where, f"empty '{path_col}'; expected an audio file path"))
+      continue
+    if not instrument:
+      problems.append(Problem(where, f"{rel}: empty '{instrument_col}'; expected an "
+                                     "instrument name", rel))
+      continue
+    raw_pitch = row.get(pitch_col, "")
+    if not raw_pitch and pitch_fallback_col:
+      raw_pitch = row.get(pitch_fallback_col, "")
+    try:
+      pitch = parse_pitch(raw_pitch)
+    except ValueError as e:
+      problems.append(Problem(where, f"{rel}: {e}", rel))
+      continue
+    if rel in seen:
+      problems.append(Problem(where, f"{rel}: duplicate of row {seen[rel] + 1}; expected "
+                                     "each note once", rel))
+      continue
+    seen[rel] = i
+    path = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(audio_root, rel))
+    if not os.path.isfile(path):
+      problems.append(Problem(where, f"{rel}: audio file {path} does not exist", rel))
+      continue
+    notes.append(Note(rel, path, instrument, pitch))
+  return notes, problems
+
+
+def read_csv_source(csv_path: str, name: str = "csv", path_column: str = "path",
+                    instrument_column: str = "instrument",
+                    pitch_column: str = "pitch") -> FileSource:
+  """Notes from a CSV `path,instrument,pitch` (paths relative to the CSV).
+
+  Pitch is a MIDI number or a note name like `C#4`; extra columns are ignored.
+
+  Raises:
+    SourceError: the CSV is missing, empty, or lacks a required column.
+  """
+  rows, _ = _read_rows(csv_path, (path_column, instrument_column, pitch_column))
+  notes, problems = _notes_from_rows(csv_path, rows, path_column, instrument_column,
+                                     pitch_column, os.path.dirname(os.path.abspath(csv_path)))
+  return FileSource(name, csv_path, tuple(notes), tuple(problems))
+
+
+def _tinysol_paths(root: str) -> tuple[str, str]:
+  """(metadata csv, audio root) of a TinySOL download under `root`."""
+  candidates = [os.path.join(root, "TinySOL_metadata.csv"),
+                os.path.join(root, "annotation", "TinySOL_metadata.csv")]
+  meta = next((c for c in candidates if os.path.isfile(c)), None)
+  if meta is None:
+    raise SourceError(f"{root}: no TinySOL_metadata.csv found (looked at "
+                      f"{', '.join(candidates)}); expected TinySOL's metadata CSV.")
+  with open(meta, newline="", encoding="utf-8-sig") as f:
+    first = next(csv.DictReader(f), None)
+  rel = (first or {}).get("Path", "").strip()
+  roots = [root, os.path.join(root, "TinySOL"), os.path.join(root, "audio"),
+           os.path.join(root, "audio", "TinySOL")]
+  for audio_root in roots:
+    if rel and os.path.isfile(os.path.join(audio_root, rel)):
+      return meta, audio_root
+  raise SourceError(f"{root}: cannot find TinySOL's audio (the first row's file {rel!r} "
+                    f"is in none of {', '.join(roots)}); expected the extracted "
+                    "TinySOL.tar.gz next to the metadata.")
+
+
+def read_tinysol(root: str) -> FileSource:
+  """Notes of TinySOL (its own folder layout and `TinySOL_metadata.csv`).
+
+  The instrument is the abbreviation column ('Instrument (abbr.)' or 'Instrument'), the
+  pitch 'Pitch ID' (MIDI) or else 'Pitch' (note name).
+  """
+  meta, audio_root = _tinysol_paths(root)
+  with open(meta, newline="", encoding="utf-8-sig") as f:
+    header = [h.strip() for h in (csv.DictReader(f).fieldnames or [])]
+  instrument_col = next((c for c in ("Instrument (abbr.)", "Instrument") if c in header),
+                        "Instrument (abbr.)")
+  pitch_col = "Pitch ID" if "Pitch ID" in header else "Pitch"
+  rows, _ = _read_rows(meta, ("Path", instrument_col, pitch_col))
+  notes, problems = _notes_from_rows(meta, rows, "Path", instrument_col, pitch_col,
+                                     audio_root, pitch_fallback_col="Pitch")
+  return FileSource("tinysol", meta, tuple(notes), tuple(problems))
+
+
+def find_nsynth_files(data_path: str) -> tuple[str, ...]:
+  """TFRecord files named by `data_path`: one file, a glob, or a folder of *.tfrecord*."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.isdir(data_path):
+    files = sorted(tf.io.gfile.glob(os.path.join(data_path, "*.tfrecord*")))
+  elif any(ch in data_path for ch in "*?["):
+    files = sorted(tf.io.gfile.glob(data_path))
+  elif tf.io.gfile.exists(data_path):
+    files = [data_path]
+  else:
+    files = []
+  if not files:
+    raise SourceError(f"{data_path}: no NSynth TFRecord files found (expected a .tfrecord "
+                      "file, a glob, or a folder holding nsynth-*.tfrecord).")
+  return tuple(files)
+
+
+def open_source(dataset: str, data_path: str,
+                nsynth_instrument_field: str = "instrument_family_str"):
+  """The source named by `--dataset` and `--data_path`.
+
+  Args:
+    dataset: One of `DATASETS`. `csv` takes the CSV file (or a folder holding
+      labels.csv); `rendered` is a folder written by bin/make_dataset; `tinysol` the
+      folder holding TinySOL; `nsynth` a TFRecord file, glob or folder.
+    data_path: Where the data is.
+    nsynth_instrument_field: NSynth feature used as the instrument label.
+
+  Returns:
+    A FileSource or NSynthSource.
+
+  Raises:
+    SourceError: unknown dataset name, or the data cannot be found or read.
+  """
+  if dataset in ("csv", "rendered"):
+    path = data_path
+    if os.path.isdir(path):
+      path = os.path.join(path, "labels.csv")
+    return read_csv_source(path, name=dataset)
+  if dataset == "tinysol":
+    if not os.path.isdir(data_path):
+      raise SourceError(f"--data_path={data_path}: not a folder; expected the folder "
+                        "holding TinySOL_metadata.csv and TinySOL's audio.")
+    return read_tinysol(data_path)
+  if dataset == "nsynth":
+    if nsynth_instrument_field not in NSYNTH_INSTRUMENT_FIELDS:
+      raise SourceError(f"NSynth instrument field {nsynth_instrument_field!r} is not one of "
+                        f"{', '.join(NSYNTH_INSTRUMENT_FIELDS)}.")
+    return NSynthSource(find_nsynth_files(data_path), nsynth_instrument_field)
+  raise SourceError(f"--dataset={dataset!r} is unknown; expected one of {', '.join(DATASETS)}.")
