@@ -1,0 +1,70 @@
+"""Shared test helpers: notes synthesised inside the tests, written as real audio files."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
+import soundfile  # pylint: disable=wrong-import-position
+
+
+def tone(midi: int, sr: int, seconds: float, harmonics: int = 1, amp: float = 0.5,
+         decay: float = 2.0, phase: float = 0.0) -> np.ndarray:
+  """A decaying harmonic tone at MIDI pitch `midi` (odd harmonics 1/k)."""
+  t = np.arange(int(round(sr * seconds))) / sr
+  f0 = 440.0 * 2.0 ** ((midi - 69) / 12.0)
+  x = sum(np.sin(2 * np.pi * f0 * k * t + phase) / k
+          for k in range(1, harmonics + 1, 2) if f0 * k < sr / 2)
+  return (amp * x * np.exp(-decay * t)).astype(np.float32)
+
+
+def write_notes(folder, specs, csv_name="labels.csv", header="path,instrument,pitch"):
+  """Writes notes and a label CSV.
+
+  Args:
+    folder: Destination folder (created).
+    specs: (relative path, instrument, pitch label, waveform, sample rate[, subtype]).
+    csv_name: CSV file name inside `folder`.
+    header: CSV header line.
+
+  Returns:
+    The CSV path.
+  """
+  os.makedirs(folder, exist_ok=True)
+  lines = [header]
+  for spec in specs:
+    rel, instrument, pitch, wave, sr = spec[:5]
+    subtype = spec[5] if len(spec) > 5 else None
+    path = os.path.join(folder, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if wave is not None:
+      soundfile.write(path, wave, sr, subtype=subtype)
+    lines.append(f"{rel},{instrument},{pitch}")
+  csv_path = os.path.join(folder, csv_name)
+  with open(csv_path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return csv_path
+
+
+def toy_specs(instruments=("sine", "square"), pitches=range(60, 66), velocities=(0.2, 0.5),
+              rates=(44100, 16000, 48000)):
+  """Two separable toy 'instruments' over a few pitches and dynamics, mixed rates."""
+  specs = []
+  for inst_i, inst in enumerate(instruments):
+    for p in pitches:
+      for v in velocities:
+        sr = rates[(p + inst_i) % len(rates)]
+        wave = tone(p, sr, 0.8, harmonics=1 + 8 * inst_i, amp=v)
+        specs.append((f"audio/{inst}_{p}_{v}.wav", inst, p, wave, sr))
+  return specs
+
+
+@pytest.fixture
+def toy_csv(tmp_path):
+  """A folder of 24 toy notes with labels.csv; returns the CSV path."""
+  return write_notes(str(tmp_path / "toy"), toy_specs())

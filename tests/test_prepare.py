@@ -1,0 +1,227 @@
+"""Sources and preparation: CSV, TinySOL, NSynth, the split, bad input, no overwrite."""
+
+import collections
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile
+import tensorflow as tf
+
+from tfgmvae import audio
+from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare,
+                                  stratified_split)
+from tfgmvae.data.sources import Note, SourceError, open_source, read_csv_source
+
+from conftest import tone, toy_specs, write_notes
+
+
+def _prepare(data_path, out_dir, dataset="csv", **kw):
+  return prepare(PrepareConfig(dataset, str(data_path), str(out_dir), **kw),
+                 log=lambda *_: None)
+
+
+def test_prepare_writes_split_vocab_stats(toy_csv, tmp_path):
+  p = _prepare(toy_csv, tmp_path / "prep")
+  assert p.instruments == ("sine", "square")
+  assert p.pitches == tuple(range(60, 66))
+  assert p.counts == {"train": {"sine": 11, "square": 11},
+                      "validation": {"sine": 1, "square": 1}}
+  rows = p.index()
+  assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
+  # Normalisation constants are the training split's own log-mel extremes.
+  train = [audio.log_mel(audio.load_segment(r["path"])).numpy()
+           for r in rows if r["split"] == "train"]
+  assert p.log_mel_min == pytest.approx(min(t.min() for t in train), abs=1e-4)
+  assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-4)
+  meta = json.load(open(tmp_path / "prep" / "prepared.json"))
+  assert meta["audio"]["hop_length"] == 256 and meta["num_skipped"] == 0
+
+
+def test_split_is_seeded_and_stratified(tmp_path):
+  specs = toy_specs(instruments=("a", "b", "c"), pitches=range(50, 70),
+                    velocities=(0.3,), rates=(22050,))
+  csv_path = write_notes(str(tmp_path / "d"), specs)
+  notes = list(read_csv_source(csv_path).notes)
+  s1, _ = stratified_split(notes, 0.1, seed=1)
+  s2, _ = stratified_split(notes, 0.1, seed=1)
+  s3, _ = stratified_split(notes, 0.1, seed=2)
+  assert s1 == s2 and s1 != s3
+  per = collections.Counter((n.instrument, s1[n.key]) for n in notes)
+  for inst in "abc":
+    assert per[(inst, "validation")] == 2 and per[(inst, "train")] == 18
+
+
+def test_split_keeps_every_validation_pitch_in_training():
+  # Pitch 90 has one note only: it must stay in training whatever the seed.
+  notes = [Note(f"{i}", "", "x", 60 + i % 3) for i in range(30)] + [Note("lone", "", "x", 90)]
+  for seed in range(20):
+    split, problems = stratified_split(notes, 0.5, seed)
+    assert not problems and split["lone"] == "train"
+    train_pitches = {n.pitch for n in notes if split[n.key] == "train"}
+    assert {n.pitch for n in notes if split[n.key] == "validation"} <= train_pitches
+
+
+def test_label_ranks_give_per_instrument_quotas(toy_csv, tmp_path):
+  p = _prepare(toy_csv, tmp_path / "prep")
+  assert p.labelled_quota(0.25) == {"sine": 3, "square": 3}
+  assert p.labelled_quota(0.0) == {"sine": 0, "square": 0}
+  ranks = collections.defaultdict(list)
+  for r in p.index("train"):
+    ranks[r["instrument"]].append(r["label_rank"])
+  assert all(sorted(v) == list(range(11)) for v in ranks.values())
+  assert all(r["label_rank"] == -1 for r in p.index("validation"))
+
+
+def test_out_dir_is_never_overwritten(toy_csv, tmp_path):
+  out = tmp_path / "prep"
+  _prepare(toy_csv, out)
+  before = (out / "prepared.json").read_bytes()
+  with pytest.raises(PrepareError, match="never overwritten"):
+    _prepare(toy_csv, out)
+  assert (out / "prepared.json").read_bytes() == before
+
+
+def test_changed_index_is_detected(toy_csv, tmp_path):
+  _prepare(toy_csv, tmp_path / "prep")
+  with open(tmp_path / "prep" / "index.csv", "a") as f:
+    f.write("extra,row\n")
+  with pytest.raises(PrepareError, match="changed"):
+    Prepared.load(str(tmp_path / "prep"))
+
+
+def _bad_folder(tmp_path):
+  specs = toy_specs(velocities=(0.3,), rates=(22050,))
+  folder = tmp_path / "bad"
+  csv_path = write_notes(str(folder), specs + [
+      ("audio/silent.wav", "sine", 61, np.zeros(22050, np.float32), 22050),
+      ("audio/nan.wav", "sine", 62, np.full(22050, np.nan, np.float32), 22050, "FLOAT"),
+  ])
+  (folder / "audio" / "empty.wav").write_bytes(b"")
+  (folder / "audio" / "text.wav").write_text("not audio")
+  with open(csv_path, "a") as f:
+    f.write("audio/empty.wav,sine,60\n")
+    f.write("audio/text.wav,sine,60\n")
+    f.write("audio/missing.wav,sine,60\n")
+    f.write("audio/sine_60_0.3.wav,sine,60\n")      # duplicate
+    f.write("audio/sine_61_0.3.wav,sine,H4\n")      # unknown note name (and duplicate)
+  return csv_path
+
+
+def test_bad_notes_are_all_listed_with_their_file_or_row(tmp_path):
+  csv_path = _bad_folder(tmp_path)
+  with pytest.raises(PrepareError) as info:
+    _prepare(csv_path, tmp_path / "prep")
+  message = str(info.value)
+  for needle in ("silent.wav: is silent", "nan.wav: holds", "empty.wav: the file is empty",
+                 "text.wav: cannot be decoded", "missing.wav: audio file",
+                 "duplicate of row", "'H4' is not a note name", "--on_bad_file=skip"):
+    assert needle in message, needle
+  assert "line " in message          # CSV problems name the line
+  assert not (tmp_path / "prep").exists()
+
+
+def test_skip_policy_reports_every_skipped_note(tmp_path):
+  csv_path = _bad_folder(tmp_path)
+  p = _prepare(csv_path, tmp_path / "prep", on_bad_file="skip")
+  with open(tmp_path / "prep" / "skipped.csv") as f:
+    skipped = list(csv.DictReader(f))
+  assert len(skipped) == 7
+  assert sum(p.counts["train"].values()) + sum(p.counts["validation"].values()) == 12
+  assert json.load(open(tmp_path / "prep" / "prepared.json"))["num_skipped"] == 7
+
+
+def test_csv_missing_columns_is_a_clear_error(tmp_path):
+  csv_path = write_notes(str(tmp_path / "d"), [], header="file,instrument,note")
+  with pytest.raises(SourceError) as info:
+    open_source("csv", csv_path)
+  assert "missing column(s) path, pitch" in str(info.value)
+  assert csv_path in str(info.value)
+
+
+def test_csv_extra_columns_note_names_and_absolute_paths(tmp_path):
+  folder = tmp_path / "d"
+  folder.mkdir()
+  wave = tone(61, 22050, 0.6)
+  soundfile.write(str(folder / "a.wav"), wave, 22050)
+  soundfile.write(str(tmp_path / "elsewhere.wav"), wave, 22050)
+  (folder / "labels.csv").write_text(
+      "velocity,path,pitch,instrument\n"
+      f"80,a.wav,C#4,vn\n90,{tmp_path / 'elsewhere.wav'},61,vn\n")
+  src = open_source("csv", str(folder))
+  assert [n.pitch for n in src.notes] == [61, 61] and not src.problems
+
+
+def test_instrument_with_a_single_note_is_named(tmp_path):
+  specs = toy_specs(velocities=(0.3,), rates=(22050,))
+  specs.append(("audio/lonely.wav", "theremin", 60, tone(60, 22050, 0.6), 22050))
+  csv_path = write_notes(str(tmp_path / "d"), specs)
+  with pytest.raises(PrepareError, match="'theremin' has only 1 note"):
+    _prepare(csv_path, tmp_path / "prep")
+
+
+def test_tinysol_layout(tmp_path):
+  root = tmp_path / "TinySOL"
+  header = ("Path,Fold,Family,Instrument (abbr.),Instrument (in full),Technique (abbr.),"
+            "Technique (in full),Pitch,Pitch ID,Dynamics,Dynamics ID,Instance ID,"
+            "String ID (if applicable),Needed digital retuning")
+  lines = [header]
+  for inst, family, full in (("Vc", "Strings", "Violoncello"), ("Fl", "Winds", "Flute")):
+    for midi, name in ((60, "C4"), (62, "D4"), (64, "E4")):
+      for dyn in ("pp", "ff"):
+        rel = f"{family}/{full}/ordinario/{inst}-ord-{name}-{dyn}-N-N.wav"
+        os.makedirs(root / "TinySOL" / os.path.dirname(rel), exist_ok=True)
+        soundfile.write(str(root / "TinySOL" / rel), tone(midi, 44100, 0.6), 44100)
+        lines.append(f"{rel},0,{family},{inst},{full},ord,ordinario,{name},{midi},{dyn},"
+                     "0,0,,FALSE")
+  (root / "TinySOL_metadata.csv").write_text("\n".join(lines) + "\n")
+  p = _prepare(root, tmp_path / "prep", dataset="tinysol")
+  assert p.instruments == ("Fl", "Vc") and p.pitches == (60, 62, 64)
+
+
+def _nsynth_example(note_str, pitch, family, wave):
+  feature = {
+      "note_str": tf.train.Feature(bytes_list=tf.train.BytesList(value=[note_str.encode()])),
+      "pitch": tf.train.Feature(int64_list=tf.train.Int64List(value=[pitch])),
+      "velocity": tf.train.Feature(int64_list=tf.train.Int64List(value=[75])),
+      "sample_rate": tf.train.Feature(int64_list=tf.train.Int64List(value=[16000])),
+      "instrument_family_str": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[family.encode()])),
+      "instrument_str": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[f"{family}_acoustic_000".encode()])),
+      "audio": tf.train.Feature(float_list=tf.train.FloatList(value=wave.tolist())),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_nsynth_tfrecords_stream_with_labels(tmp_path):
+  path = str(tmp_path / "nsynth-train.tfrecord")
+  with tf.io.TFRecordWriter(path) as w:
+    for family, harmonics in (("guitar", 1), ("brass", 9)):
+      for pitch in range(60, 70):
+        wave = tone(pitch, 16000, 4.0, harmonics=harmonics)   # NSynth: 4 s at 16 kHz
+        w.write(_nsynth_example(f"{family}_acoustic_000-{pitch:03d}-075", pitch, family,
+                                wave))
+  p = _prepare(path, tmp_path / "prep", dataset="nsynth")
+  assert p.instruments == ("brass", "guitar")
+  assert p.counts["validation"] == {"brass": 1, "guitar": 1}
+  row = p.index()[0]
+  assert row["path"] == "" and row["key"].startswith("brass_acoustic_000-")
+  # The log-mel of a streamed note equals the one of the same audio loaded from a file.
+  wave = tone(60, 16000, 4.0, harmonics=9)
+  expected = audio.log_mel(audio.resample(wave, 16000, 22050)).numpy()
+  lo = float(expected.min())
+  assert p.log_mel_min <= lo + 1e-4
+
+
+def test_unknown_dataset_and_missing_paths_are_named(tmp_path):
+  with pytest.raises(SourceError, match="--dataset='sol'"):
+    open_source("sol", str(tmp_path))
+  with pytest.raises(SourceError, match="no NSynth TFRecord"):
+    open_source("nsynth", str(tmp_path / "none"))
+  with pytest.raises(SourceError, match="TinySOL_metadata.csv"):
+    open_source("tinysol", str(tmp_path))
+  with pytest.raises(SourceError, match="no such CSV"):
+    open_source("csv", str(tmp_path / "x.csv"))
