@@ -52,3 +52,11 @@ def test_same_rate_is_identity_and_rates_may_be_tensors():
   x16, _ = _tones(16000)
   np.testing.assert_allclose(fn(x16, 16000, 22050).numpy(),
                              audio.resample(x16, 16000, 22050).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("sr", [16000, 44100, 22051])
+def test_batched_equals_one_by_one(sr):
+  xs = np.stack([_tones(sr)[0], 0.5 * _tones(sr)[0][::-1].copy()])
+  batched = audio.resample(xs, sr, 22050).numpy()
+  for x, y in zip(xs, batched):
+    np.testing.assert_allclose(y, audio.resample(x, sr, 22050).numpy(), atol=1e-6)

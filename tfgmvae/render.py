@@ -14,8 +14,20 @@ granularity at which it applies MIDI events), so the note-off lands on the first
 boundary at or after `note_seconds` (at most 1.5 ms late at 44.1 kHz); the file is then cut
 to exactly `round((note_seconds + release_seconds) * sample_rate)` samples.
 
+FluidSynth also carries state across notes that no reset clears (it changes a note's first
+64 samples); every note is therefore primed, see `_SoundfontSynth.render_note`.
+
 Needs pyfluidsynth and the FluidSynth C library (Debian: libfluidsynth3). This module never
 imports TensorFlow.
+
+Usage:
+
+  from tfgmvae import render
+  config = render.RenderConfig(out_dir="/data/corpus", soundfonts=render.default_soundfonts())
+  rows = render.render_corpus(config)   # ~3,000 notes, well under a minute
+  print(render.count_by_instrument(rows))
+
+or from the shell: bin/make_dataset --out_dir=/data/corpus
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ LABELS_FILENAME = "labels.csv"
 LABEL_COLUMNS = ("path", "instrument", "pitch", "velocity", "dynamics", "soundfont")
 
 # A note whose peak stays below -70 dBFS (about 10 LSB at 16 bit) counts as silent. The
-# quietest legitimate notes in the default corpus (piano top octave at pp) peak far above.
+# quietest note of the default corpus peaks at -42 dBFS, the loudest at -6.4 dBFS.
 SILENCE_PEAK = 10.0 ** (-70.0 / 20.0)
 
 _BLOCK = 64  # FluidSynth's internal block size (FLUID_BUFSIZE).
@@ -77,9 +89,10 @@ class InstrumentSpec:
     return range(self.low, self.high + 1)
 
 
-# The paper's 12 instruments with their written-practice sounding ranges. Ranges follow
-# common orchestration references; English horn, clarinet (B-flat, sounding) and
-# saxophone (E-flat alto, sounding) are given at concert pitch.
+# The paper's 12 instruments over their usual orchestral ranges, as sounding (concert)
+# pitch: the transposing English horn, B-flat clarinet and E-flat alto saxophone are given
+# as they sound, not as written. Both default soundfonts play every key of these ranges
+# except FluidR3_GM's violin at 94 (see KNOWN_PRESET_GAPS).
 PAPER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     InstrumentSpec("Pno", "piano", 0, 21, 108),
     InstrumentSpec("Vn", "violin", 40, 55, 100),
@@ -300,10 +313,11 @@ class _SoundfontSynth:
     on_blocks = _BLOCK * math.ceil(on_samples / _BLOCK)
     total_blocks = max(on_blocks, _BLOCK * math.ceil(total_samples / _BLOCK))
     try:
-      # FluidSynth reuses voice objects and ramps each voice's output gain, over its first
-      # block, from whatever the previous note on that voice left behind (a state no reset
-      # clears). Priming plays this very note for one block and kills it, so the voices
-      # the real note gets start at exactly its own gains, whatever was rendered before.
+      # With FluidSynth 2.3 the first 64-sample block of a note depends on the previous
+      # note, even after the resets (apparently each reused voice ramps its output gains
+      # from the values its last note left). Priming plays this very note for one block
+      # and kills it, so the real note's voices start from its own gains: the audio is
+      # then identical to a fresh synth's, whatever was rendered before (tested).
       self._select(program, pitch)
       self._synth.noteon(0, pitch, velocity)
       self._write(_BLOCK)

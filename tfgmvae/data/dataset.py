@@ -114,14 +114,15 @@ def make_dataset(prepared: Prepared, split: str,
                            "pitch": tables["pitch"].lookup(e["key"]),
                            "labelled": tables["labelled"].lookup(e["key"]) > 0})
   else:
-    labels = tf.data.Dataset.from_tensor_slices({
+    ds = tf.data.Dataset.from_tensor_slices({
         "key": [r["key"] for r in rows],
+        "path": [r["path"] for r in rows],
         "instrument": tf.constant([inst_id[r["instrument"]] for r in rows], tf.int32),
         "pitch": tf.constant([pitch_id[r["pitch"]] for r in rows], tf.int32),
         "labelled": [labelled(r) for r in rows],
     })
-    segments = pipeline.file_segments([r["path"] for r in rows], acfg)
-    ds = tf.data.Dataset.zip(labels, segments).map(lambda a, b: a | b)
+    ds = pipeline.decode_files(ds, acfg).map(
+        lambda e: {k: v for k, v in e.items() if k != "path"})
   ds = ds.map(pipeline.raise_on_error)
   if config.output == "mel":
     ds = pipeline.with_log_mel(ds, acfg)

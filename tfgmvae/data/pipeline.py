@@ -17,7 +17,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _decode_py(path, offset, duration, margin, silence_threshold):
-  """numpy_function body: (waveform at file rate, rate, error message)."""
+  """numpy_function body: (waveform at the file's rate, rate, error message).
+
+  The waveform holds `duration + margin` seconds, zero-padded, so that notes at one rate
+  share a length and can be resampled as a batch.
+  """
   path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
   try:
     wave, rate = audio.read(path, float(offset), float(duration), float(margin))
@@ -31,34 +35,51 @@ def _decode_py(path, offset, duration, margin, silence_threshold):
     return (np.zeros([0], np.float32), np.int32(1),
             (f"{path}: is silent in its analysed segment (peak {peak:.2g} < "
              f"{float(silence_threshold):g}); expected a sounding note").encode())
-  return wave, np.int32(rate), b""
+  length = int(np.ceil((float(duration) + float(margin)) * rate))
+  out = np.zeros(length, np.float32)
+  out[:min(length, len(wave))] = wave[:length]
+  return out, np.int32(rate), b""
 
 
-def decode_file(path, config: AudioConfig):
-  """Graph op: one file path -> (segment float32 [segment_samples], error string)."""
+def decode(elem, config: AudioConfig):
+  """Graph op: adds 'wave' (file rate), 'rate' and 'error' to an element with 'path'."""
   wave, rate, error = tf.numpy_function(
-      _decode_py, [path, config.offset, config.duration, audio.RESAMPLE_MARGIN,
+      _decode_py, [elem["path"], config.offset, config.duration, audio.RESAMPLE_MARGIN,
                    config.silence_threshold],
       [tf.float32, tf.int32, tf.string], stateful=False)
-  wave = tf.ensure_shape(wave, [None])
-  rate = tf.ensure_shape(rate, [])
-  error = tf.ensure_shape(error, [])
-  return to_segment(wave, rate, config), error
+  return elem | {"wave": tf.ensure_shape(wave, [None]), "rate": tf.ensure_shape(rate, []),
+                 "error": tf.ensure_shape(error, [])}
 
 
-def to_segment(wave, rate, config: AudioConfig):
-  """Resamples `wave` from `rate` to the config's rate and fits it to the segment."""
-  wave = tf.cond(tf.size(wave) > 0,
-                 lambda: audio.resample(wave, rate, config.sample_rate),
-                 lambda: tf.zeros([0], tf.float32))
-  return audio.fit_segment(wave, config)
+def resample_by_rate(ds: tf.data.Dataset, config: AudioConfig, batch: int = 64,
+                     parallel=AUTOTUNE) -> tf.data.Dataset:
+  """Replaces 'wave' and 'rate' by 'segment' (the config's rate and length).
+
+  Notes are grouped by their rate and resampled a batch at a time; the order of elements
+  changes (deterministically). A note with an error gets a zero segment.
+  """
+  def resample_batch(elems):
+    elems = dict(elems)
+    wave, rate = elems.pop("wave"), elems.pop("rate")
+    segment = tf.cond(tf.shape(wave)[1] > 0,
+                      lambda: audio.resample(wave, rate[0], config.sample_rate),
+                      lambda: tf.zeros([tf.shape(wave)[0], 0], tf.float32))
+    return elems | {"segment": audio.fit_segment(segment, config)}
+
+  ds = ds.group_by_window(key_func=lambda e: tf.cast(e["rate"], tf.int64),
+                          reduce_func=lambda _, window: window.padded_batch(batch),
+                          window_size=batch)
+  return ds.map(resample_batch, num_parallel_calls=parallel).unbatch()
 
 
-def file_segments(paths, config: AudioConfig, parallel=AUTOTUNE) -> tf.data.Dataset:
-  """Dataset of {'segment', 'error'} for audio file paths, in order."""
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
-  return ds.map(lambda p: dict(zip(("segment", "error"), decode_file(p, config))),
-                num_parallel_calls=parallel, deterministic=True)
+def decode_files(ds: tf.data.Dataset, config: AudioConfig,
+                 parallel=AUTOTUNE) -> tf.data.Dataset:
+  """Elements with a 'path' gain 'segment' and 'error' (other fields pass through).
+
+  Order changes: notes are grouped by sample rate for batched resampling.
+  """
+  ds = ds.map(lambda e: decode(e, config), num_parallel_calls=parallel, deterministic=True)
+  return resample_by_rate(ds, config, parallel=parallel)
 
 
 def _nsynth_spec(instrument_field: str, with_audio: bool) -> dict:
@@ -74,6 +95,8 @@ def _nsynth_spec(instrument_field: str, with_audio: bool) -> dict:
 def nsynth_records(files, instrument_field: str, config: AudioConfig | None = None,
                    parallel=AUTOTUNE) -> tf.data.Dataset:
   """Streams NSynth examples as {'key', 'instrument', 'pitch'} (+ 'segment', 'error').
+
+  With audio, the order is that of `resample_by_rate` (grouped by sample rate).
 
   Args:
     files: TFRecord paths.
@@ -103,13 +126,18 @@ def nsynth_records(files, instrument_field: str, config: AudioConfig | None = No
            (peak < config.silence_threshold,
             lambda: tf.strings.join([ex["note_str"], ": is silent in its analysed segment"]))],
           default=lambda: tf.constant(""))
-      wave = tf.where(tf.equal(error, ""), wave, tf.zeros_like(wave))
-      out["segment"] = to_segment(wave, tf.cast(ex["sample_rate"], tf.int32), config)
+      rate = tf.cast(ex["sample_rate"], tf.int32)
+      length = tf.cast(tf.math.ceil((config.duration + audio.RESAMPLE_MARGIN)
+                                    * tf.cast(rate, tf.float32)), tf.int32)
+      wave = tf.where(tf.equal(error, ""), wave, tf.zeros_like(wave))[:length]
+      out["wave"] = tf.pad(wave, [[0, length - tf.shape(wave)[0]]])
+      out["rate"] = rate
       out["error"] = error
     return out
 
   ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(4, len(files)))
-  return ds.map(parse, num_parallel_calls=parallel, deterministic=True)
+  ds = ds.map(parse, num_parallel_calls=parallel, deterministic=True)
+  return resample_by_rate(ds, config, parallel=parallel) if with_audio else ds
 
 
 def with_log_mel(ds: tf.data.Dataset, config: AudioConfig, batch: int = 64,

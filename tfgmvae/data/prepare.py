@@ -211,19 +211,21 @@ def _scan(source, config: PrepareConfig, log=print):
   """Decodes every note once: (notes, per-note log-mel (min, max), problems)."""
   if isinstance(source, FileSource):
     notes = list(source.notes)
-    ds = pipeline.file_segments([n.path for n in notes], config.audio)
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"index": tf.range(len(notes)), "path": [n.path for n in notes]})
+    ds = pipeline.decode_files(ds, config.audio)
   else:
     ds = pipeline.nsynth_records(source.files, source.instrument_field, config.audio)
     notes = None
   ds = pipeline.with_log_mel(ds, config.audio)
-  ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "log_mel"} | {
+  ds = ds.map(lambda e: {k: v for k, v in e.items() if k not in ("log_mel", "path")} | {
       "lo": tf.reduce_min(e["log_mel"]), "hi": tf.reduce_max(e["log_mel"])},
               num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
   stats, problems, scanned, seen = {}, [], [], {}
   start, count = time.time(), 0
   for i, elem in enumerate(ds.as_numpy_iterator()):
     if notes is not None:
-      note = notes[i]
+      note = notes[elem["index"]]
     else:
       key = elem["key"].decode()
       note = Note(key, "", elem["instrument"].decode(), int(elem["pitch"]))
@@ -244,6 +246,10 @@ def _scan(source, config: PrepareConfig, log=print):
       continue
     scanned.append(note)
     stats[note.key] = (float(elem["lo"]), float(elem["hi"]))
+  if notes is not None:   # back to the source's order (decoding groups notes by rate)
+    order = {n.key: i for i, n in enumerate(notes)}
+    scanned.sort(key=lambda n: order[n.key])
+    problems.sort(key=lambda p: order.get(p.key, -1))
   return scanned, stats, problems
 
 
