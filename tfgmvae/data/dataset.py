@@ -109,10 +109,10 @@ def make_dataset(prepared: Prepared, split: str,
     ds = pipeline.nsynth_records(prepared.source["files"],
                                  prepared.source["instrument_field"], acfg)
     ds = ds.filter(lambda e: tables["pitch"].lookup(e["key"]) >= 0)
-    ds = ds.map(lambda e: {"key": e["key"], "segment": e["segment"], "error": e["error"],
-                           "instrument": tables["instrument"].lookup(e["key"]),
-                           "pitch": tables["pitch"].lookup(e["key"]),
-                           "labelled": tables["labelled"].lookup(e["key"]) > 0})
+    ds = ds.map(lambda e: e | {"instrument": tables["instrument"].lookup(e["key"]),
+                               "pitch": tables["pitch"].lookup(e["key"]),
+                               "labelled": tables["labelled"].lookup(e["key"]) > 0},
+                num_parallel_calls=pipeline.AUTOTUNE)
   else:
     ds = tf.data.Dataset.from_tensor_slices({
         "key": [r["key"] for r in rows],
@@ -121,16 +121,20 @@ def make_dataset(prepared: Prepared, split: str,
         "pitch": tf.constant([pitch_id[r["pitch"]] for r in rows], tf.int32),
         "labelled": [labelled(r) for r in rows],
     })
-    ds = pipeline.decode_files(ds, acfg).map(
-        lambda e: {k: v for k, v in e.items() if k != "path"})
-  ds = ds.map(pipeline.raise_on_error)
-  if config.output == "mel":
-    ds = pipeline.with_log_mel(ds, acfg)
-    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "log_mel"} | {
-        "mel": audio.normalise(e["log_mel"], prepared.log_mel_min, prepared.log_mel_max)})
-  else:
-    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "segment"} | {
-        "audio": e["segment"]})
+    ds = pipeline.decode_files(ds, acfg)
+
+  def finish(batch):
+    """Stops on a note that fails to decode; else labels plus normalised mel or audio."""
+    with tf.control_dependencies([pipeline.check_errors(batch["error"])]):
+      out = {k: tf.identity(batch[k]) for k in ("key", "instrument", "pitch", "labelled")}
+      if config.output == "mel":
+        out["mel"] = audio.normalise(audio.log_mel(batch["segment"], acfg),
+                                     prepared.log_mel_min, prepared.log_mel_max)
+      else:
+        out["audio"] = tf.identity(batch["segment"])
+    return out
+
+  ds = pipeline.batched_map(ds, finish)
   if config.cache == "memory":
     ds = ds.cache()
   elif config.cache:

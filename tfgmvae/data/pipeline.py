@@ -140,6 +140,12 @@ def nsynth_records(files, instrument_field: str, config: AudioConfig | None = No
   return resample_by_rate(ds, config, parallel=parallel) if with_audio else ds
 
 
+def batched_map(ds: tf.data.Dataset, fn, batch: int = 64,
+                parallel=AUTOTUNE) -> tf.data.Dataset:
+  """Applies `fn` to batches of `batch` elements and unbatches (vectorised per-note work)."""
+  return ds.batch(batch).map(fn, num_parallel_calls=parallel).unbatch()
+
+
 def with_log_mel(ds: tf.data.Dataset, config: AudioConfig, batch: int = 64,
                  parallel=AUTOTUNE) -> tf.data.Dataset:
   """Replaces each element's 'segment' by its unnormalised 'log_mel', computed batched."""
@@ -147,11 +153,10 @@ def with_log_mel(ds: tf.data.Dataset, config: AudioConfig, batch: int = 64,
     elem = dict(elem)
     elem["log_mel"] = audio.log_mel(elem.pop("segment"), config)
     return elem
-  return ds.batch(batch).map(add, num_parallel_calls=parallel).unbatch()
+  return batched_map(ds, add, batch, parallel)
 
 
-def raise_on_error(elem):
-  """Stops the pipeline with the element's own error message when it has one."""
-  ok = tf.equal(tf.strings.length(elem["error"]), 0)
-  with tf.control_dependencies([tf.debugging.Assert(ok, [elem["error"]], summarize=1)]):
-    return {k: tf.identity(v) for k, v in elem.items() if k != "error"}
+def check_errors(errors):
+  """An assert op that fails with the first non-empty message of a batch of errors."""
+  bad = tf.boolean_mask(errors, tf.strings.length(errors) > 0)
+  return tf.debugging.Assert(tf.equal(tf.size(bad), 0), [bad], summarize=3)
