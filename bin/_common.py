@@ -10,12 +10,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
+if sys.path[:1] != [_REPO]:
+  sys.path.insert(0, _REPO)   # this checkout wins over any installed copy
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from tfgmvae.audio import AudioConfig  # pylint: disable=wrong-import-position
 
 
 def define_audio_flags():
@@ -41,8 +39,9 @@ _AUDIO_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
                  "duration", "n_frames", "log_floor", "silence_threshold")
 
 
-def audio_config(values) -> AudioConfig:
+def audio_config(values):
   """AudioConfig from parsed flag values; a bad combination exits with a usage error."""
+  from tfgmvae.audio.config import AudioConfig  # pylint: disable=g-import-not-at-top
   base = AudioConfig.authors() if values.audio_preset == "authors" else AudioConfig()
   changes = {k: getattr(values, k) for k in _AUDIO_FIELDS if getattr(values, k) is not None}
   fields = base.to_dict() | changes
