@@ -4,6 +4,7 @@ Library code never reads flags: each script turns its flags into the dataclasses
 and passes them down.
 """
 
+import logging as pylogging
 import os
 import sys
 
@@ -14,6 +15,16 @@ if sys.path[:1] != [_REPO]:
   sys.path.insert(0, _REPO)   # this checkout wins over any installed copy
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+
+def quiet():
+  """Logs warnings and errors only (TensorFlow's checkpoint chatter is INFO), unless the
+  user passed --verbosity. Call at the start of main()."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+    pylogging.getLogger("tensorflow").setLevel(pylogging.WARNING)
 
 
 def define_audio_flags():

@@ -79,9 +79,11 @@ def _lookup(keys, values, default):
       tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values)), default)
 
 
-def make_dataset(prepared: Prepared, split: str,
-                 config: PipelineConfig = PipelineConfig()) -> tf.data.Dataset:
-  """Batches of one split of a prepared dataset (see the module docstring).
+def note_dataset(prepared: Prepared, split: str,
+                 config: PipelineConfig = PipelineConfig()) -> tuple[tf.data.Dataset, int]:
+  """Unbatched, cached notes of one split, and how many there are.
+
+  Only `label_fraction`, `output` and `cache` of `config` apply here.
 
   Raises:
     PrepareError: unknown split, or the split is empty.
@@ -139,8 +141,19 @@ def make_dataset(prepared: Prepared, split: str,
     ds = ds.cache()
   elif config.cache:
     ds = ds.cache(config.cache)
+  return ds, len(rows)
+
+
+def make_dataset(prepared: Prepared, split: str,
+                 config: PipelineConfig = PipelineConfig()) -> tf.data.Dataset:
+  """Batches of one split of a prepared dataset (see the module docstring).
+
+  Raises:
+    PrepareError: unknown split, or the split is empty.
+  """
+  ds, count = note_dataset(prepared, split, config)
   if config.shuffle:
-    ds = ds.shuffle(min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(min(count, 20000), seed=config.seed, reshuffle_each_iteration=True)
   if config.repeat:
     ds = ds.repeat()
   ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)

@@ -1,0 +1,177 @@
+"""TensorBoard summaries of a tiny model fitted on toy notes, read back from the event files."""
+
+import glob
+import io
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.projector import ProjectorConfig
+
+from conftest import toy_specs, write_notes
+from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.prepare import PrepareConfig, prepare
+from tfgmvae.model import GMVAE, ModelConfig
+from tfgmvae.train import summaries
+from tfgmvae.train.summaries import SummaryCallback
+
+LATENT = 4
+EPOCHS = 2
+SCALARS = ("losses/total", "losses/reconstruction", "losses/kl_pitch", "losses/kl_timbre",
+           "losses/kl_instrument", "losses/instrument_ce", "losses/pitch_ce", "elbo",
+           "accuracy/instrument", "accuracy/pitch")
+TRAIN_ONLY = ("optimization/learning_rate", "optimization/steps_per_second",
+              "progress/optimizer_step")
+
+
+def _with_noise(batch):
+  out = {k: v for k, v in batch.items() if k != "key"}
+  out["noise"] = tf.random.normal([tf.shape(batch["mel"])[0], 2, LATENT])
+  return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """Prepares the toy notes, fits 2 epochs with the callback; returns what was made."""
+  root = tmp_path_factory.mktemp("summaries")
+  csv_path = write_notes(str(root / "toy"), toy_specs())
+  prepared = prepare(PrepareConfig("csv", csv_path, str(root / "prep")), log=lambda *_: None)
+  val = list(make_dataset(prepared, "validation", PipelineConfig(shuffle=False))
+             .as_numpy_iterator())
+  val_batch = {k: np.concatenate([b[k] for b in val]) for k in val[0]}
+  train_ds = make_dataset(prepared, "train", PipelineConfig(batch_size=8)).map(_with_noise)
+  val_ds = make_dataset(prepared, "validation", PipelineConfig(shuffle=False)).map(_with_noise)
+  keras.utils.set_random_seed(0)
+  model = GMVAE(ModelConfig(num_pitches=prepared.num_pitches, num_instruments=2,
+                            frames=43, n_mels=256, latent_dim=LATENT, filters=8, hidden=8))
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  run_dir = str(root / "run")
+  callback = SummaryCallback(run_dir, prepared, val_batch, media_every=1, num_audio=3,
+                             griffin_lim_iters=2)
+  history = model.fit(train_ds, validation_data=val_ds, epochs=EPOCHS, callbacks=[callback],
+                      verbose=0)
+  return {"prepared": prepared, "history": history.history, "run_dir": run_dir,
+          "val_batch": val_batch, "model": model}
+
+
+def _events(run_dir, name):
+  acc = event_accumulator.EventAccumulator(
+      os.path.join(run_dir, "summaries", name),
+      size_guidance={k: 0 for k in event_accumulator.DEFAULT_SIZE_GUIDANCE})
+  acc.Reload()
+  return acc
+
+
+def _scalars(acc, tag):
+  return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+
+def test_scalars_match_the_fit_history(run):
+  hist = run["history"]
+  for name, prefix in (("train", ""), ("validation", "val_")):
+    acc = _events(run["run_dir"], name)
+    tags = set(acc.Tags()["tensors"])
+    expected = set(SCALARS) | (set(TRAIN_ONLY) if name == "train" else set())
+    assert expected <= tags, expected - tags
+    if name == "validation":
+      assert not set(TRAIN_ONLY) & tags
+    for tag in expected:
+      assert [s for s, _ in _scalars(acc, tag)] == [1, 2], tag
+    logged = [v for _, v in _scalars(acc, "losses/reconstruction")]
+    np.testing.assert_allclose(logged, hist[prefix + "reconstruction"], rtol=1e-5)
+    logged = [v for _, v in _scalars(acc, "losses/total")]
+    np.testing.assert_allclose(logged, hist[prefix + "loss"], rtol=1e-5)
+    logged = [v for _, v in _scalars(acc, "accuracy/pitch")]
+    np.testing.assert_allclose(logged, hist[prefix + "pitch_accuracy"], rtol=1e-5)
+  acc = _events(run["run_dir"], "train")
+  np.testing.assert_allclose([v for _, v in _scalars(acc, "optimization/learning_rate")],
+                             [1e-3, 1e-3], rtol=1e-6)
+  # 22 training notes in batches of 8: at least 3 optimizer steps per epoch (Keras 3.4
+  # counts one more at the end of an epoch over a dataset of unknown length).
+  steps = [v for _, v in _scalars(acc, "progress/optimizer_step")]
+  assert 3 <= steps[0] <= steps[1] - 3
+  assert steps[1] == int(run["model"].optimizer.iterations.numpy())
+  assert all(v > 0 for _, v in _scalars(acc, "optimization/steps_per_second"))
+
+
+def test_spectrogram_images_and_audio(run):
+  acc = _events(run["run_dir"], "validation")
+  tensors = acc.Tensors(summaries.SPECTROGRAM_TAG)
+  assert [e.step for e in tensors] == [1, 2]
+  k = 2   # num_audio=3 but the validation split has 2 notes
+  width, height, *pngs = tf.make_ndarray(tensors[-1].tensor_proto)
+  assert (int(width), int(height)) == (2 * 43 + summaries.GAP, 256) and len(pngs) == k
+  image = tf.io.decode_png(pngs[0]).numpy()
+  assert image.shape == (256, 2 * 43 + summaries.GAP, 3)
+  expected = summaries.spectrogram_image(
+      run["val_batch"]["mel"][0],
+      run["model"](run["val_batch"]["mel"][:1], training=False)["reconstruction"][0].numpy())
+  np.testing.assert_array_equal(image[:, :43], expected[:, :43])   # the input half
+  description = acc.SummaryMetadata(summaries.SPECTROGRAM_TAG).summary_description
+  assert run["val_batch"]["key"][0].decode() in description
+  for tag in summaries.AUDIO_TAGS.values():
+    events = acc.Tensors(tag)
+    assert [e.step for e in events] == [1, 2]
+    clips = tf.make_ndarray(events[-1].tensor_proto)
+    assert clips.shape == (k, 2)
+    for encoded in clips[:, 0]:
+      wave, rate = tf.audio.decode_wav(encoded)
+      assert int(rate) == run["prepared"].audio.sample_rate == 22050
+      assert wave.shape == (43 * 256, 1)
+      assert 0.9 < float(tf.reduce_max(tf.abs(wave))) <= 0.99 + 1e-4
+
+
+def test_projector_config_matches_checkpoint_and_metadata(run):
+  directory = os.path.join(run["run_dir"], "summaries", "validation")
+  config = ProjectorConfig()
+  with open(os.path.join(directory, "projector_config.pbtxt")) as f:
+    text_format.Parse(f.read(), config)
+  checkpoint = tf.train.latest_checkpoint(directory)
+  assert checkpoint and os.path.basename(checkpoint) == f"embeddings-{EPOCHS}"
+  assert len(glob.glob(os.path.join(directory, "embeddings-*.index"))) == 1
+  stored = dict(tf.train.list_variables(checkpoint))
+  reader = tf.train.load_checkpoint(checkpoint)
+  n = len(run["val_batch"]["mel"])
+  assert len(config.embeddings) == 2
+  means = run["model"].encode(run["val_batch"]["mel"])
+  for info, key in zip(config.embeddings, ("z_timbre_mean", "z_pitch_mean")):
+    assert info.tensor_name in stored
+    assert stored[info.tensor_name] == [n, LATENT] == list(info.tensor_shape)
+    np.testing.assert_allclose(reader.get_tensor(info.tensor_name), means[key].numpy(),
+                               atol=1e-5)
+    assert info.metadata_path == "metadata.tsv"
+  with open(os.path.join(directory, "metadata.tsv")) as f:
+    rows = [line.rstrip("\n").split("\t") for line in io.StringIO(f.read())]
+  assert rows[0] == ["instrument", "pitch", "key"] and len(rows) == n + 1
+  prepared, batch = run["prepared"], run["val_batch"]
+  for row, inst, pitch, key in zip(rows[1:], batch["instrument"], batch["pitch"],
+                                   batch["key"]):
+    assert row == [prepared.instruments[inst], str(prepared.pitches[pitch]), key.decode()]
+
+
+def test_colorize_and_image_orientation():
+  rgb = summaries.colorize(np.array([-1.0, 1.0, 5.0]))
+  assert rgb.dtype == np.uint8 and rgb.shape == (3, 3)
+  assert rgb[0].sum() < rgb[1].sum() and (rgb[1] == rgb[2]).all()
+  mel = np.full((43, 256), -1.0, np.float32)
+  mel[:, 0] = 1.0   # loudest in the lowest band
+  image = summaries.spectrogram_image(mel)
+  assert image.shape == (256, 43, 3)
+  assert (image[-1] == rgb[1]).all() and (image[0] == rgb[0]).all()
+  waves = summaries.peak_normalise(np.array([[0.0, 0.5, -2.0], [0.0, 0.0, 0.0]]))
+  np.testing.assert_allclose(waves, [[0.0, 0.2475, -0.99], [0.0, 0.0, 0.0]], rtol=1e-6)
+
+
+def test_learning_rate_of_a_schedule_follows_the_optimizer_step(tmp_path):
+  model = GMVAE(ModelConfig(num_pitches=2, num_instruments=2, latent_dim=LATENT, filters=4,
+                            hidden=4))
+  schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=1, decay_rate=0.5)
+  model.compile(optimizer=keras.optimizers.Adam(schedule))
+  callback = SummaryCallback(str(tmp_path), None, {"mel": np.zeros((1, 43, 256))})
+  callback.set_model(model)
+  model.optimizer.iterations.assign(2)
+  assert callback.current_learning_rate() == pytest.approx(2.5e-4)

@@ -1,0 +1,237 @@
+"""The paper's model: pitch and timbre encoders, a decoder, mixture priors, the objective.
+
+`GMVAE` is a subclassed `keras.Model` with a custom `train_step` and `test_step`. Each
+step returns every term of the objective by name, tracked with `keras.metrics.Mean`:
+
+* `reconstruction`: squared error summed over the 43 x 256 bins;
+* `kl_pitch`: KL(q(z_p|x) || N(mu_{y_p}, sigma_p^2 I));
+* `kl_timbre`: MGMVAE: sum_k q(y_t=k|x) KL(q(z_t|x) || N(mu_k, sigma_t^2 I));
+  MVAE: KL(q(z_t|x) || N(0, I));
+* `kl_instrument`: MGMVAE only: KL(q(y_t|x) || Uniform(K));
+* `instrument_ce`: cross-entropy of q(y_t|x) (MGMVAE) or of the auxiliary classifier
+  (MVAE) on the labelled notes only (averaged over them);
+* `pitch_ce`: cross-entropy of the linear pitch classifier on z_p (when enabled);
+* `loss`: their sum, the quantity minimised; `elbo`: minus the first four terms;
+* `instrument_accuracy` (on labelled notes) and `pitch_accuracy`.
+
+Batches are dicts with `mel` [B, T, F] (or `audio` [B, samples] plus a `features`
+function), `pitch`, `instrument` (int indices), `labelled` (bool) and optionally `noise`
+[B, 2, L], the reparameterisation noise for (z_p, z_t); the training pipeline supplies it
+so that a run is reproducible and independent of how a batch is split across replicas.
+Under a `tf.distribute` strategy the loss is normalised by the global batch, so summing
+replica gradients gives the single-device gradient.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfgmvae.model import losses
+from tfgmvae.model.config import ModelConfig
+from tfgmvae.model.networks import Decoder, Encoder, MLPClassifier
+from tfgmvae.model.priors import MixturePrior
+
+UNSUPERVISED = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument")
+
+
+class GMVAE(keras.Model):
+  """MGMVAE (Gaussian-mixture timbre prior) or MVAE (N(0, I) timbre prior)."""
+
+  def __init__(self, config: ModelConfig, features=None, **kwargs):
+    """Builds the model.
+
+    Args:
+      config: Sizes and priors.
+      features: Optional function audio [B, samples] -> normalised log-mel [B, T, F],
+        used when batches carry `audio` instead of `mel` (log-mel on the accelerator).
+      **kwargs: For keras.Model.
+    """
+    super().__init__(**kwargs)
+    c = config
+    self.config = c
+    self.features = features
+    enc = dict(latent_dim=c.latent_dim, filters=c.filters, hidden=c.hidden,
+               kernel_size=c.kernel_size, synchronized_bn=c.synchronized_bn)
+    self.pitch_encoder = Encoder(name="pitch_encoder", **enc)
+    self.timbre_encoder = Encoder(name="timbre_encoder", **enc)
+    self.decoder = Decoder(c.frames, c.n_mels, c.filters, c.hidden, c.kernel_size,
+                           c.synchronized_bn, name="decoder")
+    self.pitch_prior = MixturePrior(c.num_pitches, c.latent_dim, c.log_sigma_p,
+                                    name="pitch_prior")
+    if c.kind == "mgmvae":
+      self.timbre_prior = MixturePrior(c.num_instruments, c.latent_dim, c.log_sigma_t,
+                                       name="timbre_prior")
+      self.instrument_classifier = None
+    else:
+      self.timbre_prior = None
+      self.instrument_classifier = MLPClassifier(
+          c.num_instruments, (c.aux_hidden, c.aux_hidden), name="instrument_classifier")
+    self.pitch_classifier = (MLPClassifier(c.num_pitches, name="pitch_classifier")
+                             if c.pitch_classifier else None)
+    names = ["loss"] + list(self.term_names) + ["elbo", "instrument_accuracy"]
+    if c.pitch_classifier:
+      names.append("pitch_accuracy")
+    self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+  @property
+  def term_names(self) -> tuple[str, ...]:
+    """Names of the terms summed into the loss, in order."""
+    names = ["reconstruction", "kl_pitch", "kl_timbre"]
+    if self.config.kind == "mgmvae":
+      names.append("kl_instrument")
+    names.append("instrument_ce")
+    if self.config.pitch_classifier:
+      names.append("pitch_ce")
+    return tuple(names)
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  # -- inference -------------------------------------------------------------------------
+
+  def encode(self, mel, training=False) -> dict:
+    """Posterior parameters: z_pitch_mean/logvar and z_timbre_mean/logvar, [B, L] each."""
+    zp_mean, zp_logvar = self.pitch_encoder(mel, training=training)
+    zt_mean, zt_logvar = self.timbre_encoder(mel, training=training)
+    return {"z_pitch_mean": zp_mean, "z_pitch_logvar": zp_logvar,
+            "z_timbre_mean": zt_mean, "z_timbre_logvar": zt_logvar}
+
+  def decode(self, z_timbre, z_pitch, training=False):
+    """Normalised log-mel [B, T, F] from the two codes."""
+    return self.decoder(tf.concat([z_timbre, z_pitch], axis=-1), training=training)
+
+  def instrument_log_probs(self, z_timbre):
+    """log q(y_t | z_t): prior responsibilities (MGMVAE) or the auxiliary classifier."""
+    if self.timbre_prior is not None:
+      return self.timbre_prior.log_responsibilities(z_timbre)
+    return tf.nn.log_softmax(self.instrument_classifier(z_timbre))
+
+  def pitch_log_probs(self, z_pitch):
+    """log p(y_p | z_p): the pitch classifier if enabled, else prior responsibilities."""
+    if self.pitch_classifier is not None:
+      return tf.nn.log_softmax(self.pitch_classifier(z_pitch))
+    return self.pitch_prior.log_responsibilities(z_pitch)
+
+  def call(self, mel, training=False):
+    """Encodes, decodes the posterior means, and classifies: a dict of tensors."""
+    out = self.encode(mel, training=training)
+    out["reconstruction"] = self.decode(out["z_timbre_mean"], out["z_pitch_mean"],
+                                        training=training)
+    out["instrument_log_probs"] = self.instrument_log_probs(out["z_timbre_mean"])
+    out["pitch_log_probs"] = self.pitch_log_probs(out["z_pitch_mean"])
+    return out
+
+  # -- objective -------------------------------------------------------------------------
+
+  def _mel(self, batch):
+    if "mel" in batch:
+      return tf.cast(batch["mel"], tf.float32)
+    if self.features is None:
+      raise ValueError("batch has 'audio' but the model was built without `features`")
+    return self.features(batch["audio"])
+
+  def compute_terms(self, batch, training=False) -> tuple[dict, dict]:
+    """Per-example terms [B] and the predictions they came from.
+
+    Returns:
+      (terms, extra): terms by name (see the module docstring; `instrument_ce` is
+      already multiplied by the labelled mask); extra holds `labelled` (float [B]),
+      `instrument_log_probs` and `pitch_log_probs`.
+    """
+    c = self.config
+    mel = self._mel(batch)
+    post = self.encode(mel, training=training)
+    shape = tf.stack([tf.shape(mel)[0], 2, c.latent_dim])
+    noise = batch["noise"] if "noise" in batch else tf.random.normal(shape)
+    noise = tf.cast(noise, tf.float32)
+    z_pitch = post["z_pitch_mean"] + tf.exp(0.5 * post["z_pitch_logvar"]) * noise[:, 0]
+    z_timbre = post["z_timbre_mean"] + tf.exp(0.5 * post["z_timbre_logvar"]) * noise[:, 1]
+    recon = self.decode(z_timbre, z_pitch, training=training)
+    pitch = tf.cast(batch["pitch"], tf.int32)
+    instrument = tf.cast(batch["instrument"], tf.int32)
+    labelled = tf.cast(batch["labelled"], tf.float32)
+
+    terms = {"reconstruction": losses.squared_error(mel, recon)}
+    pitch_means = tf.gather(tf.convert_to_tensor(self.pitch_prior.means), pitch)
+    terms["kl_pitch"] = losses.gaussian_kl(
+        post["z_pitch_mean"], post["z_pitch_logvar"], pitch_means,
+        tf.fill(tf.shape(pitch_means), 2.0 * c.log_sigma_p))
+    inst_log_probs = self.instrument_log_probs(z_timbre)
+    if self.timbre_prior is not None:
+      terms["kl_timbre"] = losses.expected_component_kl(
+          post["z_timbre_mean"], post["z_timbre_logvar"],
+          tf.convert_to_tensor(self.timbre_prior.means), c.log_sigma_t, inst_log_probs)
+      terms["kl_instrument"] = losses.categorical_kl_uniform(inst_log_probs)
+    else:
+      terms["kl_timbre"] = losses.standard_normal_kl(post["z_timbre_mean"],
+                                                     post["z_timbre_logvar"])
+    terms["instrument_ce"] = labelled * losses.cross_entropy(inst_log_probs, instrument)
+    pitch_log_probs = None
+    if self.pitch_classifier is not None:
+      pitch_log_probs = self.pitch_log_probs(z_pitch)
+      terms["pitch_ce"] = losses.cross_entropy(pitch_log_probs, pitch)
+    extra = {"labelled": labelled, "instrument_log_probs": inst_log_probs,
+             "pitch_log_probs": pitch_log_probs, "instrument": instrument, "pitch": pitch}
+    return terms, extra
+
+  def _step(self, batch, training):
+    ctx = tf.distribute.get_replica_context()
+    with tf.GradientTape() as tape:
+      terms, extra = self.compute_terms(batch, training=training)
+      n_local = tf.cast(tf.shape(terms["reconstruction"])[0], tf.float32)
+      n_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n_local)
+      labelled_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                       tf.reduce_sum(extra["labelled"]))
+      scaled = {}
+      for name, values in terms.items():
+        denom = tf.maximum(labelled_global, 1.0) if name == "instrument_ce" else n_global
+        scaled[name] = tf.reduce_sum(values) / denom
+      loss = tf.add_n(list(scaled.values()))
+      if training:
+        grad_loss = self.optimizer.scale_loss(loss) if hasattr(
+            self.optimizer, "scale_loss") else loss
+    if training:
+      variables = self.trainable_variables
+      grads = tape.gradient(grad_loss, variables)
+      self.optimizer.apply(grads, variables)
+    global_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+    checks = [tf.debugging.check_numerics(
+        ctx.all_reduce(tf.distribute.ReduceOp.SUM, v),
+        f"loss term '{n}' is NaN or Inf") for n, v in scaled.items()]
+    with tf.control_dependencies(checks):
+      self.trackers["loss"].update_state(global_loss)
+    for name, values in terms.items():
+      weight = extra["labelled"] if name == "instrument_ce" else None
+      self.trackers[name].update_state(
+          values / tf.maximum(extra["labelled"], 1e-12) if weight is not None else values,
+          sample_weight=weight)
+    self.trackers["elbo"].update_state(-tf.add_n([terms[n] for n in UNSUPERVISED
+                                                   if n in terms]))
+    inst_correct = tf.cast(tf.equal(tf.argmax(extra["instrument_log_probs"], -1,
+                                              output_type=tf.int32), extra["instrument"]),
+                           tf.float32)
+    self.trackers["instrument_accuracy"].update_state(inst_correct,
+                                                      sample_weight=extra["labelled"])
+    if extra["pitch_log_probs"] is not None:
+      pitch_correct = tf.cast(tf.equal(tf.argmax(extra["pitch_log_probs"], -1,
+                                                 output_type=tf.int32), extra["pitch"]),
+                              tf.float32)
+      self.trackers["pitch_accuracy"].update_state(pitch_correct)
+    return {name: t.result() for name, t in self.trackers.items()}
+
+  def train_step(self, data):
+    return self._step(data, training=True)
+
+  def test_step(self, data):
+    return self._step(data, training=False)
+
+  def build_for(self, batch_size: int = 2):
+    """Creates every weight by running the model once on zeros."""
+    c = self.config
+    mel = tf.zeros([batch_size, c.frames, c.n_mels])
+    self(mel)
+    self.compute_terms({"mel": mel, "pitch": tf.zeros([batch_size], tf.int32),
+                        "instrument": tf.zeros([batch_size], tf.int32),
+                        "labelled": tf.ones([batch_size], tf.bool),
+                        "noise": tf.zeros([batch_size, 2, c.latent_dim])})
+    return self

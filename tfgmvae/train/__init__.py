@@ -1,0 +1,1 @@
+"""Training: configuration, input pipeline, checkpoints, summaries and the fit loop."""

@@ -1,0 +1,105 @@
+"""Checkpoints, early stopping and the run's own files.
+
+The run state (epochs done, best validation ELBO, epochs since it improved, whether the
+run stopped early) lives in tf.Variables saved with the model and the optimizer, so a run
+killed at any moment and started again with the same command resumes from its last
+checkpoint. Warm-starting copies another run's weights into a new run and is a separate
+path (`warm_start`), never taken implicitly.
+"""
+
+import difflib
+import os
+
+import keras
+import tensorflow as tf
+
+FLAGS_FILE = "flags.txt"
+
+
+class RunStateError(ValueError):
+  """The run directory does not fit the command; the message says why and what to do."""
+
+
+class RunState(tf.Module):
+  """Counters that must survive a restart."""
+
+  def __init__(self):
+    super().__init__(name="run_state")
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    self.best_elbo = tf.Variable(float("-inf"), dtype=tf.float64, trainable=False,
+                                 name="best_elbo")
+    self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+    self.stopped = tf.Variable(False, trainable=False, name="stopped")
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+  """Saves after every epoch; tracks the best validation ELBO; stops on patience."""
+
+  def __init__(self, state: RunState, manager: tf.train.CheckpointManager,
+               best_manager: tf.train.CheckpointManager, patience: int, log=print):
+    super().__init__()
+    self.state, self.manager, self.best_manager = state, manager, best_manager
+    self.patience, self.log = patience, log
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    done = epoch + 1
+    self.state.epoch.assign(done)
+    if "val_elbo" in logs:
+      elbo = float(logs["val_elbo"])
+      if elbo > float(self.state.best_elbo.numpy()):
+        self.state.best_elbo.assign(elbo)
+        self.state.best_epoch.assign(done)
+        self.best_manager.save(checkpoint_number=done)
+      waited = done - int(self.state.best_epoch.numpy())
+      if self.patience and waited >= self.patience:
+        self.state.stopped.assign(True)
+        self.model.stop_training = True
+        self.log(f"Early stop after epoch {done}: the validation ELBO has not improved for "
+                 f"{waited} epochs (best {float(self.state.best_elbo.numpy()):.2f} at "
+                 f"epoch {int(self.state.best_epoch.numpy())}).")
+    self.manager.save(checkpoint_number=done)
+
+
+def check_or_write_flags(run_dir: str, flags_text: str, may_differ=("epochs",)) -> bool:
+  """Writes RUN_DIR/flags.txt, or checks that an existing one matches this command.
+
+  Args:
+    run_dir: The run directory (created if needed).
+    flags_text: The effective flags, one `--name=value` per line.
+    may_differ: Flags a continued run may change.
+
+  Returns:
+    True if the file already existed (a continued run).
+
+  Raises:
+    RunStateError: the run directory belongs to a run with other settings.
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, FLAGS_FILE)
+  if not os.path.exists(path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(flags_text)
+    os.replace(tmp, path)
+    return False
+  with open(path, encoding="utf-8") as f:
+    old = f.read()
+
+  def relevant(text):
+    return [line for line in text.splitlines()
+            if line and not any(line.startswith(f"--{n}=") for n in may_differ)]
+
+  if relevant(old) != relevant(flags_text):
+    diff = "\n".join(difflib.unified_diff(relevant(old), relevant(flags_text),
+                                          "recorded", "this command", lineterm="", n=0))
+    raise RunStateError(
+        f"{path} records different settings from this command:\n{diff}\nA run directory "
+        "holds one run: use a new --run_dir, or replay it with "
+        f"--flagfile={path}, or start a new run from its weights with "
+        f"--warm_start={run_dir}.")
+  if old != flags_text:   # only allowed flags changed: record the new values
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(flags_text)
+    os.replace(path + ".tmp", path)
+  return True

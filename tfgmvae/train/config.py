@@ -1,0 +1,119 @@
+"""What a training run does: one frozen dataclass, built from bin/train's flags."""
+
+import dataclasses
+import json
+import os
+
+from tfgmvae.audio.config import AudioConfig
+from tfgmvae.data.sources import DATASETS, NSYNTH_INSTRUMENT_FIELDS
+from tfgmvae.model.config import KINDS
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+class ConfigError(ValueError):
+  """A setting or a combination of settings is impossible; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Settings of one run (see bin/train for each flag's meaning).
+
+  The data is either an existing prepared folder (`prepared_dir`) or a source
+  (`dataset` + `data_path`) that the run prepares into RUN_DIR/data on its first start.
+  """
+  run_dir: str
+  dataset: str = "rendered"
+  data_path: str = ""
+  prepared_dir: str = ""
+  model: str = "mgmvae"
+  label_fraction: float = 1.0
+  epochs: int = 10000
+  batch_size: int = 128
+  learning_rate: float = 1e-4
+  amsgrad: bool = False
+  seed: int = 0
+  patience: int = 1000
+  validation_every: int = 1
+  keep_checkpoints: int = 3
+  warm_start: str = ""
+  strategy: str = "default"
+  cpu_devices: int = 0
+  precision: str = "float32"
+  jit_compile: bool = False
+  latent_dim: int = 16
+  filters: int = 512
+  hidden: int = 512
+  pitch_classifier: bool = True
+  media_every: int = 10
+  embeddings_every: int = 0
+  griffin_lim_iters: int = 32
+  validation_fraction: float = 0.1
+  on_bad_file: str = "error"
+  nsynth_instrument_field: str = "instrument_family_str"
+  audio: AudioConfig = AudioConfig()
+  verbose: int = 1
+
+  def validate(self) -> "TrainConfig":
+    """Checks every setting and combination before any work starts.
+
+    Raises:
+      ConfigError: listing every problem found.
+    """
+    p = []
+    if not self.run_dir:
+      p.append("--run_dir is required")
+    if not self.prepared_dir:
+      if self.dataset not in DATASETS:
+        p.append(f"--dataset={self.dataset!r}: expected one of {', '.join(DATASETS)}")
+      if not self.data_path:
+        p.append("--data_path is required unless --prepared_dir names prepared data")
+    elif not os.path.isfile(os.path.join(self.prepared_dir, "prepared.json")):
+      p.append(f"--prepared_dir={self.prepared_dir}: no prepared.json there (expected a "
+               "folder written by bin/prepare_dataset)")
+    if self.model not in KINDS:
+      p.append(f"--model={self.model!r}: expected one of {', '.join(KINDS)}")
+    if not 0.0 <= self.label_fraction <= 1.0:
+      p.append(f"--label_fraction={self.label_fraction}: expected a number in [0, 1]")
+    for name in ("epochs", "batch_size", "validation_every", "keep_checkpoints",
+                 "latent_dim", "filters", "hidden", "griffin_lim_iters"):
+      if getattr(self, name) < 1:
+        p.append(f"--{name}={getattr(self, name)}: expected a positive integer")
+    for name in ("patience", "media_every", "embeddings_every", "cpu_devices"):
+      if getattr(self, name) < 0:
+        p.append(f"--{name}={getattr(self, name)}: expected 0 or more")
+    if not self.learning_rate > 0:
+      p.append(f"--learning_rate={self.learning_rate}: expected > 0")
+    if self.strategy not in STRATEGIES:
+      p.append(f"--strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
+      p.append("--strategy=multi_worker needs the TF_CONFIG environment variable (the "
+               "cluster and this worker's index)")
+    if self.cpu_devices and self.strategy != "mirrored":
+      p.append("--cpu_devices splits the CPU into logical devices for "
+               "--strategy=mirrored only")
+    if self.precision not in PRECISIONS:
+      p.append(f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if self.warm_start:
+      if not os.path.isdir(os.path.join(self.warm_start, "checkpoints")):
+        p.append(f"--warm_start={self.warm_start}: no checkpoints/ folder there (expected "
+                 "the run directory of another run)")
+      if os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir):
+        p.append("--warm_start names this run itself; to continue a run, run the same "
+                 "command again without --warm_start")
+    if self.model == "mvae" and self.label_fraction == 0.0:
+      pass   # allowed: the auxiliary classifier then never sees a label (paper's grid)
+    if self.on_bad_file not in ("error", "skip"):
+      p.append(f"--on_bad_file={self.on_bad_file!r}: expected 'error' or 'skip'")
+    if self.nsynth_instrument_field not in NSYNTH_INSTRUMENT_FIELDS:
+      p.append(f"--nsynth_instrument_field={self.nsynth_instrument_field!r}: expected one "
+               f"of {', '.join(NSYNTH_INSTRUMENT_FIELDS)}")
+    if not 0.0 < self.validation_fraction < 1.0:
+      p.append(f"--validation_fraction={self.validation_fraction}: expected (0, 1)")
+    if p:
+      raise ConfigError("Invalid training settings:\n  - " + "\n  - ".join(p))
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

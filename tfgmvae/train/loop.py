@@ -1,0 +1,195 @@
+"""`train(config)`: prepare or load the data, build the model, resume or warm-start, fit."""
+
+import json
+import os
+import re
+
+import keras
+import tensorflow as tf
+
+from tfgmvae.data.dataset import PreparedFeatures
+from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
+from tfgmvae.model import GMVAE, ModelConfig
+from tfgmvae.train import inputs
+from tfgmvae.train.checkpoints import CheckpointCallback, RunState, RunStateError
+from tfgmvae.train.config import ConfigError, TrainConfig
+
+MODEL_FILE = "model.json"
+
+
+class TrainingError(RuntimeError):
+  """Training stopped on a numerical problem; the message names the term and epoch."""
+
+
+def load_prepared(config: TrainConfig, log=print) -> Prepared:
+  """The run's prepared data: --prepared_dir, RUN_DIR/data, or prepared now into it."""
+  if config.prepared_dir:
+    return Prepared.load(config.prepared_dir)
+  data_dir = os.path.join(config.run_dir, "data")
+  if os.path.isfile(os.path.join(data_dir, "prepared.json")):
+    prepared = Prepared.load(data_dir)
+    if prepared.audio != config.audio:
+      raise RunStateError(f"{data_dir} was prepared with other audio settings than this "
+                          "command's; use a new --run_dir.")
+    return prepared
+  return prepare(PrepareConfig(
+      dataset=config.dataset, data_path=config.data_path, out_dir=data_dir,
+      audio=config.audio, validation_fraction=config.validation_fraction,
+      seed=config.seed, on_bad_file=config.on_bad_file,
+      nsynth_instrument_field=config.nsynth_instrument_field), log=log)
+
+
+def make_strategy(config: TrainConfig):
+  """The tf.distribute strategy named by the config."""
+  if config.strategy == "mirrored":
+    devices = None
+    if config.cpu_devices:
+      cpu = tf.config.list_physical_devices("CPU")[0]
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+      devices = [f"/cpu:{i}" for i in range(config.cpu_devices)]
+    return tf.distribute.MirroredStrategy(devices=devices)
+  if config.strategy == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> ModelConfig:
+  return ModelConfig(
+      num_pitches=prepared.num_pitches, num_instruments=prepared.num_instruments,
+      kind=config.model, frames=prepared.audio.frames, n_mels=prepared.audio.n_mels,
+      latent_dim=config.latent_dim, filters=config.filters, hidden=config.hidden,
+      pitch_classifier=config.pitch_classifier, synchronized_bn=replicas > 1)
+
+
+def _nan_message(error: Exception, epoch: int, manager) -> str:
+  match = re.search(r"loss term '([a-z_]+)' is NaN or Inf", str(error))
+  term = match.group(1) if match else "unknown"
+  where = (f"the last good checkpoint is {manager.latest_checkpoint}"
+           if manager.latest_checkpoint else "no checkpoint was written yet")
+  return (f"Training stopped: the loss term '{term}' became NaN or Inf during epoch "
+          f"{epoch + 1}; {where}. Try a lower --learning_rate or --precision=float32.")
+
+
+def train(config: TrainConfig, log=print, callbacks=()) -> dict:
+  """Trains (or resumes) the run in `config.run_dir`.
+
+  Args:
+    config: The run's settings (validated here).
+    log: Where progress messages go.
+    callbacks: Extra Keras callbacks (e.g. for tests).
+
+  Returns:
+    {'history': fit's history dict, 'epoch': epochs done, 'best_elbo', 'best_epoch',
+     'stopped_early'}.
+
+  Raises:
+    ConfigError: impossible settings (before any work).
+    RunStateError: the run directory does not fit the command.
+    TrainingError: a loss term became NaN/Inf (names the term).
+  """
+  config.validate()
+  if config.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+    raise ConfigError("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
+  strategy = make_strategy(config)
+  replicas = strategy.num_replicas_in_sync
+  prepared = load_prepared(config, log)
+  output = "mel"
+  if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+    output = "audio"
+  mconfig = model_config(config, prepared, replicas)
+  previous_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(config.precision)
+  try:
+    with strategy.scope():
+      model = GMVAE(mconfig, features=PreparedFeatures(prepared) if output == "audio"
+                    else None)
+      model.build_for()
+      optimizer = keras.optimizers.Adam(config.learning_rate, amsgrad=config.amsgrad)
+      model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+      optimizer.build(model.trainable_variables)
+      state = RunState()
+      checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.run_dir, "checkpoints"), config.keep_checkpoints)
+    best_manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, state=state), os.path.join(config.run_dir, "best"),
+        max_to_keep=1)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      log(f"Resuming {config.run_dir} from {manager.latest_checkpoint} "
+          f"(epoch {int(state.epoch.numpy())}).")
+    elif config.warm_start:
+      source = tf.train.latest_checkpoint(os.path.join(config.warm_start, "checkpoints"))
+      if source is None:
+        raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint in its "
+                            "checkpoints/ folder.")
+      try:
+        tf.train.Checkpoint(model=model).restore(source).expect_partial() \
+            .assert_existing_objects_matched()
+      except (AssertionError, ValueError) as e:
+        raise RunStateError(f"--warm_start={config.warm_start}: its model does not fit "
+                            f"this one (other sizes or vocabularies?): {e}") from e
+      log(f"Warm-started {config.run_dir} from the weights of {source}.")
+    model_file = os.path.join(config.run_dir, MODEL_FILE)
+    if not os.path.exists(model_file):
+      with open(model_file, "w", encoding="utf-8") as f:
+        json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
+            prepared.directory)}, f, indent=2)
+    start = int(state.epoch.numpy())
+    if bool(state.stopped.numpy()) or start >= config.epochs:
+      log(f"{config.run_dir} is already finished (epoch {start}"
+          f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
+      return _result({}, state)
+    train_ds, steps = inputs.make_inputs(
+        prepared, "train", config.batch_size, config.seed, config.latent_dim,
+        config.label_fraction, start, config.epochs, output,
+        strategy if replicas > 1 else None)
+    val_ds, val_steps = inputs.make_inputs(
+        prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
+        config.seed, config.latent_dim, 1.0, output=output,
+        strategy=strategy if replicas > 1 else None)
+    all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience, log)]
+    all_callbacks += _summary_callbacks(config, prepared, model)
+    all_callbacks += list(callbacks)
+    try:
+      history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
+                          steps_per_epoch=steps, validation_data=val_ds,
+                          validation_steps=val_steps,
+                          validation_freq=config.validation_every,
+                          callbacks=all_callbacks, verbose=config.verbose)
+    except tf.errors.InvalidArgumentError as e:
+      if "is NaN or Inf" in str(e):
+        raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager)) from None
+      raise
+    return _result(history.history, state)
+  finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _val_count(prepared: Prepared, replicas: int) -> int:
+  count = sum(prepared.counts["validation"].values())
+  return max(replicas, count - count % replicas)
+
+
+def _summary_callbacks(config: TrainConfig, prepared: Prepared, model) -> list:
+  try:
+    from tfgmvae.train.summaries import SummaryCallback  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return []
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfgmvae.data.dataset import PipelineConfig, make_dataset  # pylint: disable=g-import-not-at-top
+  val = make_dataset(prepared, "validation", PipelineConfig(
+      batch_size=64, shuffle=False, cache=""))
+  batch = {k: np.asarray(v) for k, v in next(val.as_numpy_iterator()).items()}
+  return [SummaryCallback(config.run_dir, prepared, batch, media_every=config.media_every,
+                          griffin_lim_iters=config.griffin_lim_iters,
+                          embeddings_every=config.embeddings_every)]
+
+
+def _result(history: dict, state: RunState) -> dict:
+  return {"history": history, "epoch": int(state.epoch.numpy()),
+          "best_elbo": float(state.best_elbo.numpy()),
+          "best_epoch": int(state.best_epoch.numpy()),
+          "stopped_early": bool(state.stopped.numpy())}
+

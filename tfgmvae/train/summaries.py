@@ -1,0 +1,287 @@
+"""TensorBoard summaries of a training run: scalars, spectrograms, audio, embeddings.
+
+`SummaryCallback` writes two runs under `run_dir/summaries`:
+
+* `train`: `losses/<term>` for each term of the objective, `losses/total`, `elbo`,
+  `accuracy/instrument`, `accuracy/pitch`, `optimization/learning_rate`,
+  `optimization/steps_per_second` and `progress/optimizer_step`;
+* `validation`: the same losses, ELBO and accuracies from the `val_` logs; every
+  `media_every` epochs the input and reconstructed log-mel of a few validation notes as
+  images (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio
+  (`audio/input`, `audio/reconstruction`); and Embedding Projector data for the posterior
+  means of z_t and z_p (a checkpoint `embeddings-<epoch>`, `metadata.tsv` and
+  `projector_config.pbtxt`).
+
+The step of every summary is the number of completed epochs.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins import projector
+
+from tfgmvae import audio
+
+TRAIN_RUN, VALIDATION_RUN = "train", "validation"
+LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instrument_ce",
+              "pitch_ce")
+# Model tracker name -> TensorBoard tag (loss terms are added below).
+METRIC_TAGS = {"loss": "losses/total", "elbo": "elbo",
+               "instrument_accuracy": "accuracy/instrument",
+               "pitch_accuracy": "accuracy/pitch"} | {t: f"losses/{t}" for t in LOSS_TERMS}
+SPECTROGRAM_TAG = "spectrograms/input_vs_reconstruction"
+AUDIO_TAGS = {"input": "audio/input", "reconstruction": "audio/reconstruction"}
+METADATA_NAME = "metadata.tsv"
+CHECKPOINT_NAME = "embeddings"
+EMBEDDINGS = {"z_timbre": "z_timbre_mean", "z_pitch": "z_pitch_mean"}   # var -> encode key
+PEAK = 0.99
+GAP = 2   # white columns between the input and the reconstruction
+
+# Colours at equally spaced levels, dark purple (low) -> blue -> teal -> green -> yellow.
+_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
+                     [253, 231, 37]], np.float32)
+
+
+def scalar_summaries(logs: dict, prefix: str = "") -> dict[str, float]:
+  """TensorBoard tag -> value for the model's trackers found in `logs`.
+
+  Args:
+    logs: Keras epoch logs.
+    prefix: '' for the training values, 'val_' for the validation ones.
+  """
+  return {tag: float(logs[prefix + name]) for name, tag in METRIC_TAGS.items()
+          if logs and prefix + name in logs}
+
+
+def colorize(values, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+  """Maps values in [lo, hi] (clipped) to uint8 RGB, shape values.shape + (3,)."""
+  x = np.clip((np.nan_to_num(np.asarray(values, np.float32)) - lo) / (hi - lo), 0.0, 1.0)
+  levels = np.linspace(0.0, 1.0, len(_ANCHORS))
+  rgb = np.stack([np.interp(x, levels, _ANCHORS[:, c]) for c in range(3)], axis=-1)
+  return np.round(rgb).astype(np.uint8)
+
+
+def spectrogram_image(*mels) -> np.ndarray:
+  """Normalised log-mels [T, F] side by side as one uint8 image [F, n*T + (n-1)*GAP, 3].
+
+  Time runs left to right and the lowest mel band is the bottom row.
+  """
+  panels = []
+  for i, mel in enumerate(mels):
+    if i:
+      panels.append(np.full((np.shape(mel)[1], GAP, 3), 255, np.uint8))
+    panels.append(colorize(np.asarray(mel).T[::-1]))
+  return np.concatenate(panels, axis=1)
+
+
+def peak_normalise(waves, peak: float = PEAK) -> np.ndarray:
+  """Scales each row of [k, samples] so its largest magnitude is `peak` (silence stays 0)."""
+  x = np.nan_to_num(np.asarray(waves, np.float32))
+  top = np.max(np.abs(x), axis=-1, keepdims=True)
+  return x * np.where(top > 0, peak / np.maximum(top, 1e-30), 0.0).astype(np.float32)
+
+
+def checkpoint_tensor_name(variable: str) -> str:
+  """Key under which `tf.train.Checkpoint(<variable>=v)` stores v's value."""
+  return f"{variable}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def write_projector(directory: str, embeddings: dict, metadata: list[tuple],
+                    step: int) -> str:
+  """Writes Embedding Projector data into `directory`; the files are relocatable.
+
+  Args:
+    directory: A TensorBoard run folder (the projector finds its latest checkpoint).
+    embeddings: Variable name -> float [N, D] array (same N for all).
+    metadata: N rows of (instrument, MIDI pitch, key), in the order of the embeddings.
+    step: Number of the checkpoint; only the newest is kept.
+
+  Returns:
+    The checkpoint path.
+  """
+  tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(os.path.join(directory, METADATA_NAME), "w") as f:
+    f.write("instrument\tpitch\tkey\n")
+    for row in metadata:
+      f.write("\t".join(" ".join(str(v).split()) for v in row) + "\n")
+  variables = {name: tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
+               for name, value in embeddings.items()}
+  checkpoint = tf.train.Checkpoint(**variables)
+  manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1,
+                                       checkpoint_name=CHECKPOINT_NAME)
+  path = manager.save(checkpoint_number=step)
+  config = projector.ProjectorConfig()
+  for name, var in variables.items():
+    info = config.embeddings.add()
+    info.tensor_name = checkpoint_tensor_name(name)
+    info.metadata_path = METADATA_NAME
+    info.tensor_shape.extend(var.shape.as_list())
+  projector.visualize_embeddings(directory, config)
+  return path
+
+
+def _decode(key) -> str:
+  return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+class SummaryCallback(keras.callbacks.Callback):
+  """Writes TensorBoard summaries of a GMVAE training run (see the module docstring)."""
+
+  def __init__(self, run_dir: str, prepared, val_batch: dict, media_every: int = 10,
+               num_audio: int = 3, griffin_lim_iters: int = 32, embeddings_every: int = 0):
+    """Sets the callback up.
+
+    Args:
+      run_dir: The run's folder; summaries go to `run_dir/summaries/{train,validation}`.
+      prepared: The `Prepared` dataset (vocabularies, log-mel range, audio settings).
+      val_batch: Numpy arrays of validation notes: `mel` [N, T, F] normalised, `pitch`
+        and `instrument` (indices into the vocabularies) and `key` (bytes or str).
+      media_every: Spectrograms and audio every this many epochs and after the first;
+        0 disables them.
+      num_audio: Notes shown as spectrograms and audio (the first of `val_batch`).
+      griffin_lim_iters: Griffin-Lim iterations of the audio summaries.
+      embeddings_every: Projector data every this many epochs; it is always written when
+        training ends (0: only then).
+    """
+    super().__init__()
+    self.summary_dir = os.path.join(run_dir, "summaries")
+    self.prepared = prepared
+    self.val_batch = {k: np.asarray(v) for k, v in val_batch.items()}
+    self.media_every = media_every
+    self.num_audio = max(0, min(num_audio, len(self.val_batch["mel"])))
+    self.griffin_lim_iters = griffin_lim_iters
+    self.embeddings_every = embeddings_every
+    self.train_writer = self.validation_writer = None
+    self._epoch = -1
+    self._embedded_epoch = None
+    self._epoch_start = self._last_batch_end = None
+    self._start_iterations = 0
+    self._batches = 0
+
+  @property
+  def validation_dir(self) -> str:
+    return os.path.join(self.summary_dir, VALIDATION_RUN)
+
+  def _open(self):
+    if self.train_writer is None:
+      self.train_writer = tf.summary.create_file_writer(
+          os.path.join(self.summary_dir, TRAIN_RUN))
+      self.validation_writer = tf.summary.create_file_writer(self.validation_dir)
+
+  def _iterations(self) -> int:
+    return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+  def current_learning_rate(self) -> float:
+    lr = self.model.optimizer.learning_rate
+    if callable(lr) and not hasattr(lr, "numpy"):
+      lr = lr(self.model.optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+  def _notes(self, indices) -> list[tuple[str, int, str]]:
+    b = self.val_batch
+    return [(self.prepared.instruments[int(b["instrument"][i])],
+             int(self.prepared.pitches[int(b["pitch"][i])]), _decode(b["key"][i]))
+            for i in indices]
+
+  # -- Keras hooks -----------------------------------------------------------------------
+
+  def on_train_begin(self, logs=None):
+    self._open()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._open()
+    self._epoch_start = self._last_batch_end = time.perf_counter()
+    self._start_iterations = self._iterations()
+    self._batches = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._batches += 1
+    self._last_batch_end = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._open()
+    logs = logs or {}
+    step = epoch + 1
+    self._epoch = epoch
+    iterations = self._iterations()
+    with self.train_writer.as_default(step=step):
+      for tag, value in scalar_summaries(logs).items():
+        tf.summary.scalar(tag, value)
+      tf.summary.scalar("optimization/learning_rate", self.current_learning_rate())
+      tf.summary.scalar("progress/optimizer_step", iterations)
+      # Batches seen by on_train_batch_end (one call per execution of
+      # steps_per_execution steps), bounded by the optimizer's count, which Keras 3.4
+      # advances once more at the end of an epoch over a dataset of unknown length.
+      per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+      steps = min(self._batches * per_call, iterations - self._start_iterations)
+      elapsed = (self._last_batch_end or 0.0) - (self._epoch_start or 0.0)
+      if steps and elapsed > 0:
+        tf.summary.scalar("optimization/steps_per_second", steps / elapsed)
+    with self.validation_writer.as_default(step=step):
+      for tag, value in scalar_summaries(logs, "val_").items():
+        tf.summary.scalar(tag, value)
+      if self.media_every > 0 and epoch % self.media_every == 0 and self.num_audio:
+        self.write_media(step)
+    if self.embeddings_every > 0 and step % self.embeddings_every == 0:
+      self.write_embeddings(step)
+    self.train_writer.flush()
+    self.validation_writer.flush()
+
+  def on_train_end(self, logs=None):
+    if self._embedded_epoch is None or self._embedded_epoch != self._epoch + 1:
+      self.write_embeddings(self._epoch + 1)
+    for writer in (self.train_writer, self.validation_writer):
+      if writer is not None:
+        writer.close()
+    self.train_writer = self.validation_writer = None
+
+  # -- media and embeddings --------------------------------------------------------------
+
+  def write_media(self, step: int):
+    """Spectrogram images and Griffin-Lim audio of the first `num_audio` notes."""
+    k = self.num_audio
+    mel = self.val_batch["mel"][:k].astype(np.float32)
+    recon = keras.ops.convert_to_numpy(self.model(mel, training=False)["reconstruction"])
+    notes = self._notes(range(k))
+    listing = "\n".join(f"{i + 1}. `{key}`: {inst}, MIDI pitch {pitch}"
+                        for i, (inst, pitch, key) in enumerate(notes))
+    images = np.stack([spectrogram_image(a, b) for a, b in zip(mel, recon)])
+    with self.validation_writer.as_default(step=step):
+      tf.summary.image(
+          SPECTROGRAM_TAG, images, max_outputs=k,
+          description=("Left: input log-mel; right: reconstruction. Time runs left to "
+                       "right, the lowest mel band is at the bottom; colour from -1 "
+                       "(dark) to 1 (yellow) in the normalised scale.\n\n" + listing))
+      p = self.prepared
+      both = audio.denormalise(np.concatenate([mel, recon.astype(np.float32)]),
+                               p.log_mel_min, p.log_mel_max)
+      waves = peak_normalise(audio.log_mel_to_audio(both, p.audio,
+                                                    n_iter=self.griffin_lim_iters))
+      for name, clips in (("input", waves[:k]), ("reconstruction", waves[k:])):
+        tf.summary.audio(AUDIO_TAGS[name], clips[:, :, None], p.audio.sample_rate,
+                         max_outputs=k, encoding="wav",
+                         description=(f"Griffin-Lim ({self.griffin_lim_iters} iterations)"
+                                      f" of the {name} log-mel, peak-normalised.\n\n"
+                                      + listing))
+
+  def encode(self, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Posterior means of every validation note: variable name -> [N, L]."""
+    mel = self.val_batch["mel"].astype(np.float32)
+    parts = {name: [] for name in EMBEDDINGS}
+    for start in range(0, len(mel), batch_size):
+      post = self.model.encode(mel[start:start + batch_size], training=False)
+      for name, key in EMBEDDINGS.items():
+        parts[name].append(keras.ops.convert_to_numpy(post[key]))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+  def write_embeddings(self, step: int) -> str | None:
+    """Projector data for z_t and z_p into the validation run; returns the checkpoint."""
+    if not len(self.val_batch["mel"]):
+      return None
+    path = write_projector(self.validation_dir, self.encode(),
+                           self._notes(range(len(self.val_batch["mel"]))), step)
+    self._embedded_epoch = step
+    return path
