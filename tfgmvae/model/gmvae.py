@@ -225,13 +225,21 @@ class GMVAE(keras.Model):
   def test_step(self, data):
     return self._step(data, training=False)
 
-  def build_for(self, batch_size: int = 2):
-    """Creates every weight by running the model once on zeros."""
+  def build(self, input_shape=None):
+    """Creates every weight by running each part once on zeros."""
+    del input_shape
     c = self.config
-    mel = tf.zeros([batch_size, c.frames, c.n_mels])
-    self(mel)
-    self.compute_terms({"mel": mel, "pitch": tf.zeros([batch_size], tf.int32),
-                        "instrument": tf.zeros([batch_size], tf.int32),
-                        "labelled": tf.ones([batch_size], tf.bool),
-                        "noise": tf.zeros([batch_size, 2, c.latent_dim])})
+    mel = tf.zeros([2, c.frames, c.n_mels])
+    post = self.encode(mel)
+    self.decode(post["z_timbre_mean"], post["z_pitch_mean"])
+    self.instrument_log_probs(post["z_timbre_mean"])
+    self.pitch_log_probs(post["z_pitch_mean"])
+    self.pitch_prior.log_responsibilities(post["z_pitch_mean"])
+    self.built = True
+
+  def build_for(self, batch_size: int = 2):
+    """Builds the model (all weights exist afterwards) and returns it."""
+    del batch_size
+    if not self.built:
+      self.build()
     return self

@@ -5,14 +5,16 @@ import os
 import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import PreparedFeatures
+from tfgmvae.data.dataset import PipelineConfig, PreparedFeatures, make_dataset
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import CheckpointCallback, RunState, RunStateError
 from tfgmvae.train.config import ConfigError, TrainConfig
+from tfgmvae.train.summaries import SummaryCallback
 
 MODEL_FILE = "model.json"
 
@@ -150,7 +152,7 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
         config.seed, config.latent_dim, 1.0, output=output,
         strategy=strategy if replicas > 1 else None)
     all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience, log)]
-    all_callbacks += _summary_callbacks(config, prepared, model)
+    all_callbacks += _summary_callbacks(config, prepared)
     all_callbacks += list(callbacks)
     try:
       history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
@@ -172,13 +174,7 @@ def _val_count(prepared: Prepared, replicas: int) -> int:
   return max(replicas, count - count % replicas)
 
 
-def _summary_callbacks(config: TrainConfig, prepared: Prepared, model) -> list:
-  try:
-    from tfgmvae.train.summaries import SummaryCallback  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return []
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tfgmvae.data.dataset import PipelineConfig, make_dataset  # pylint: disable=g-import-not-at-top
+def _summary_callbacks(config: TrainConfig, prepared: Prepared) -> list:
   val = make_dataset(prepared, "validation", PipelineConfig(
       batch_size=64, shuffle=False, cache=""))
   batch = {k: np.asarray(v) for k, v in next(val.as_numpy_iterator()).items()}

@@ -1,0 +1,240 @@
+"""The model: shapes, distributions, every loss term against a hand computation, steps."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfgmvae.model import GMVAE, MixturePrior, ModelConfig, posterior
+from tfgmvae.model import losses
+
+tfd = tfp.distributions
+TINY = dict(frames=43, n_mels=256, latent_dim=4, filters=8, hidden=16, aux_hidden=8)
+
+
+def _batch(n=6, pitches=5, instruments=3, latent=4, seed=0, labelled=None):
+  rng = np.random.default_rng(seed)
+  return {
+      "mel": tf.constant(rng.uniform(-1, 1, (n, 43, 256)), tf.float32),
+      "pitch": tf.constant(rng.integers(0, pitches, n), tf.int32),
+      "instrument": tf.constant(rng.integers(0, instruments, n), tf.int32),
+      "labelled": tf.constant(rng.random(n) < 0.5 if labelled is None else labelled),
+      "noise": tf.constant(rng.standard_normal((n, 2, latent)), tf.float32),
+  }
+
+
+def _tiny(kind="mgmvae", **kw):
+  return GMVAE(ModelConfig(num_pitches=5, num_instruments=3, kind=kind, **(TINY | kw)))
+
+
+def test_paper_size_shapes():
+  model = GMVAE(ModelConfig(num_pitches=82, num_instruments=12)).build_for()
+  out = model(tf.zeros([2, 43, 256]))
+  for key in ("z_pitch_mean", "z_pitch_logvar", "z_timbre_mean", "z_timbre_logvar"):
+    assert out[key].shape == (2, 16)
+  assert out["reconstruction"].shape == (2, 43, 256)
+  assert out["instrument_log_probs"].shape == (2, 12)
+  assert out["pitch_log_probs"].shape == (2, 82)
+  conv = model.pitch_encoder.body[0]
+  assert conv.kernel.shape == (3, 256, 512)          # mel bands are the channels
+  assert model.decoder.body[3].kernel.shape == (512, 39 * 512)
+  assert model.timbre_prior.means.shape == (12, 16)
+  assert model.pitch_prior.means.shape == (82, 16)
+
+
+def test_prior_distribution_shapes_with_and_without_sample_dims():
+  prior = MixturePrior(12, 16, log_scale=0.0)
+  comps, mix = prior.components(), prior.mixture()
+  assert comps.batch_shape == [12] and comps.event_shape == [16]
+  assert isinstance(mix, tfd.MixtureSameFamily)
+  assert mix.batch_shape == [] and mix.event_shape == [16]
+  assert mix.sample().shape == (16,)
+  assert mix.sample([5, 3]).shape == (5, 3, 16)
+  assert mix.log_prob(tf.zeros([5, 3, 16])).shape == (5, 3)
+  cond = prior.conditional(tf.constant([0, 3, 11]))
+  assert cond.batch_shape == [3] and cond.event_shape == [16]
+  assert cond.sample(7).shape == (7, 3, 16)
+  assert prior.log_responsibilities(tf.zeros([5, 3, 16])).shape == (5, 3, 12)
+  q = posterior(tf.zeros([4, 16]), tf.zeros([4, 16]))
+  assert q.batch_shape == [4] and q.event_shape == [16]
+  np.testing.assert_allclose(cond.stddev().numpy(), 1.0)
+  assert MixturePrior(82, 16, log_scale=-2.0).components().stddev().numpy()[0, 0] == \
+      pytest.approx(np.exp(-2.0))
+
+
+def test_prior_means_are_trainable_weights_and_xavier():
+  prior = MixturePrior(82, 16, log_scale=-2.0)
+  assert [w.name for w in prior.trainable_weights] == ["means"]
+  limit = np.sqrt(6.0 / (82 + 16))
+  values = prior.means.numpy()
+  assert np.abs(values).max() <= limit and values.std() > 0.3 * limit
+
+
+def test_responsibilities_equal_a_direct_softmax():
+  prior = MixturePrior(4, 3, log_scale=0.5)
+  z = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+  means, var = prior.means.numpy(), np.exp(0.5) ** 2
+  logp = -0.5 * ((z[:, None, :] - means[None]) ** 2).sum(-1) / var
+  expected = np.exp(logp) / np.exp(logp).sum(1, keepdims=True)
+  np.testing.assert_allclose(np.exp(prior.log_responsibilities(z).numpy()), expected,
+                             rtol=1e-5, atol=1e-7)
+  far = prior.log_responsibilities(np.full((1, 3), 1e4, np.float32)).numpy()
+  assert np.all(np.isfinite(far))                       # log-sum-exp, no underflow
+
+
+def test_gaussian_kl_equals_tfp_closed_form():
+  rng = np.random.default_rng(2)
+  mq, lq, mp, lp = (rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4))
+  ours = losses.gaussian_kl(mq, lq, mp, lp).numpy()
+  ref = tfd.kl_divergence(posterior(mq, lq), posterior(mp, lp)).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-5)
+  hand = 0.5 * (lp - lq + (np.exp(lq) + (mq - mp) ** 2) / np.exp(lp) - 1).sum(-1)
+  np.testing.assert_allclose(ours, hand, rtol=1e-5)
+  assert np.all(ours >= 0)
+
+
+def test_expected_component_kl_is_the_weighted_sum():
+  rng = np.random.default_rng(3)
+  mq, lq = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(
+      np.float32)
+  means = rng.normal(size=(4, 3)).astype(np.float32)
+  q_y = rng.dirichlet(np.ones(4), size=2).astype(np.float32)
+  ours = losses.expected_component_kl(mq, lq, means, -0.7, np.log(q_y)).numpy()
+  for b in range(2):
+    total = sum(q_y[b, k] * losses.gaussian_kl(mq[b], lq[b], means[k],
+                                               np.full(3, -1.4, np.float32)).numpy()
+                for k in range(4))
+    assert ours[b] == pytest.approx(total, rel=1e-5)
+
+
+def test_categorical_kl_and_cross_entropy():
+  q = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]], np.float32)
+  ours = losses.categorical_kl_uniform(np.log(q)).numpy()
+  ref = tfd.kl_divergence(tfd.Categorical(probs=q),
+                          tfd.Categorical(probs=np.full((2, 3), 1 / 3, np.float32))).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+  assert ours[1] == pytest.approx(0.0, abs=1e-6)
+  ce = losses.cross_entropy(np.log(q), np.array([0, 2])).numpy()
+  np.testing.assert_allclose(ce, [-np.log(0.7), -np.log(1 / 3)], rtol=1e-6)
+
+
+def test_squared_error_sums_all_bins():
+  x = np.zeros((2, 43, 256), np.float32)
+  y = np.full((2, 43, 256), 0.5, np.float32)
+  np.testing.assert_allclose(losses.squared_error(x, y).numpy(), 43 * 256 * 0.25)
+
+
+@pytest.mark.parametrize("kind", ["mgmvae", "mvae"])
+def test_terms_are_finite_with_the_right_sign(kind):
+  model = _tiny(kind).build_for()
+  terms, _ = model.compute_terms(_batch(), training=False)
+  expected = {"reconstruction", "kl_pitch", "kl_timbre", "instrument_ce", "pitch_ce"}
+  if kind == "mgmvae":
+    expected.add("kl_instrument")
+  assert set(terms) == expected and set(model.term_names) == expected
+  for name, values in terms.items():
+    v = values.numpy()
+    assert v.shape == (6,) and np.all(np.isfinite(v)), name
+    assert np.all(v >= -1e-5), name
+
+
+def test_terms_match_a_hand_computation():
+  model = _tiny().build_for()
+  batch = _batch()
+  terms, extra = model.compute_terms(batch, training=False)
+  post = model.encode(batch["mel"])
+  eps = batch["noise"].numpy()
+  zp = post["z_pitch_mean"].numpy() + np.exp(0.5 * post["z_pitch_logvar"].numpy()) * eps[:, 0]
+  zt = post["z_timbre_mean"].numpy() + np.exp(0.5 * post["z_timbre_logvar"].numpy()) * eps[:, 1]
+  recon = model.decode(zt, zp).numpy()
+  np.testing.assert_allclose(terms["reconstruction"].numpy(),
+                             ((batch["mel"].numpy() - recon) ** 2).sum((1, 2)), rtol=1e-5)
+  means_t = model.timbre_prior.means.numpy()
+  logp = -0.5 * ((zt[:, None, :] - means_t[None]) ** 2).sum(-1)    # sigma_t = 1
+  q_y = np.exp(logp - logp.max(1, keepdims=True))
+  q_y /= q_y.sum(1, keepdims=True)
+  np.testing.assert_allclose(np.exp(extra["instrument_log_probs"].numpy()), q_y, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(terms["kl_instrument"].numpy(),
+                             (q_y * np.log(q_y * 3)).sum(1), rtol=1e-4, atol=1e-6)
+  ce = -np.log(q_y[np.arange(6), batch["instrument"].numpy()])
+  np.testing.assert_allclose(terms["instrument_ce"].numpy(),
+                             ce * batch["labelled"].numpy(), rtol=1e-4)
+  means_p = model.pitch_prior.means.numpy()[batch["pitch"].numpy()]
+  mq, lq = post["z_pitch_mean"].numpy(), post["z_pitch_logvar"].numpy()
+  kl_p = 0.5 * (-4.0 - lq + (np.exp(lq) + (mq - means_p) ** 2) / np.exp(-4.0) - 1).sum(1)
+  np.testing.assert_allclose(terms["kl_pitch"].numpy(), kl_p, rtol=1e-4)
+
+
+def test_unlabelled_notes_do_not_touch_the_instrument_loss():
+  model = _tiny().build_for()
+  batch = _batch(labelled=np.array([True, True, False, False, False, False]))
+  other = dict(batch, instrument=tf.constant([batch["instrument"].numpy()[0],
+                                              batch["instrument"].numpy()[1], 2, 2, 0, 1]))
+  t1, _ = model.compute_terms(batch)
+  t2, _ = model.compute_terms(other)
+  np.testing.assert_allclose(t1["instrument_ce"].numpy(), t2["instrument_ce"].numpy())
+  none = dict(batch, labelled=tf.zeros([6], tf.bool))
+  with tf.GradientTape() as tape:
+    terms, _ = model.compute_terms(none, training=True)
+    ce = tf.reduce_sum(terms["instrument_ce"])
+  grads = tape.gradient(ce, model.trainable_variables)
+  assert all(g is None or not np.any(g.numpy()) for g in grads)
+
+
+def test_logged_values_equal_the_recomputed_ones():
+  """The known Keras 3 trap: fit() must log what the step computed, not 0.0."""
+  model = _tiny().build_for()
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  batch = _batch(n=8)
+  before, _ = model.compute_terms(batch, training=True)
+  ds = tf.data.Dataset.from_tensors(batch)
+  history = model.fit(ds, epochs=1, verbose=0).history
+  labelled = batch["labelled"].numpy().astype(np.float32)
+  for name, values in before.items():
+    values = values.numpy()
+    expected = (values.sum() / labelled.sum() if name == "instrument_ce"
+                else values.mean())
+    assert history[name][0] == pytest.approx(expected, rel=1e-4), name
+  total = sum(v.numpy().sum() / (labelled.sum() if n == "instrument_ce" else 8)
+              for n, v in before.items())
+  assert history["loss"][0] == pytest.approx(total, rel=1e-4)
+  assert history["loss"][0] > 1.0
+  elbo = -sum(before[n].numpy().mean() for n in ("reconstruction", "kl_pitch",
+                                                 "kl_timbre", "kl_instrument"))
+  assert history["elbo"][0] == pytest.approx(elbo, rel=1e-4)
+
+
+def test_nan_in_a_term_stops_with_its_name():
+  model = _tiny().build_for()
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  batch = _batch()
+  batch["mel"] = tf.tensor_scatter_nd_update(batch["mel"], [[0, 0, 0]], [np.nan])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="reconstruction' is NaN"):
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("kind", ["mgmvae", "mvae"])
+def test_a_tiny_model_overfits_a_few_notes(kind):
+  tf.keras.utils.set_random_seed(0)
+  model = _tiny(kind, filters=16, hidden=32).build_for()
+  model.compile(optimizer=keras.optimizers.Adam(3e-3))
+  rng = np.random.default_rng(0)
+  # Four 'notes': two instruments (spectral shapes) x two pitches (time envelopes).
+  shapes = [np.linspace(-1, 1, 256), np.cos(np.linspace(0, 6, 256))]
+  envelopes = [np.linspace(1, 0, 43), np.sin(np.linspace(0, 3, 43))]
+  mel = np.stack([0.9 * np.outer(e, s) for s in shapes for e in envelopes]).astype(np.float32)
+  batch = {"mel": mel, "pitch": np.array([0, 1, 0, 1], np.int32),
+           "instrument": np.array([0, 0, 1, 1], np.int32),
+           "labelled": np.ones(4, bool)}
+  zero = {"noise": np.zeros((4, 2, 4), np.float32)}
+  start, _ = model.compute_terms(batch | zero, training=True)
+  ds = tf.data.Dataset.from_tensors(batch | zero).repeat(300)
+  history = model.fit(ds, epochs=1, verbose=0).history
+  end, extra = model.compute_terms(batch | zero, training=True)
+  # The reconstruction error falls at least 5-fold, and both labels are learnt.
+  assert end["reconstruction"].numpy().mean() < start["reconstruction"].numpy().mean() / 5
+  assert np.all(np.argmax(extra["instrument_log_probs"], -1) == [0, 0, 1, 1])
+  assert np.all(np.argmax(extra["pitch_log_probs"], -1) == [0, 1, 0, 1])
+  assert np.isfinite(history["loss"][0])
