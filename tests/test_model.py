@@ -230,7 +230,7 @@ def test_a_tiny_model_overfits_a_few_notes(kind):
            "labelled": np.ones(4, bool)}
   zero = {"noise": np.zeros((4, 2, 4), np.float32)}
   start, _ = model.compute_terms(batch | zero, training=True)
-  ds = tf.data.Dataset.from_tensors(batch | zero).repeat(300)
+  ds = tf.data.Dataset.from_tensors(batch | zero).repeat(900)
   history = model.fit(ds, epochs=1, verbose=0).history
   end, extra = model.compute_terms(batch | zero, training=True)
   # The reconstruction error falls at least 5-fold, and both labels are learnt.
