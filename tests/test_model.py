@@ -36,9 +36,10 @@ def test_paper_size_shapes():
   assert out["reconstruction"].shape == (2, 43, 256)
   assert out["instrument_log_probs"].shape == (2, 12)
   assert out["pitch_log_probs"].shape == (2, 82)
-  conv = model.pitch_encoder.body[0]
-  assert conv.kernel.shape == (3, 256, 512)          # mel bands are the channels
-  assert model.decoder.body[3].kernel.shape == (512, 39 * 512)
+  assert model.pitch_encoder.conv1.kernel.shape == (3, 256, 512)   # mel bands: channels
+  assert model.pitch_encoder.conv2.kernel.shape == (3, 512, 512)
+  assert model.decoder.dense2.kernel.shape == (512, 39 * 512)
+  assert model.decoder.deconv2.kernel.shape[-2:] in ((256, 512), (512, 256))
   assert model.timbre_prior.means.shape == (12, 16)
   assert model.pitch_prior.means.shape == (82, 16)
 
@@ -61,6 +62,18 @@ def test_prior_distribution_shapes_with_and_without_sample_dims():
   np.testing.assert_allclose(cond.stddev().numpy(), 1.0)
   assert MixturePrior(82, 16, log_scale=-2.0).components().stddev().numpy()[0, 0] == \
       pytest.approx(np.exp(-2.0))
+
+
+def test_checkpoints_hold_every_weight(tmp_path):
+  """Every variable, BatchNorm statistics included, is reachable by tf.train.Checkpoint."""
+  model = _tiny("mvae").build_for()
+  path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  saved = {tuple(shape) for name, shape in tf.train.list_variables(path)
+           if name.startswith("model/")}
+  names = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+  assert len(names) == len(model.weights), sorted(names)
+  assert any("moving_variance" in n for n in names)
+  assert all(tuple(w.shape) in saved for w in model.weights)
 
 
 def test_prior_means_are_trainable_weights_and_xavier():

@@ -18,8 +18,10 @@ Batches are dicts with `mel` [B, T, F] (or `audio` [B, samples] plus a `features
 function), `pitch`, `instrument` (int indices), `labelled` (bool) and optionally `noise`
 [B, 2, L], the reparameterisation noise for (z_p, z_t); the training pipeline supplies it
 so that a run is reproducible and independent of how a batch is split across replicas.
-Under a `tf.distribute` strategy the loss is normalised by the global batch, so summing
-replica gradients gives the single-device gradient.
+Under a `tf.distribute` strategy the loss is normalised by the global batch, and the step
+sums the replicas' gradients (Keras 3.4's optimizer does not when it uses merge_call), so
+every replica applies the single-device gradient. The trackers are updated with
+all-replica sums, so every replica holds, and Keras logs, the global means.
 """
 
 import keras
@@ -31,6 +33,12 @@ from tfgmvae.model.networks import Decoder, Encoder, MLPClassifier
 from tfgmvae.model.priors import MixturePrior
 
 UNSUPERVISED = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument")
+
+
+def _multi_worker(strategy) -> bool:
+  """Whether `strategy` is a MultiWorkerMirroredStrategy spanning several workers."""
+  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+          and strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
 
 
 class GMVAE(keras.Model):
@@ -176,12 +184,12 @@ class GMVAE(keras.Model):
 
   def _step(self, batch, training):
     ctx = tf.distribute.get_replica_context()
+    sum_ = tf.distribute.ReduceOp.SUM
     with tf.GradientTape() as tape:
       terms, extra = self.compute_terms(batch, training=training)
       n_local = tf.cast(tf.shape(terms["reconstruction"])[0], tf.float32)
-      n_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM, n_local)
-      labelled_global = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                       tf.reduce_sum(extra["labelled"]))
+      n_global, labelled_global = ctx.all_reduce(
+          sum_, [n_local, tf.reduce_sum(extra["labelled"])])
       scaled = {}
       for name, values in terms.items():
         denom = tf.maximum(labelled_global, 1.0) if name == "instrument_ce" else n_global
@@ -193,37 +201,64 @@ class GMVAE(keras.Model):
     if training:
       variables = self.trainable_variables
       grads = tape.gradient(grad_loss, variables)
+      if (ctx.num_replicas_in_sync > 1
+          and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
+        # Keras 3's optimizer sums the replicas' gradients only when it can stay in
+        # replica context (XLA on GPUs); otherwise (merge_call: CPUs, or no XLA) each
+        # replica would apply its own gradient and the mirrored weights drift apart.
+        grads = ctx.all_reduce(sum_, grads)
       self.optimizer.apply(grads, variables)
-    global_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-    checks = [tf.debugging.check_numerics(
-        ctx.all_reduce(tf.distribute.ReduceOp.SUM, v),
-        f"loss term '{n}' is NaN or Inf") for n, v in scaled.items()]
-    with tf.control_dependencies(checks):
-      self.trackers["loss"].update_state(global_loss)
-    for name, values in terms.items():
-      weight = extra["labelled"] if name == "instrument_ce" else None
-      self.trackers[name].update_state(
-          values / tf.maximum(extra["labelled"], 1e-12) if weight is not None else values,
-          sample_weight=weight)
-    self.trackers["elbo"].update_state(-tf.add_n([terms[n] for n in UNSUPERVISED
-                                                   if n in terms]))
+    # Every tracker receives the all-replica sums and weights of this step, so all
+    # replicas hold the same (global) values and whatever reduction Keras applies to
+    # the replicas' results logs the global mean.
+    weights = {name: extra["labelled"] if name == "instrument_ce" else None
+               for name in terms}
+    stats = {name: (tf.reduce_sum(values), tf.reduce_sum(weights[name])
+                    if weights[name] is not None else n_local)
+             for name, values in terms.items()}
+    stats["elbo"] = (-tf.add_n([stats[n][0] for n in UNSUPERVISED if n in stats]), n_local)
     inst_correct = tf.cast(tf.equal(tf.argmax(extra["instrument_log_probs"], -1,
                                               output_type=tf.int32), extra["instrument"]),
                            tf.float32)
-    self.trackers["instrument_accuracy"].update_state(inst_correct,
-                                                      sample_weight=extra["labelled"])
+    stats["instrument_accuracy"] = (tf.reduce_sum(inst_correct * extra["labelled"]),
+                                    tf.reduce_sum(extra["labelled"]))
     if extra["pitch_log_probs"] is not None:
       pitch_correct = tf.cast(tf.equal(tf.argmax(extra["pitch_log_probs"], -1,
                                                  output_type=tf.int32), extra["pitch"]),
                               tf.float32)
-      self.trackers["pitch_accuracy"].update_state(pitch_correct)
-    return {name: t.result() for name, t in self.trackers.items()}
+      stats["pitch_accuracy"] = (tf.reduce_sum(pitch_correct), n_local)
+    stats, global_loss, global_scaled = ctx.all_reduce(sum_, (stats, loss, scaled))
+    checks = [tf.debugging.check_numerics(v, f"loss term '{n}' is NaN or Inf")
+              for n, v in global_scaled.items()]
+    with tf.control_dependencies(checks):
+      self.trackers["loss"].update_state(global_loss)
+    for name, (total, weight) in stats.items():
+      self.trackers[name].update_state(total / tf.maximum(weight, 1e-12),
+                                       sample_weight=weight)
+    logs = {name: t.result() for name, t in self.trackers.items()}
+    if _multi_worker(tf.distribute.get_strategy()):
+      # Keras 3.4 reduces each replica's logs with strategy.reduce(MEAN, axis=0) when
+      # several workers train, which fails on scalars ("Invalid reduction dimension 0
+      # for input with 0 dimensions"); a [1] vector reduces to the same scalar.
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
   def train_step(self, data):
     return self._step(data, training=True)
 
   def test_step(self, data):
     return self._step(data, training=False)
+
+  def weights_checkpoint(self) -> tf.train.Checkpoint:
+    """A checkpoint of the networks and priors only (not the optimizer).
+
+    Its children have the model's own attribute names, so it reads the model part of a
+    full training checkpoint (warm starts) and writes checkpoints that export reads.
+    """
+    parts = ("pitch_encoder", "timbre_encoder", "decoder", "pitch_prior", "timbre_prior",
+             "instrument_classifier", "pitch_classifier")
+    return tf.train.Checkpoint(**{name: getattr(self, name) for name in parts
+                                  if getattr(self, name) is not None})
 
   def build(self, input_shape=None):
     """Creates every weight by running each part once on zeros."""

@@ -1,6 +1,16 @@
-"""The encoders, the decoder and the small classifiers (subclassed Keras layers)."""
+"""The encoders, the decoder and the small classifiers (subclassed Keras layers).
+
+Every sub-layer is a named attribute (not an element of a Python list): Keras 3 does not
+hand list elements to `tf.train.Checkpoint`, and checkpoints must hold every weight,
+BatchNorm statistics included. Layers that feed a BatchNormalization have no bias: BN's
+own offset makes it redundant, and a bias whose exact gradient is zero only collects
+rounding noise (which Adam turns into drift).
+"""
 
 import keras
+import tensorflow as tf
+
+_INIT = "glorot_uniform"
 
 
 def _bn(synchronized: bool):
@@ -19,25 +29,27 @@ class Encoder(keras.layers.Layer):
   def __init__(self, latent_dim: int, filters: int = 512, hidden: int = 512,
                kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
     super().__init__(**kwargs)
-    init = "glorot_uniform"
-    self.body = [
-        keras.layers.Conv1D(filters, kernel_size, padding="valid", kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-        keras.layers.Conv1D(filters, kernel_size, padding="valid", kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(hidden, kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-    ]
-    self.mean = keras.layers.Dense(latent_dim, kernel_initializer=init, dtype="float32",
+    self.conv1 = keras.layers.Conv1D(filters, kernel_size, padding="valid",
+                                     kernel_initializer=_INIT, use_bias=False,
+                                     name="conv1")
+    self.bn1 = _bn(synchronized_bn)
+    self.conv2 = keras.layers.Conv1D(filters, kernel_size, padding="valid",
+                                     kernel_initializer=_INIT, use_bias=False,
+                                     name="conv2")
+    self.bn2 = _bn(synchronized_bn)
+    self.flatten = keras.layers.Flatten()
+    self.dense = keras.layers.Dense(hidden, kernel_initializer=_INIT, use_bias=False,
+                                     name="dense")
+    self.bn3 = _bn(synchronized_bn)
+    self.mean = keras.layers.Dense(latent_dim, kernel_initializer=_INIT, dtype="float32",
                                    name="mean")
-    self.logvar = keras.layers.Dense(latent_dim, kernel_initializer=init, dtype="float32",
+    self.logvar = keras.layers.Dense(latent_dim, kernel_initializer=_INIT, dtype="float32",
                                      name="logvar")
 
   def call(self, x, training=False):
-    for layer in self.body:
-      x = layer(x, training=training) if isinstance(
-          layer, keras.layers.BatchNormalization) else layer(x)
+    x = tf.nn.relu(self.bn1(self.conv1(x), training=training))
+    x = tf.nn.relu(self.bn2(self.conv2(x), training=training))
+    x = tf.nn.relu(self.bn3(self.dense(self.flatten(x)), training=training))
     return self.mean(x), self.logvar(x)
 
 
@@ -52,28 +64,27 @@ class Decoder(keras.layers.Layer):
   def __init__(self, frames: int, n_mels: int, filters: int = 512, hidden: int = 512,
                kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
     super().__init__(**kwargs)
-    init = "glorot_uniform"
     conv_frames = frames - 2 * (kernel_size - 1)
-    self.body = [
-        keras.layers.Dense(hidden, kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-        keras.layers.Dense(conv_frames * filters, kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-        keras.layers.Reshape((conv_frames, filters)),
-        keras.layers.Conv1DTranspose(filters, kernel_size, padding="valid",
-                                     kernel_initializer=init),
-        _bn(synchronized_bn), keras.layers.ReLU(),
-        keras.layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
-                                     kernel_initializer=init),
-    ]
+    self.dense1 = keras.layers.Dense(hidden, kernel_initializer=_INIT, use_bias=False,
+                                     name="dense1")
+    self.bn1 = _bn(synchronized_bn)
+    self.dense2 = keras.layers.Dense(conv_frames * filters, kernel_initializer=_INIT,
+                                     use_bias=False, name="dense2")
+    self.bn2 = _bn(synchronized_bn)
+    self.reshape = keras.layers.Reshape((conv_frames, filters))
+    self.deconv1 = keras.layers.Conv1DTranspose(filters, kernel_size, padding="valid",
+                                                kernel_initializer=_INIT, use_bias=False,
+                                                name="deconv1")
+    self.bn3 = _bn(synchronized_bn)
+    self.deconv2 = keras.layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
+                                                kernel_initializer=_INIT, name="deconv2")
     self.out = keras.layers.Activation("tanh", dtype="float32")
 
   def call(self, z, training=False):
-    x = z
-    for layer in self.body:
-      x = layer(x, training=training) if isinstance(
-          layer, keras.layers.BatchNormalization) else layer(x)
-    return self.out(x)
+    x = tf.nn.relu(self.bn1(self.dense1(z), training=training))
+    x = tf.nn.relu(self.bn2(self.dense2(x), training=training))
+    x = tf.nn.relu(self.bn3(self.deconv1(self.reshape(x)), training=training))
+    return self.out(self.deconv2(x))
 
 
 class MLPClassifier(keras.layers.Layer):
@@ -81,12 +92,14 @@ class MLPClassifier(keras.layers.Layer):
 
   def __init__(self, classes: int, hidden: tuple[int, ...] = (), **kwargs):
     super().__init__(**kwargs)
-    self.hidden = [keras.layers.Dense(h, activation="relu",
-                                      kernel_initializer="glorot_uniform") for h in hidden]
-    self.logits = keras.layers.Dense(classes, kernel_initializer="glorot_uniform",
-                                     dtype="float32")
+    self.num_hidden = len(hidden)
+    for i, width in enumerate(hidden):
+      setattr(self, f"hidden_{i}", keras.layers.Dense(
+          width, activation="relu", kernel_initializer=_INIT, name=f"hidden_{i}"))
+    self.logits = keras.layers.Dense(classes, kernel_initializer=_INIT, dtype="float32",
+                                     name="logits")
 
   def call(self, z):
-    for layer in self.hidden:
-      z = layer(z)
+    for i in range(self.num_hidden):
+      z = getattr(self, f"hidden_{i}")(z)
     return self.logits(z)

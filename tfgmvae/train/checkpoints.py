@@ -77,8 +77,8 @@ def check_or_write_flags(run_dir: str, flags_text: str, may_differ=("epochs",)) 
   """
   os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, FLAGS_FILE)
+  tmp = f"{path}.{os.getpid()}.tmp"   # several workers may start at once
   if not os.path.exists(path):
-    tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(flags_text)
     os.replace(tmp, path)
@@ -99,7 +99,7 @@ def check_or_write_flags(run_dir: str, flags_text: str, may_differ=("epochs",)) 
         f"--flagfile={path}, or start a new run from its weights with "
         f"--warm_start={run_dir}.")
   if old != flags_text:   # only allowed flags changed: record the new values
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
       f.write(flags_text)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
   return True

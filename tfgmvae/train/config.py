@@ -95,6 +95,10 @@ class TrainConfig:
                "--strategy=mirrored only")
     if self.precision not in PRECISIONS:
       p.append(f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    elif self.precision == "mixed_float16":
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      if not tf.config.list_physical_devices("GPU"):
+        p.append("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
     if self.warm_start:
       if not os.path.isdir(os.path.join(self.warm_start, "checkpoints")):
         p.append(f"--warm_start={self.warm_start}: no checkpoints/ folder there (expected "

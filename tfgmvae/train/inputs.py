@@ -15,20 +15,33 @@ _NOISE_SALT = 7919
 
 def _with_noise(ds: tf.data.Dataset, seed: int, epoch, latent_dim: int):
   def add(index, batch):
-    size = tf.shape(batch["pitch"])[0]
+    # The static batch size (batches of a multi-replica run are full) keeps the noise's
+    # first dimension static, so tf.distribute can read the batch size of the dataset.
+    size = batch["pitch"].shape[0]
+    if size is None:
+      size = tf.shape(batch["pitch"])[0]
     s = tf.stack([tf.cast(seed * _NOISE_SALT + 1, tf.int64),
                   tf.cast(epoch, tf.int64) * 1_000_003 + index])
     return batch | {"noise": tf.random.stateless_normal([size, 2, latent_dim], seed=s)}
   return ds.enumerate().map(add)
 
 
-def _replica_slices(ds: tf.data.Dataset, first: int, count: int, per_replica: int):
-  """Global batches -> consecutive per-replica batches for replicas first..first+count."""
-  def split(batch):
-    return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(
-        lambda t: tf.reshape(t[first * per_replica:(first + count) * per_replica],
-                             tf.concat([[count, per_replica], tf.shape(t)[1:]], 0)), batch))
-  return ds.flat_map(split)
+def _epoch_shuffle(ds: tf.data.Dataset, count: int, op_seed) -> tf.data.Dataset:
+  """ds.shuffle with a tensor seed, in an order that depends on `op_seed` only.
+
+  tf.data combines an op seed with the global TF seed (tf.random.set_seed, which
+  keras.utils.set_random_seed calls); with a tensor op seed and a global seed of 0 that
+  even fails ("Using a symbolic tf.Tensor as a Python bool"). The graph-level seed is
+  hidden while the shuffle is built, so every process and every resume sees the same
+  order for an epoch, whatever global seed is set.
+  """
+  graph = tf.compat.v1.get_default_graph()
+  saved = graph.seed
+  graph.seed = None
+  try:
+    return ds.shuffle(count, seed=op_seed, reshuffle_each_iteration=False)
+  finally:
+    graph.seed = saved
 
 
 def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
@@ -39,7 +52,17 @@ def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
 def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
                 latent_dim: int, label_fraction: float = 1.0, start_epoch: int = 0,
                 epochs: int = 1, output: str = "mel", strategy=None):
-  """Dataset for fit() (training: epochs start_epoch..epochs-1 back to back) and its size.
+  """Dataset of global batches for fit() (training: epochs start_epoch..epochs-1 back to
+  back) and its steps per epoch.
+
+  With several replicas the batches are full (the partial last batch of an epoch is
+  dropped), their batch dimension is static, and the dataset is marked for DATA
+  sharding. Keras 3's fit() accepts only a plain `tf.data.Dataset` (not a distributed
+  one) and passes it through `strategy.experimental_distribute_dataset`, which then
+  splits every global batch into `replicas` equal consecutive slices (tf.data `rebatch`)
+  and, across workers, gives each worker its own slices of the same global batch (every
+  worker runs the whole, deterministic pipeline). So every global step sees exactly the
+  rows and the noise of the single-device run, spread over the replicas.
 
   Args:
     prepared: The prepared data.
@@ -51,10 +74,10 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
     label_fraction: Share of instrument labels kept.
     start_epoch, epochs: Epoch range (training only).
     output: 'mel' or 'audio' (see tfgmvae.data.dataset).
-    strategy: A tf.distribute strategy with several replicas, or None.
+    strategy: The tf.distribute strategy of the run, or None.
 
   Returns:
-    (dataset or distributed dataset, steps per epoch).
+    (tf.data.Dataset of global batches, steps per epoch).
   """
   notes, count = note_dataset(prepared, split, PipelineConfig(
       label_fraction=label_fraction, output=output, cache="memory"))
@@ -71,29 +94,23 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
   def one_epoch(epoch):
     ds = notes
     if training:
-      ds = ds.shuffle(count, seed=tf.cast(seed, tf.int64) * 100_003 + epoch,
-                      reshuffle_each_iteration=False)
+      ds = _epoch_shuffle(ds, count, tf.cast(seed, tf.int64) * 100_003 + epoch)
     ds = ds.batch(batch_size, drop_remainder=replicas > 1)
     return _with_noise(ds, seed, epoch, latent_dim)
 
-  def build(first=0, count_replicas=1):
-    if training:
-      ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
-    else:   # the same batches every pass; repeated because fit keeps one iterator
-      ds = one_epoch(tf.constant(0, tf.int64)).repeat()
-    if replicas > 1:
-      ds = _replica_slices(ds, first, count_replicas, batch_size // replicas)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-  if replicas == 1:
-    return build(), steps
-
-  def per_worker(ctx: tf.distribute.InputContext):
-    local = replicas // ctx.num_input_pipelines
-    ds = build(ctx.input_pipeline_id * local, local)
+  if training:
+    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
+  else:   # the same batches every pass; repeated because fit keeps one iterator
+    ds = one_epoch(tf.constant(0, tf.int64)).repeat()
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  if replicas > 1:
+    sizes = {spec.shape[0] for spec in tf.nest.flatten(ds.element_spec)}
+    if sizes != {batch_size}:   # tf.distribute could not split the batches evenly
+      raise ValueError(f"internal: batch dimensions {sizes} are not all {batch_size}")
+    # DATA, not AUTO: AUTO would try to shard the source files between workers, so
+    # workers would build different global batches.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF)
-    return ds.with_options(options)
-
-  return strategy.distribute_datasets_from_function(per_worker), steps
+        tf.data.experimental.AutoShardPolicy.DATA)
+    ds = ds.with_options(options)
+  return ds, steps

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -42,18 +44,46 @@ def load_prepared(config: TrainConfig, log=print) -> Prepared:
 
 
 def make_strategy(config: TrainConfig):
-  """The tf.distribute strategy named by the config."""
+  """The tf.distribute strategy named by the config.
+
+  Raises:
+    ConfigError: --cpu_devices cannot be applied because TensorFlow already started
+      with another device layout in this process.
+  """
   if config.strategy == "mirrored":
     devices = None
     if config.cpu_devices:
       cpu = tf.config.list_physical_devices("CPU")[0]
-      tf.config.set_logical_device_configuration(
-          cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+      layout = [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices
+      if len(tf.config.get_logical_device_configuration(cpu) or [None]) != len(layout):
+        try:
+          tf.config.set_logical_device_configuration(cpu, layout)
+        except RuntimeError as e:
+          raise ConfigError(
+              f"--cpu_devices={config.cpu_devices}: TensorFlow already started in this "
+              "process, so the CPU can no longer be split into logical devices; train in "
+              f"a fresh process ({e})") from None
       devices = [f"/cpu:{i}" for i in range(config.cpu_devices)]
     return tf.distribute.MirroredStrategy(devices=devices)
   if config.strategy == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+def worker_role(strategy) -> tuple[bool, str]:
+  """(is this process the chief, a short name of its task) for any strategy.
+
+  The chief is the 'chief' task, or worker 0 when the cluster has no 'chief'; a
+  single-process strategy is always the chief.
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  if not cluster or resolver.task_type is None:
+    return True, "chief"
+  task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+  chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                   and "chief" not in cluster)
+  return chief, f"{task_type}{task_id}"
 
 
 def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> ModelConfig:
@@ -76,6 +106,12 @@ def _nan_message(error: Exception, epoch: int, manager) -> str:
 def train(config: TrainConfig, log=print, callbacks=()) -> dict:
   """Trains (or resumes) the run in `config.run_dir`.
 
+  With --strategy=multi_worker every worker runs this with the same config (and its own
+  TF_CONFIG). The chief writes the run directory (model.json, checkpoints, summaries);
+  the other workers restore from the chief's checkpoints, save theirs into a temporary
+  folder that is deleted at the end, and write no summaries. The data must already be
+  prepared (--prepared_dir, or RUN_DIR/data from an earlier run).
+
   Args:
     config: The run's settings (validated here).
     log: Where progress messages go.
@@ -91,10 +127,20 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     TrainingError: a loss term became NaN/Inf (names the term).
   """
   config.validate()
-  if config.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
-    raise ConfigError("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
+  if (config.strategy == "multi_worker" and not config.prepared_dir and not
+      os.path.isfile(os.path.join(config.run_dir, "data", "prepared.json"))):
+    raise ConfigError("--strategy=multi_worker needs prepared data: run "
+                      "bin/prepare_dataset first and pass --prepared_dir (the workers "
+                      "must not all prepare into RUN_DIR/data at once)")
   strategy = make_strategy(config)
   replicas = strategy.num_replicas_in_sync
+  # Only the chief writes into the run directory. The other workers of a multi-worker
+  # run take part in every step and in every save (TF's convention), but save into a
+  # private temporary folder that is deleted at the end.
+  chief, task = worker_role(strategy)
+  save_dir = config.run_dir if chief else None
+  if chief:
+    os.makedirs(config.run_dir, exist_ok=True)
   prepared = load_prepared(config, log)
   output = "mel"
   if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
@@ -103,6 +149,7 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
   previous_policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(config.precision)
   try:
+    keras.utils.set_random_seed(config.seed)   # the same seed, the same initial weights
     with strategy.scope():
       model = GMVAE(mconfig, features=PreparedFeatures(prepared) if output == "audio"
                     else None)
@@ -112,14 +159,19 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
       optimizer.build(model.trainable_variables)
       state = RunState()
       checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
+    if not chief:
+      save_dir = tempfile.mkdtemp(prefix=f"tfgmvae-{task}-")
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.run_dir, "checkpoints"), config.keep_checkpoints)
+        checkpoint, os.path.join(save_dir, "checkpoints"), config.keep_checkpoints)
     best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, state=state), os.path.join(config.run_dir, "best"),
+        tf.train.Checkpoint(model=model.weights_checkpoint(), state=state),
+        os.path.join(save_dir, "best"),
         max_to_keep=1)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      log(f"Resuming {config.run_dir} from {manager.latest_checkpoint} "
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints"))
+    if latest:
+      checkpoint.restore(latest).assert_existing_objects_matched()
+      log(f"Resuming {config.run_dir} from {latest} "
           f"(epoch {int(state.epoch.numpy())}).")
     elif config.warm_start:
       source = tf.train.latest_checkpoint(os.path.join(config.warm_start, "checkpoints"))
@@ -127,14 +179,15 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
         raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint in its "
                             "checkpoints/ folder.")
       try:
-        tf.train.Checkpoint(model=model).restore(source).expect_partial() \
+        tf.train.Checkpoint(model=model.weights_checkpoint()).restore(source) \
+            .expect_partial() \
             .assert_existing_objects_matched()
       except (AssertionError, ValueError) as e:
         raise RunStateError(f"--warm_start={config.warm_start}: its model does not fit "
                             f"this one (other sizes or vocabularies?): {e}") from e
       log(f"Warm-started {config.run_dir} from the weights of {source}.")
     model_file = os.path.join(config.run_dir, MODEL_FILE)
-    if not os.path.exists(model_file):
+    if chief and not os.path.exists(model_file):
       with open(model_file, "w", encoding="utf-8") as f:
         json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
             prepared.directory)}, f, indent=2)
@@ -152,7 +205,8 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
         config.seed, config.latent_dim, 1.0, output=output,
         strategy=strategy if replicas > 1 else None)
     all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience, log)]
-    all_callbacks += _summary_callbacks(config, prepared)
+    if chief:
+      all_callbacks += _summary_callbacks(config, prepared)
     all_callbacks += list(callbacks)
     try:
       history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
@@ -167,6 +221,8 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     return _result(history.history, state)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
+    if not chief and save_dir:
+      shutil.rmtree(save_dir, ignore_errors=True)
 
 
 def _val_count(prepared: Prepared, replicas: int) -> int:

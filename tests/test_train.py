@@ -1,0 +1,175 @@
+"""bin/train end to end: flags, replay, rejection, resume after kill -9, warm start, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfgmvae.data.prepare import PrepareConfig, prepare
+from tfgmvae.model import GMVAE, ModelConfig
+from tfgmvae.train.checkpoints import RunStateError
+from tfgmvae.train.config import ConfigError, TrainConfig
+from tfgmvae.train.loop import TrainingError, train
+
+from conftest import REPO
+
+TRAIN = os.path.join(REPO, "bin", "train")
+TINY = ["--filters=8", "--hidden=16", "--latent_dim=4", "--batch_size=8", "--media_every=0",
+        "--verbose=2"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(args, timeout=300, **kw):
+  return subprocess.run([sys.executable, TRAIN] + args, capture_output=True, text=True,
+                        env=ENV, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+  from conftest import toy_specs, write_notes  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("train_data")
+  csv_path = write_notes(str(root / "notes"), toy_specs())
+  out = str(root / "prepared")
+  prepare(PrepareConfig("csv", csv_path, out), log=lambda *_: None)
+  return out
+
+
+def _weights(run_dir, folder="checkpoints"):
+  """Every model weight of the run's last checkpoint, restored into a fresh model."""
+  with open(os.path.join(run_dir, "model.json")) as f:
+    config = ModelConfig.from_dict(json.load(f)["model"])
+  model = GMVAE(config).build_for()
+  path = tf.train.latest_checkpoint(os.path.join(run_dir, folder))
+  tf.train.Checkpoint(model=model).restore(path).expect_partial() \
+      .assert_existing_objects_matched()
+  return {f"{i}:{w.name}": w.numpy() for i, w in enumerate(model.weights)}, \
+      tf.train.load_checkpoint(path)
+
+
+def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
+  run = str(tmp_path / "run")
+  done = _run([f"--run_dir={run}", "--dataset=csv", f"--data_path={toy_csv}", "--epochs=2"]
+              + TINY)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Done: 2 epochs" in done.stdout
+  for name in ("flags.txt", "model.json", "data/prepared.json", "checkpoints/checkpoint",
+               "best/checkpoint", "summaries/train", "summaries/validation"):
+    assert os.path.exists(os.path.join(run, name)), name
+  flags_text = open(os.path.join(run, "flags.txt")).read()
+  assert "--epochs=2" in flags_text and f"--data_path={toy_csv}" in flags_text
+  again = _run([f"--flagfile={run}/flags.txt"])
+  assert again.returncode == 0 and "already finished (epoch 2)" in again.stdout
+  more = _run([f"--flagfile={run}/flags.txt", "--epochs=3"])
+  assert more.returncode == 0 and "Done: 3 epochs" in more.stdout, more.stderr[-2000:]
+  other = _run([f"--flagfile={run}/flags.txt", "--learning_rate=0.5"])
+  assert other.returncode == 1
+  assert "records different settings" in other.stderr and "--learning_rate=0.5" in other.stderr
+  assert "--epochs=3" in open(os.path.join(run, "flags.txt")).read()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--label_fraction=1.5", "--label_fraction=1.5: expected a number in [0, 1]"),
+    ("--batch_size=0", "--batch_size=0: expected a positive integer"),
+    ("--strategy=multi_worker", "needs the TF_CONFIG environment variable"),
+    ("--precision=mixed_float16", "needs a GPU"),
+    ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoints/"),
+    ("--cpu_devices=2", "--cpu_devices splits the CPU"),
+])
+def test_bad_settings_are_rejected_before_any_work(prepared_dir, tmp_path, flag, message):
+  run = tmp_path / "rejected"
+  done = _run([f"--run_dir={run}", f"--prepared_dir={prepared_dir}"] + TINY + [flag],
+              timeout=60)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert message in done.stderr
+  assert not run.exists()
+
+
+def test_missing_data_is_named(tmp_path):
+  run = tmp_path / "r"
+  done = _run([f"--run_dir={run}", "--dataset=csv", "--data_path="] + TINY, timeout=60)
+  assert done.returncode == 2 and "--data_path is required" in done.stderr
+  done = _run([f"--run_dir={run}", f"--prepared_dir={tmp_path}"] + TINY, timeout=60)
+  assert done.returncode == 2 and "no prepared.json" in done.stderr
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
+  common = [f"--prepared_dir={prepared_dir}", "--epochs=40", "--keep_checkpoints=2"] + TINY
+  straight = str(tmp_path / "straight")
+  done = _run([f"--run_dir={straight}"] + common)
+  assert done.returncode == 0, done.stderr[-3000:]
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen([sys.executable, TRAIN, f"--run_dir={killed}"] + common,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+  marker = os.path.join(killed, "checkpoints", "ckpt-3.index")
+  deadline = time.time() + 240
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL           # it really died mid-run
+  interrupted_at = int(open(os.path.join(killed, "checkpoints", "checkpoint")).read()
+                       .split('"')[1].rsplit("-", 1)[1])
+  assert interrupted_at < 40
+  again = _run([f"--run_dir={killed}"] + common)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
+  a, reader_a = _weights(straight)
+  b, reader_b = _weights(killed)
+  assert a.keys() == b.keys() and len(a) > 10
+  step = "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
+  assert reader_a.get_tensor(step) == reader_b.get_tensor(step) == 40 * 3   # 22 notes / 8
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _config(run_dir, prepared_dir, **kw):
+  base = dict(run_dir=str(run_dir), prepared_dir=prepared_dir, filters=8, hidden=16,
+              latent_dim=4, batch_size=8, media_every=0, verbose=0, epochs=2)
+  return TrainConfig(**(base | kw))
+
+
+def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
+  source = tmp_path / "source"
+  train(_config(source, prepared_dir), log=lambda *_: None)
+  source_weights, _ = _weights(str(source))
+  seen = {}
+
+  class Capture(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+      seen["kernel"] = self.model.pitch_encoder.conv1.kernel.numpy()
+      seen["step"] = int(self.model.optimizer.iterations.numpy())
+
+  messages = []
+  train(_config(tmp_path / "warm", prepared_dir, warm_start=str(source), epochs=1),
+        log=messages.append, callbacks=[Capture()])
+  name = next(n for n in source_weights if n.endswith(":kernel"))   # pitch_encoder.conv1
+  np.testing.assert_array_equal(seen["kernel"], source_weights[name])
+  assert seen["step"] == 0                                   # a new run: fresh optimizer
+  assert any("Warm-started" in m for m in messages)
+  with pytest.raises(ConfigError, match="names this run itself"):
+    _config(source, prepared_dir, warm_start=str(source)).validate()
+  with pytest.raises(RunStateError, match="does not fit"):
+    train(_config(tmp_path / "bigger", prepared_dir, warm_start=str(source), hidden=32),
+          log=lambda *_: None)
+
+
+def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
+  class Poison(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+      if epoch == 1:
+        prior = self.model.pitch_prior.means
+        prior.assign(np.full(prior.shape, np.nan, np.float32))
+
+  with pytest.raises(TrainingError) as info:
+    train(_config(tmp_path / "nan", prepared_dir, epochs=3), log=lambda *_: None,
+          callbacks=[Poison()])
+  message = str(info.value)
+  assert "'kl_pitch' became NaN or Inf during epoch 2" in message
+  assert "ckpt-1" in message
