@@ -10,9 +10,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [_REPO]:
-  sys.path.insert(0, _REPO)   # this checkout wins over any installed copy
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [REPO]:
+  sys.path.insert(0, REPO)   # this checkout wins over any installed copy
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
