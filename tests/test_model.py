@@ -233,7 +233,6 @@ def test_a_tiny_model_overfits_a_few_notes(kind):
   tf.keras.utils.set_random_seed(0)
   model = _tiny(kind, filters=16, hidden=32).build_for()
   model.compile(optimizer=keras.optimizers.Adam(3e-3))
-  rng = np.random.default_rng(0)
   # Four 'notes': two instruments (spectral shapes) x two pitches (time envelopes).
   shapes = [np.linspace(-1, 1, 256), np.cos(np.linspace(0, 6, 256))]
   envelopes = [np.linspace(1, 0, 43), np.sin(np.linspace(0, 3, 43))]

@@ -24,12 +24,11 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from tfgmvae.audio import AudioConfig, PAPER
 from tfgmvae.data import pipeline
-from tfgmvae.data.sources import (FileSource, Note, NSynthSource, Problem, SourceError,
+from tfgmvae.data.sources import (FileSource, Note, Problem,
                                   open_source)
 
 FORMAT_VERSION = 1

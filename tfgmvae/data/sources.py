@@ -9,7 +9,6 @@ Structural problems (no CSV, missing columns) raise `SourceError` at once.
 
 import csv
 import dataclasses
-import glob
 import os
 
 from tfgmvae.data.labels import parse_pitch
