@@ -250,3 +250,18 @@ def test_a_tiny_model_overfits_a_few_notes(kind):
   assert np.all(np.argmax(extra["instrument_log_probs"], -1) == [0, 0, 1, 1])
   assert np.all(np.argmax(extra["pitch_log_probs"], -1) == [0, 1, 0, 1])
   assert np.isfinite(history["loss"][0])
+
+
+def test_mixed_bfloat16_call_keeps_priors_and_outputs_float32():
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = _tiny().build_for()
+    out = model(tf.zeros([2, 43, 256]))
+    assert model.pitch_encoder.conv1.compute_dtype == "bfloat16"
+    for key in ("z_pitch_mean", "reconstruction", "instrument_log_probs",
+                "pitch_log_probs"):
+      assert out[key].dtype == tf.float32, key
+    assert model.timbre_prior.means.dtype == "float32"
+  finally:
+    keras.mixed_precision.set_global_policy(previous)

@@ -53,6 +53,9 @@ class GMVAE(keras.Model):
         used when batches carry `audio` instead of `mel` (log-mel on the accelerator).
       **kwargs: For keras.Model.
     """
+    # The model itself (not its sub-layers) stays float32: under a mixed policy Keras's
+    # __call__ would otherwise autocast the priors' means, which TFP needs in float32.
+    kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
     c = config
     self.config = c
