@@ -90,6 +90,11 @@ class TrainConfig:
     if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
       p.append("--strategy=multi_worker needs the TF_CONFIG environment variable (the "
                "cluster and this worker's index)")
+    if (self.strategy == "multi_worker" and not self.prepared_dir and not
+        os.path.isfile(os.path.join(self.run_dir, "data", "prepared.json"))):
+      p.append("--strategy=multi_worker needs prepared data: run bin/prepare_dataset "
+               "first and pass --prepared_dir (the workers must not all prepare into "
+               "RUN_DIR/data at once)")
     if self.cpu_devices and self.strategy != "mirrored":
       p.append("--cpu_devices splits the CPU into logical devices for "
                "--strategy=mirrored only")

@@ -127,11 +127,6 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     TrainingError: a loss term became NaN/Inf (names the term).
   """
   config.validate()
-  if (config.strategy == "multi_worker" and not config.prepared_dir and not
-      os.path.isfile(os.path.join(config.run_dir, "data", "prepared.json"))):
-    raise ConfigError("--strategy=multi_worker needs prepared data: run "
-                      "bin/prepare_dataset first and pass --prepared_dir (the workers "
-                      "must not all prepare into RUN_DIR/data at once)")
   strategy = make_strategy(config)
   replicas = strategy.num_replicas_in_sync
   # Only the chief writes into the run directory. The other workers of a multi-worker
