@@ -23,7 +23,9 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # Rendering the default corpus: needs Debian's libfluidsynth3 and soundfonts as well.
     "render": ["pyfluidsynth==1.3.4"],
-    "test": ["pytest==9.0.3", "pyfluidsynth==1.3.4"],
+    # gRPC clients of TF Serving (export/requests/grpc_client.py).
+    "serving": ["tensorflow-serving-api==2.16.1"],
+    "test": ["pytest==9.0.3", "pyfluidsynth==1.3.4", "tensorflow-serving-api==2.16.1"],
 }
 
 setuptools.setup(

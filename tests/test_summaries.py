@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.projector import ProjectorConfig
 
 from conftest import toy_specs, write_notes
+from tfgmvae.audio import display
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
@@ -104,10 +105,10 @@ def test_spectrogram_images_and_audio(run):
   assert [e.step for e in tensors] == [1, 2]
   k = 2   # num_audio=3 but the validation split has 2 notes
   width, height, *pngs = tf.make_ndarray(tensors[-1].tensor_proto)
-  assert (int(width), int(height)) == (2 * 43 + summaries.GAP, 256) and len(pngs) == k
+  assert (int(width), int(height)) == (2 * 43 + display.GAP, 256) and len(pngs) == k
   image = tf.io.decode_png(pngs[0]).numpy()
-  assert image.shape == (256, 2 * 43 + summaries.GAP, 3)
-  expected = summaries.spectrogram_image(
+  assert image.shape == (256, 2 * 43 + display.GAP, 3)
+  expected = display.spectrogram_image(
       run["val_batch"]["mel"][0],
       run["model"](run["val_batch"]["mel"][:1], training=False)["reconstruction"][0].numpy())
   np.testing.assert_array_equal(image[:, :43], expected[:, :43])   # the input half
@@ -154,12 +155,12 @@ def test_projector_config_matches_checkpoint_and_metadata(run):
 
 
 def test_colorize_and_image_orientation():
-  rgb = summaries.colorize(np.array([-1.0, 1.0, 5.0]))
+  rgb = display.colorize(np.array([-1.0, 1.0, 5.0]))
   assert rgb.dtype == np.uint8 and rgb.shape == (3, 3)
   assert rgb[0].sum() < rgb[1].sum() and (rgb[1] == rgb[2]).all()
   mel = np.full((43, 256), -1.0, np.float32)
   mel[:, 0] = 1.0   # loudest in the lowest band
-  image = summaries.spectrogram_image(mel)
+  image = display.spectrogram_image(mel)
   assert image.shape == (256, 43, 3)
   assert (image[-1] == rgb[1]).all() and (image[0] == rgb[0]).all()
   waves = summaries.peak_normalise(np.array([[0.0, 0.5, -2.0], [0.0, 0.0, 0.0]]))

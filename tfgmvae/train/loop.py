@@ -13,12 +13,11 @@ import tensorflow as tf
 from tfgmvae.data.dataset import PipelineConfig, PreparedFeatures, make_dataset
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
+from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import CheckpointCallback, RunState, RunStateError
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.summaries import SummaryCallback
-
-MODEL_FILE = "model.json"
 
 
 class TrainingError(RuntimeError):
@@ -185,7 +184,7 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     if chief and not os.path.exists(model_file):
       with open(model_file, "w", encoding="utf-8") as f:
         json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
-            prepared.directory)}, f, indent=2)
+            prepared.directory)} | run_metadata(prepared), f, indent=2)
     start = int(state.epoch.numpy())
     if bool(state.stopped.numpy()) or start >= config.epochs:
       log(f"{config.run_dir} is already finished (epoch {start}"

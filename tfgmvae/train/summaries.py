@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorboard.plugins import projector
 
 from tfgmvae import audio
+from tfgmvae.audio.display import spectrogram_image
 
 TRAIN_RUN, VALIDATION_RUN = "train", "validation"
 LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instrument_ce",
@@ -38,11 +39,6 @@ METADATA_NAME = "metadata.tsv"
 CHECKPOINT_NAME = "embeddings"
 EMBEDDINGS = {"z_timbre": "z_timbre_mean", "z_pitch": "z_pitch_mean"}   # var -> encode key
 PEAK = 0.99
-GAP = 2   # white columns between the input and the reconstruction
-
-# Colours at equally spaced levels, dark purple (low) -> blue -> teal -> green -> yellow.
-_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
-                     [253, 231, 37]], np.float32)
 
 
 def scalar_summaries(logs: dict, prefix: str = "") -> dict[str, float]:
@@ -54,27 +50,6 @@ def scalar_summaries(logs: dict, prefix: str = "") -> dict[str, float]:
   """
   return {tag: float(logs[prefix + name]) for name, tag in METRIC_TAGS.items()
           if logs and prefix + name in logs}
-
-
-def colorize(values, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-  """Maps values in [lo, hi] (clipped) to uint8 RGB, shape values.shape + (3,)."""
-  x = np.clip((np.nan_to_num(np.asarray(values, np.float32)) - lo) / (hi - lo), 0.0, 1.0)
-  levels = np.linspace(0.0, 1.0, len(_ANCHORS))
-  rgb = np.stack([np.interp(x, levels, _ANCHORS[:, c]) for c in range(3)], axis=-1)
-  return np.round(rgb).astype(np.uint8)
-
-
-def spectrogram_image(*mels) -> np.ndarray:
-  """Normalised log-mels [T, F] side by side as one uint8 image [F, n*T + (n-1)*GAP, 3].
-
-  Time runs left to right and the lowest mel band is the bottom row.
-  """
-  panels = []
-  for i, mel in enumerate(mels):
-    if i:
-      panels.append(np.full((np.shape(mel)[1], GAP, 3), 255, np.uint8))
-    panels.append(colorize(np.asarray(mel).T[::-1]))
-  return np.concatenate(panels, axis=1)
 
 
 def peak_normalise(waves, peak: float = PEAK) -> np.ndarray:

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Writes the REST body of a `transfer` request for a note in an audio file.
+
+Usage:
+  python export/requests/make_transfer_request.py NOTE.wav Pno 1.0 > transfer.json
+  curl -s -d @transfer.json http://localhost:8501/v1/models/tfgmvae:predict
+
+Needs only NumPy and soundfile (no TensorFlow, no tfgmvae). The note is mixed to mono and
+cut to its first second (the model reads its first 0.5 s at any rate).
+"""
+
+import json
+import sys
+
+import numpy as np
+import soundfile
+
+
+def transfer_body(path: str, target: str, alpha: float, seconds: float = 1.0) -> dict:
+  """The `transfer` request for the note in `path` (columnar "inputs" format)."""
+  audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  audio = audio.mean(axis=1)[:int(seconds * rate)]
+  return {"signature_name": "transfer",
+          "inputs": {"audio": [np.round(audio, 6).tolist()], "sample_rate": int(rate),
+                     "target_instrument": [target], "alpha": [float(alpha)]}}
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 4:
+    sys.exit(__doc__)
+  json.dump(transfer_body(sys.argv[1], sys.argv[2], float(sys.argv[3])), sys.stdout)

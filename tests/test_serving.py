@@ -1,0 +1,332 @@
+"""Export, signatures, fresh-process round trip, bad input, and the command-line tools."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile
+import tensorflow as tf
+
+from conftest import REPO, tone, toy_specs, write_notes
+from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
+from tfgmvae.serving import client
+from tfgmvae.serving import export as export_lib
+from tfgmvae.train.config import TrainConfig
+from tfgmvae.train.loop import train
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+INSTRUMENTS = ("Vc", "Pno")        # the names the documented requests use
+VOCAB = tuple(sorted(INSTRUMENTS))  # the model's class order
+PITCHES = range(58, 68)            # includes the requests' 60 and 67
+GL_ITERS = 4
+
+
+def _quiet(*_):
+  pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Tiny MGMVAE and MVAE runs on toy notes named like the requests' instruments, and
+  an export of each."""
+  root = tmp_path_factory.mktemp("serving")
+  csv_path = write_notes(str(root / "notes"), toy_specs(INSTRUMENTS, PITCHES))
+  prepared = str(root / "prepared")
+  prepare(PrepareConfig("csv", csv_path, prepared), log=_quiet)
+  out = {"root": root, "prepared": prepared}
+  for kind in ("mgmvae", "mvae"):
+    run_dir = str(root / f"run_{kind}")
+    train(TrainConfig(run_dir=run_dir, prepared_dir=prepared, model=kind, epochs=2,
+                      batch_size=8, filters=8, hidden=16, latent_dim=4, media_every=0,
+                      verbose=0), log=_quiet)
+    out[kind] = run_dir
+    out[f"{kind}_export"] = export_lib.export(export_lib.ExportConfig(
+        run_dir, str(root / f"export_{kind}"), griffin_lim_iters=GL_ITERS), log=_quiet)
+  note = str(root / "note.wav")
+  soundfile.write(note, tone(60, 44100, 0.8, harmonics=9, amp=0.4), 44100)
+  out["note"] = note
+  return out
+
+
+@pytest.fixture(scope="module")
+def live(runs):
+  module, _ = export_lib.build_module(runs["mgmvae"], griffin_lim_iters=GL_ITERS)
+  return module
+
+
+@pytest.fixture(scope="module")
+def loaded(runs):
+  return tf.saved_model.load(runs["mgmvae_export"])
+
+
+def test_export_layout_versions_and_metadata(runs):
+  base = os.path.dirname(runs["mgmvae_export"])
+  assert export_lib.versions(base) == [1]
+  for name in ("saved_model.pb", "variables", "assets.extra/tfgmvae.json"):
+    assert os.path.exists(os.path.join(runs["mgmvae_export"], name)), name
+  meta = client.metadata(runs["mgmvae_export"])
+  assert meta["instruments"] == list(VOCAB) and meta["pitches"] == list(PITCHES)
+  assert meta["version"] == 1 and meta["output_sample_rate"] == 22050
+  assert meta["checkpoint"].startswith(os.path.join(runs["mgmvae"], "best"))
+  with open(os.path.join(runs["mgmvae"], "model.json")) as f:
+    assert json.load(f)["instruments"] == list(VOCAB)   # export needs no data
+  before = os.path.getmtime(os.path.join(runs["mgmvae_export"], "saved_model.pb"))
+  second = export_lib.export(export_lib.ExportConfig(runs["mgmvae"], base, "latest",
+                                                     GL_ITERS), log=_quiet)
+  assert second == os.path.join(base, "2") and export_lib.versions(base) == [1, 2]
+  with pytest.raises(export_lib.ExportError, match="never overwritten"):
+    export_lib.export(export_lib.ExportConfig(runs["mgmvae"], base, version=1), log=_quiet)
+  assert os.path.getmtime(os.path.join(runs["mgmvae_export"], "saved_model.pb")) == before
+  assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
+  with pytest.raises(export_lib.ExportError, match="model.json: not found"):
+    export_lib.read_run(str(runs["root"]))
+  with pytest.raises(export_lib.ExportError, match="expected 'best', 'latest'"):
+    export_lib.checkpoint_path(runs["mgmvae"], "nonsense")
+  shutil.rmtree(second)
+
+
+def test_fresh_process_without_tfgmvae_matches_live_model(runs, live):
+  out = str(runs["root"] / "fresh.npz")
+  done = subprocess.run([sys.executable, os.path.join(REPO, "tests", "serving_check.py"),
+                         runs["mgmvae_export"], runs["note"], out], env=ENV,
+                        capture_output=True, text=True, timeout=600, cwd=str(runs["root"]))
+  assert done.returncode == 0, done.stderr[-3000:]
+  got = dict(np.load(out))
+  assert not got["tfgmvae_imported"]
+  assert got["unknown_ops"].size == 0, got["unknown_ops"]
+  assert len(got["ops"]) > 20
+  assert set(got["signatures"]) == {"encode", "encode_mel", "decode", "synthesize",
+                                    "synthesize_mel", "transfer", "transfer_from_source",
+                                    "serving_default"}
+  wave, rate = soundfile.read(runs["note"], dtype="float32")
+  wave = wave[:rate]
+  expected = {
+      "synthesize": live.synthesize(tf.constant(["Vc", "Pno"]), tf.constant([60, 67]),
+                                    tf.constant([0.0, 0.5]),
+                                    tf.constant([0, 1], tf.int64)),
+      "transfer": live.transfer(tf.constant(np.round(wave, 6)[None]), tf.constant(rate),
+                                tf.constant(["Pno"]), tf.constant([1.0])),
+  }
+  for prefix in ("rest", "grpc"):
+    for name, outputs in expected.items():
+      for key, value in outputs.items():
+        have = got[f"{prefix}_{name}/{key}"]
+        if value.dtype == tf.string:
+          assert list(have) == list(value.numpy().astype(str)), (prefix, name, key)
+        else:
+          np.testing.assert_allclose(have, value.numpy(), atol=2e-4, rtol=1e-3,
+                                     err_msg=f"{prefix} {name} {key}")
+  mel = np.linspace(-1, 1, 2 * 43 * 256, dtype=np.float32).reshape(2, 43, 256)
+  for key, value in live.encode_mel(tf.constant(mel)).items():
+    if value.dtype != tf.string:
+      np.testing.assert_allclose(got[f"encode_mel/{key}"], value.numpy(), atol=1e-5,
+                                 rtol=1e-4, err_msg=key)
+  z = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+  for key, value in live.decode(tf.constant(z), tf.constant(-z)).items():
+    np.testing.assert_allclose(got[f"decode/{key}"], value.numpy(), atol=2e-4, rtol=1e-3,
+                               err_msg=key)
+  assert got["rest_synthesize/audio"].shape == (2, 43 * 256)
+  assert got["rest_transfer/mel"].shape == (1, 43, 256)
+
+
+def _synth(sig, instrument=("Vc",), pitch=(60,), w=(0.0,), seed=(0,)):
+  return sig(instrument=tf.constant(list(instrument)),
+             pitch=tf.constant(list(pitch), tf.int32),
+             w=tf.constant(list(w), tf.float32), seed=tf.constant(list(seed), tf.int64))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(instrument=["Violin"]), r"unknown instrument name\(s\)\] \[Violin\]"),
+    (dict(pitch=[20]), r"MIDI number\(s\)\] \[20\]"),
+    (dict(w=[-1.0]), "w must be >= 0"),
+    (dict(w=[float("nan")]), "w must be finite"),
+    (dict(instrument=["Vc", "Pno"]), "must all have the same length"),
+])
+def test_synthesize_rejects_bad_input(loaded, kwargs, message):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    _synth(loaded.signatures["synthesize"], **kwargs)
+
+
+def _transfer(sig, audio=None, rate=44100, target=("Pno",), alpha=(1.0,), **extra):
+  audio = tone(60, rate, 0.6)[None] if audio is None else audio
+  return sig(audio=tf.constant(audio, tf.float32), sample_rate=tf.constant(rate),
+             target_instrument=tf.constant(list(target)),
+             alpha=tf.constant(list(alpha), tf.float32), **extra)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(alpha=[1.5]), r"alpha must be >= 0.0 and <= 1.0"),
+    (dict(alpha=[-0.1]), r"alpha must be >= 0.0 and <= 1.0"),
+    (dict(target=["Kazoo"]), r"target_instrument: unknown instrument name\(s\)\] \[Kazoo"),
+    (dict(rate=0), "sample_rate must be >= 1000"),
+    (dict(rate=10_000_000), "sample_rate must be >= 1000 and <= 384000"),
+    (dict(audio=np.full([1, 4000], np.nan, np.float32)), "NaN or infinite samples"),
+    (dict(audio=np.zeros([1, 0], np.float32)), "needs more than offset"),
+    (dict(target=["Pno", "Vc"]), "must all have the same length"),
+])
+def test_transfer_rejects_bad_input(loaded, kwargs, message):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    _transfer(loaded.signatures["transfer"], **kwargs)
+
+
+def test_other_signatures_reject_bad_shapes(loaded):
+  sigs = loaded.signatures
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected shape \[batch, 43, "):
+    sigs["encode_mel"](mel=tf.zeros([1, 40, 256]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"z_pitch: expected shape"):
+    sigs["decode"](z_timbre=tf.zeros([1, 4]), z_pitch=tf.zeros([1, 5]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="source_instrument: unknown"):
+    _transfer(sigs["transfer_from_source"], source_instrument=tf.constant(["Sitar"]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate must be"):
+    sigs["encode"](audio=tf.zeros([1, 100]), sample_rate=tf.constant(-5))
+
+
+def test_signatures_follow_the_model(live, runs):
+  model = live.model
+  pitch_means = model.pitch_prior.means.numpy()
+  timbre_means = model.timbre_prior.means.numpy()
+  np.testing.assert_array_equal(live.timbre_means.numpy(), timbre_means)
+  # w = 0: the decoded component means themselves, for any seed.
+  out = live.synthesize_mel(tf.constant(["Pno"]), tf.constant([63]), tf.constant([0.0]),
+                            tf.constant([5], tf.int64))
+  k, m = VOCAB.index("Pno"), list(PITCHES).index(63)
+  want = model.decode(timbre_means[k:k + 1], pitch_means[m:m + 1]).numpy()
+  np.testing.assert_allclose(out["mel"].numpy(), want, atol=1e-6)
+  # w > 0: deterministic per seed, different across seeds.
+  a, b, c = (_synth(live.synthesize_mel, w=[1.0], seed=[s])["mel"].numpy()
+             for s in (1, 1, 2))
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 1e-4
+  # The graph's front end gives the pipeline's log-mel for the same note.
+  prepared = Prepared.load(runs["prepared"])
+  batch = next(iter(make_dataset(prepared, "validation", PipelineConfig(
+      batch_size=4, shuffle=False, cache=""))))
+  rows = prepared.index("validation")[:4]
+  waves = [soundfile.read(r["path"], dtype="float32") for r in rows]
+  for (wave, rate), mel in zip(waves, batch["mel"].numpy()):
+    via_audio = live.encode(tf.constant(wave[None]), tf.constant(rate))
+    via_mel = live.encode_mel(tf.constant(mel[None]))
+    np.testing.assert_allclose(via_audio["z_timbre_mean"].numpy(),
+                               via_mel["z_timbre_mean"].numpy(), atol=2e-3, rtol=1e-2)
+  # Transfer: alpha = 0 decodes the note's own codes; a given source shifts by the
+  # difference of the two centres.
+  wave, rate = waves[0]
+  codes = live.encode(tf.constant(wave[None]), tf.constant(rate))
+  same = live.transfer(tf.constant(wave[None]), tf.constant(rate), tf.constant(["Pno"]),
+                       tf.constant([0.0]))
+  own = model.decode(codes["z_timbre_mean"], codes["z_pitch_mean"]).numpy()
+  np.testing.assert_allclose(same["mel"].numpy(), own, atol=1e-5)
+  assert same["source_instrument"].numpy()[0] == codes["instrument"].numpy()[0]
+  moved = live.transfer_from_source(tf.constant(wave[None]), tf.constant(rate),
+                                    tf.constant(["Vc"]), tf.constant(["Pno"]),
+                                    tf.constant([0.5]))
+  shift = timbre_means[VOCAB.index("Pno")] - timbre_means[VOCAB.index("Vc")]
+  z_t = codes["z_timbre_mean"].numpy() + 0.5 * shift
+  np.testing.assert_allclose(moved["mel"].numpy(),
+                             model.decode(z_t, codes["z_pitch_mean"]).numpy(), atol=1e-5)
+  assert moved["audio"].shape == (1, 43 * 256)
+  probs = codes["instrument_probs"].numpy()
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  assert codes["pitch"].numpy()[0] in PITCHES
+
+
+def test_mvae_export_uses_class_centres(runs):
+  module, meta = export_lib.build_module(runs["mvae"], griffin_lim_iters=GL_ITERS)
+  assert meta["model"]["kind"] == "mvae"
+  prepared = Prepared.load(runs["prepared"])
+  codes, labels = [], []
+  for batch in make_dataset(prepared, "train", PipelineConfig(batch_size=7, shuffle=False,
+                                                              cache="")):
+    codes.append(module.model.encode(batch["mel"])["z_timbre_mean"].numpy())
+    labels.append(batch["instrument"].numpy())
+  codes, labels = np.concatenate(codes), np.concatenate(labels)
+  for k in range(len(INSTRUMENTS)):
+    np.testing.assert_allclose(module.timbre_means.numpy()[k], codes[labels == k].mean(0),
+                               atol=1e-5)
+  loaded = tf.saved_model.load(runs["mvae_export"])
+  out = _synth(loaded.signatures["synthesize"], ["Vc", "Pno"], [60, 61], [0.0, 1.0], [0, 0])
+  assert out["audio"].shape == (2, 43 * 256) and np.all(np.isfinite(out["audio"].numpy()))
+
+
+def _cli(name, *args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "bin", name), *args], env=ENV,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_synthesize_and_transfer_commands(runs, tmp_path):
+  out = str(tmp_path / "n.wav")
+  export_base = os.path.dirname(runs["mgmvae_export"])
+  done = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=C4",
+              f"--out={out}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  wave, rate = soundfile.read(out)
+  assert rate == 22050 and wave.shape == (43 * 256,) and np.abs(wave).max() > 0
+  png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "n.png"))).numpy()
+  assert png.shape == (256, 43 * 4, 3)
+  again = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60",
+               f"--out={out}")
+  assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+  several = _cli("synthesize", f"--model={runs['mgmvae']}", "--instrument=Vc,Pno",
+                 "--pitch=60,61", "--w=0,1", f"--out={tmp_path}/s.wav")
+  assert several.returncode == 0, several.stderr[-2000:]
+  names = sorted(n for n in os.listdir(tmp_path) if n.startswith("s_"))
+  assert len(names) == 16 and "s_Pno_61_w1.wav" in names and "s_Vc_60_w0.png" in names
+  bad = _cli("synthesize", f"--model={export_base}", "--instrument=Kazoo", "--pitch=60",
+             f"--out={tmp_path}/k.wav")
+  assert bad.returncode == 1 and "'Kazoo' is not in the model's vocabulary" in bad.stderr
+  bad = _cli("synthesize", f"--model={tmp_path}", "--instrument=Vc", "--pitch=60",
+             f"--out={tmp_path}/k.wav")
+  assert bad.returncode == 1 and "expected an export" in bad.stderr
+  moved = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
+               "--target=Pno,Vc", "--alpha=0,0.5,1", f"--out={tmp_path}/t.wav")
+  assert moved.returncode == 0, moved.stderr[-2000:]
+  assert len([n for n in os.listdir(tmp_path) if n.startswith("t_")]) == 12
+  assert "t_Pno_a0.5.wav" in os.listdir(tmp_path)
+  bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
+             "--target=Pno", "--alpha=2", f"--out={tmp_path}/u.wav")
+  assert bad.returncode != 0 and "expected numbers in [0, 1]" in bad.stderr
+  bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={tmp_path}/no.wav",
+             "--target=Pno", f"--out={tmp_path}/u.wav")
+  assert bad.returncode == 1 and "no.wav" in bad.stderr
+  exported = _cli("export", f"--run_dir={runs['mgmvae']}", f"--export_dir={tmp_path}/e",
+                  "--griffin_lim_iters=2")
+  assert exported.returncode == 0 and os.path.isdir(f"{tmp_path}/e/1"), exported.stderr
+  clash = _cli("export", f"--run_dir={runs['mgmvae']}", f"--export_dir={tmp_path}/e",
+               "--version=1")
+  assert clash.returncode == 1 and "never overwritten" in clash.stderr
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="tensorflow_model_server is not on PATH")
+def test_tensorflow_model_server_serves_the_export(runs, live, tmp_path):
+  base = tmp_path / "models"
+  shutil.copytree(os.path.dirname(runs["mgmvae_export"]), base / "quickstart")
+  config = open(os.path.join(REPO, "export", "requests", "models.config")).read()
+  (tmp_path / "models.config").write_text(config.replace("/models/", f"{base}/"))
+  server = subprocess.Popen(["tensorflow_model_server", "--port=18500",
+                             "--rest_api_port=18501",
+                             f"--model_config_file={tmp_path}/models.config"])
+  try:
+    url = "http://localhost:18501/v1/models/tfgmvae"
+    for _ in range(120):
+      try:
+        if b"AVAILABLE" in urllib.request.urlopen(url, timeout=2).read():
+          break
+      except OSError:
+        time.sleep(1)
+    body = open(os.path.join(REPO, "export", "requests", "synthesize.json"), "rb").read()
+    reply = json.loads(urllib.request.urlopen(urllib.request.Request(
+        url + ":predict", data=body), timeout=120).read())
+    want = _synth(live.synthesize, ["Vc", "Pno"], [60, 67], [0.0, 0.5], [0, 1])
+    np.testing.assert_allclose(np.array(reply["outputs"]["mel"]), want["mel"].numpy(),
+                               atol=2e-4)
+  finally:
+    server.terminate()
+    server.wait(30)

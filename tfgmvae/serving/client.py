@@ -1,0 +1,168 @@
+"""Using a trained model: open it (an export or a run), synthesise, transfer, write files.
+
+`open_model` accepts a SavedModel version folder (`export/NAME/3`), a model's base folder
+(`export/NAME`: its highest version) or a training run directory (its best checkpoint,
+wrapped live). Either way the result calls the same signatures, so the command-line tools
+and the tests treat exports and runs alike.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.audio import display, io
+from tfgmvae.serving import export as export_lib
+
+PEAK = 0.99
+
+
+class ModelPathError(ValueError):
+  """`--model` names neither an export nor a run."""
+
+
+@dataclasses.dataclass
+class Model:
+  """A trained model's signatures and vocabularies."""
+  path: str
+  signatures: dict
+  instruments: tuple[str, ...]
+  pitches: tuple[int, ...]
+  sample_rate: int
+  keep: object = None     # the loaded object or live module that owns the signatures
+
+  def run(self, signature: str, **inputs) -> dict[str, np.ndarray]:
+    """Calls a signature with NumPy-convertible inputs; returns NumPy outputs."""
+    fn = self.signatures[signature]
+    positional, named = fn.structured_input_signature   # live: positional; loaded: named
+    specs = {spec.name: spec for spec in positional} | named
+    args = {}
+    for name, spec in specs.items():
+      if name not in inputs:
+        raise TypeError(f"signature {signature!r} needs input {name!r}")
+      args[name] = tf.constant(inputs[name], dtype=spec.dtype)
+    return {k: v.numpy() for k, v in fn(**args).items()}
+
+
+def resolve(path: str) -> tuple[str, str]:
+  """('saved_model', folder) or ('run', folder) for a --model path."""
+  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+    return "saved_model", path
+  if os.path.isfile(os.path.join(path, export_lib.MODEL_FILE)):
+    return "run", path
+  found = export_lib.versions(path)
+  if found:
+    return "saved_model", os.path.join(path, str(found[-1]))
+  raise ModelPathError(
+      f"--model={path}: expected an export (a folder with saved_model.pb, or a folder of "
+      "numbered versions written by bin/export) or a run directory (with model.json).")
+
+
+def open_model(path: str, checkpoint: str = "best", griffin_lim_iters: int = 64) -> Model:
+  """Opens an export or a run (see the module docstring)."""
+  kind, folder = resolve(path)
+  if kind == "saved_model":
+    loaded = tf.saved_model.load(folder)
+    return Model(folder, dict(loaded.signatures),
+                 tuple(s.decode() for s in loaded.instruments.numpy()),
+                 tuple(int(p) for p in loaded.pitches.numpy()),
+                 int(loaded.sample_rate.numpy()), loaded)
+  module, meta = export_lib.build_module(folder, checkpoint, griffin_lim_iters)
+  return Model(folder, module.signatures(), tuple(meta["instruments"]),
+               tuple(meta["pitches"]), int(meta["output_sample_rate"]), module)
+
+
+def _checked(model: Model, instruments, pitches=()):
+  for name in instruments:
+    if name not in model.instruments:
+      raise ValueError(f"instrument {name!r} is not in the model's vocabulary; expected "
+                       f"one of {', '.join(model.instruments)}.")
+  for p in pitches:
+    if p not in model.pitches:
+      raise ValueError(f"pitch {p} is not in the model's vocabulary; expected one of "
+                       f"{model.pitches[0]}..{model.pitches[-1]} "
+                       f"({len(model.pitches)} MIDI numbers, see the export's "
+                       "assets.extra/tfgmvae.json).")
+
+
+def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> list[dict]:
+  """One note per combination of instrument, pitch, w and seed.
+
+  Returns:
+    Dicts with the combination's values and its `mel` [T, F] and `audio` [n].
+  """
+  _checked(model, instruments, pitches)
+  combos = list(itertools.product(instruments, pitches, ws, seeds))
+  out = model.run("synthesize", instrument=[c[0] for c in combos],
+                  pitch=[c[1] for c in combos], w=[c[2] for c in combos],
+                  seed=[c[3] for c in combos])
+  return [{"instrument": i, "pitch": p, "w": w, "seed": s, "mel": out["mel"][j],
+           "audio": out["audio"][j]} for j, (i, p, w, s) in enumerate(combos)]
+
+
+def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
+             source: str | None = None) -> list[dict]:
+  """The note `waveform` moved towards each target instrument by each alpha."""
+  _checked(model, list(targets) + ([source] if source else []))
+  combos = list(itertools.product(targets, alphas))
+  audio = np.repeat(np.asarray(waveform, np.float32)[None], len(combos), axis=0)
+  inputs = {"audio": audio, "sample_rate": int(sample_rate),
+            "target_instrument": [c[0] for c in combos], "alpha": [c[1] for c in combos]}
+  if source:
+    out = model.run("transfer_from_source", source_instrument=[source] * len(combos),
+                    **inputs)
+  else:
+    out = model.run("transfer", **inputs)
+  return [{"target": t, "alpha": a, "source": out["source_instrument"][j].decode(),
+           "mel": out["mel"][j], "audio": out["audio"][j]}
+          for j, (t, a) in enumerate(combos)]
+
+
+def output_paths(out: str, suffixes: list[str]) -> list[str]:
+  """`out` itself for one output; `<stem>_<suffix>.wav` for each of several."""
+  if len(suffixes) == 1:
+    return [out]
+  stem, ext = os.path.splitext(out)
+  return [f"{stem}_{s}{ext or '.wav'}" for s in suffixes]
+
+
+def check_free(paths: list[str]) -> None:
+  """Raises FileExistsError naming every output (WAV or its PNG) that already exists."""
+  taken = [p for path in paths for p in (path, os.path.splitext(path)[0] + ".png")
+           if os.path.exists(p)]
+  if taken:
+    raise FileExistsError(f"{', '.join(taken)} already exist(s); refusing to overwrite. "
+                          "Choose another --out.")
+
+
+def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
+               normalize: bool = False) -> dict:
+  """Writes `path` (16-bit WAV) and the spectrogram beside it as PNG.
+
+  Audio whose peak exceeds 1 is scaled down to PEAK (never clipped); with `normalize`
+  every note is scaled to that peak.
+
+  Returns:
+    {'wav', 'png', 'peak', 'gain'}.
+  """
+  audio = np.asarray(audio, np.float32)
+  peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+  gain = 1.0
+  if peak > 0 and (normalize or peak > 1.0):
+    gain = PEAK / peak
+  folder = os.path.dirname(path)
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  png = os.path.splitext(path)[0] + ".png"
+  io.write_wav(path, audio * gain, sample_rate)
+  display.write_png(png, display.spectrogram_image(mel, scale=4))
+  return {"wav": path, "png": png, "peak": peak, "gain": gain}
+
+
+def metadata(path: str) -> dict:
+  """The export's assets.extra/tfgmvae.json."""
+  with open(os.path.join(path, export_lib.METADATA_FILE), encoding="utf-8") as f:
+    return json.load(f)

@@ -1,0 +1,219 @@
+"""Loading a trained run and exporting it as a versioned SavedModel for TF Serving.
+
+`load_run` rebuilds a run's model from RUN_DIR/model.json and restores its weights (the
+best checkpoint by validation ELBO, or the latest); `build_module` wraps it in a
+`ServingModule`; `export` writes `EXPORT_DIR/<version>/` in TF Serving's layout, with a
+new integer version each time. An export is written into a temporary folder beside its
+final place and renamed into it, so a version folder is either complete or absent, and
+an existing version is never overwritten.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.audio.config import AudioConfig
+from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.prepare import Prepared, PrepareError
+from tfgmvae.model import GMVAE, ModelConfig
+from tfgmvae.serving.module import ServingModule
+
+MODEL_FILE = "model.json"
+METADATA_FILE = os.path.join("assets.extra", "tfgmvae.json")
+CHECKPOINTS = {"best": "best", "latest": "checkpoints"}
+
+
+class ExportError(ValueError):
+  """A run cannot be loaded or exported; the message names the file and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """What to export.
+
+  Attributes:
+    run_dir: The training run.
+    export_dir: The model's base folder; versions go into numbered sub-folders.
+    checkpoint: 'best' (best validation ELBO), 'latest', or a checkpoint path.
+    griffin_lim_iters: Griffin-Lim iterations of the audio outputs.
+    version: The version number to write (None: one more than the highest present).
+  """
+  run_dir: str
+  export_dir: str
+  checkpoint: str = "best"
+  griffin_lim_iters: int = 64
+  version: int | None = None
+
+  def __post_init__(self):
+    if self.griffin_lim_iters < 1:
+      raise ExportError(f"griffin_lim_iters={self.griffin_lim_iters}: expected >= 1.")
+    if self.version is not None and self.version < 1:
+      raise ExportError(f"version={self.version}: expected a positive integer.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """What a run's model needs besides its weights."""
+  model: ModelConfig
+  instruments: tuple[str, ...]
+  pitches: tuple[int, ...]
+  audio: AudioConfig
+  log_mel_min: float
+  log_mel_max: float
+  prepared_dir: str
+
+
+def run_metadata(prepared: Prepared) -> dict:
+  """The prepared data's facts a run records in model.json (so export needs no data)."""
+  return {"instruments": list(prepared.instruments), "pitches": list(prepared.pitches),
+          "audio": prepared.audio.to_dict(), "log_mel_min": prepared.log_mel_min,
+          "log_mel_max": prepared.log_mel_max}
+
+
+def read_run(run_dir: str) -> RunInfo:
+  """Reads RUN_DIR/model.json (and the prepared data, for runs that predate its facts)."""
+  path = os.path.join(run_dir, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise ExportError(f"{path}: not found; expected a run directory written by bin/train.")
+  with open(path, encoding="utf-8") as f:
+    meta = json.load(f)
+  prepared_dir = meta.get("prepared_dir", "")
+  if not os.path.isdir(prepared_dir) and os.path.isdir(os.path.join(run_dir, "data")):
+    prepared_dir = os.path.join(run_dir, "data")
+  if "instruments" not in meta:
+    try:
+      meta |= run_metadata(Prepared.load(prepared_dir))
+    except PrepareError as e:
+      raise ExportError(f"{path} does not record the vocabularies and its prepared data "
+                        f"cannot be read: {e}") from e
+  config = dict(meta["model"], synchronized_bn=False)
+  return RunInfo(model=ModelConfig.from_dict(config),
+                 instruments=tuple(meta["instruments"]),
+                 pitches=tuple(int(p) for p in meta["pitches"]),
+                 audio=AudioConfig.from_dict(meta["audio"]),
+                 log_mel_min=float(meta["log_mel_min"]),
+                 log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir)
+
+
+def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
+  """The checkpoint file prefix that `checkpoint` ('best', 'latest' or a path) means."""
+  if checkpoint in CHECKPOINTS:
+    folder = os.path.join(run_dir, CHECKPOINTS[checkpoint])
+    path = tf.train.latest_checkpoint(folder)
+    if path is None:
+      raise ExportError(f"{folder}: no checkpoint; has {run_dir} trained for an epoch?")
+    return path
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise ExportError(f"checkpoint={checkpoint!r}: expected 'best', 'latest' or the "
+                      "prefix of a checkpoint (a path whose .index file exists).")
+  return checkpoint
+
+
+def load_run(run_dir: str, checkpoint: str = "best") -> tuple[GMVAE, RunInfo, str]:
+  """The run's model with restored weights, its facts, and the checkpoint used."""
+  info = read_run(run_dir)
+  path = checkpoint_path(run_dir, checkpoint)
+  model = GMVAE(info.model).build_for()
+  try:
+    tf.train.Checkpoint(model=model.weights_checkpoint()).read(path) \
+        .assert_existing_objects_matched().expect_partial()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ExportError(f"{path}: does not hold the weights of the model in "
+                      f"{os.path.join(run_dir, MODEL_FILE)}: {e}") from e
+  return model, info, path
+
+
+def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
+  """Mean and std of the training notes' z_t posterior means per instrument, [K, L] each.
+
+  MVAE's timbre prior has no per-instrument components; these play their part.
+  """
+  try:
+    prepared = Prepared.load(info.prepared_dir)
+  except PrepareError as e:
+    raise ExportError(f"an MVAE's per-instrument timbre centres come from its training "
+                      f"data, which cannot be read: {e}") from e
+  ds = make_dataset(prepared, "train", PipelineConfig(batch_size=batch_size, shuffle=False,
+                                                      cache=""))
+  codes, labels = [], []
+  for batch in ds:
+    codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
+    labels.append(batch["instrument"].numpy())
+  codes, labels = np.concatenate(codes), np.concatenate(labels)
+  k, latent = info.model.num_instruments, info.model.latent_dim
+  means, scales = np.zeros([k, latent], np.float32), np.ones([k, latent], np.float32)
+  for i in range(k):
+    rows = codes[labels == i]
+    if len(rows):
+      means[i] = rows.mean(axis=0)
+    if len(rows) > 1:
+      scales[i] = rows.std(axis=0)
+  return means, scales
+
+
+def build_module(run_dir: str, checkpoint: str = "best",
+                 griffin_lim_iters: int = 64) -> tuple[ServingModule, dict]:
+  """A `ServingModule` of a trained run, and the metadata an export records."""
+  model, info, path = load_run(run_dir, checkpoint)
+  means = scales = None
+  if info.model.kind == "mvae":
+    means, scales = class_centres(model, info)
+  module = ServingModule(model, info.instruments, info.pitches, info.audio,
+                         info.log_mel_min, info.log_mel_max, means, scales,
+                         griffin_lim_iters)
+  metadata = {
+      "format": "tfgmvae-export/1", "run_dir": os.path.abspath(run_dir),
+      "checkpoint": os.path.abspath(path), "model": info.model.to_dict(),
+      "instruments": list(info.instruments), "pitches": list(info.pitches),
+      "audio": info.audio.to_dict(), "log_mel_min": info.log_mel_min,
+      "log_mel_max": info.log_mel_max, "griffin_lim_iters": griffin_lim_iters,
+      "output_sample_rate": info.audio.sample_rate,
+      "output_samples": info.audio.frames * info.audio.hop_length,
+      "signatures": sorted(module.signatures())}
+  return module, metadata
+
+
+def versions(export_dir: str) -> list[int]:
+  """The integer versions present under `export_dir`, ascending."""
+  if not os.path.isdir(export_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(export_dir)
+                if n.isdigit() and os.path.isdir(os.path.join(export_dir, n)))
+
+
+def export(config: ExportConfig, log=print) -> str:
+  """Exports a run as `config.export_dir/<version>/`; returns that folder.
+
+  Raises:
+    ExportError: the run cannot be loaded, or the version already exists.
+  """
+  present = versions(config.export_dir)
+  version = config.version if config.version is not None else (max(present, default=0) + 1)
+  final = os.path.join(config.export_dir, str(version))
+  if os.path.exists(final):
+    raise ExportError(f"{final} exists; an export is never overwritten. Leave out "
+                      "--version to write the next one.")
+  module, metadata = build_module(config.run_dir, config.checkpoint,
+                                  config.griffin_lim_iters)
+  metadata["version"] = version
+  os.makedirs(config.export_dir, exist_ok=True)
+  tmp = os.path.join(config.export_dir, f".tmp-{version}-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    tf.saved_model.save(module, tmp, signatures=module.signatures())
+    os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_FILE)), exist_ok=True)
+    with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+      json.dump(metadata, f, indent=2)
+    try:
+      os.rename(tmp, final)     # fails if `final` appeared meanwhile: nothing is replaced
+    except OSError as e:
+      raise ExportError(f"{final} appeared while exporting; it was left as it is.") from e
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  log(f"Exported {config.run_dir} ({os.path.basename(metadata['checkpoint'])}) to "
+      f"{final}")
+  return final

@@ -1,0 +1,307 @@
+"""The exported model: one `tf.Module` whose named signatures serve a trained GMVAE.
+
+`ServingModule` wraps a live `GMVAE` (it does not duplicate it) together with everything
+needed to go from sound to sound inside the graph: the vocabularies, the training
+split's log-mel range, the audio front end (core-TF resampler, Slaney mel filterbank)
+and the inverse (mel -> linear magnitude -> Griffin-Lim). Its signatures, all batched:
+
+* `encode`: audio [B, n] at `sample_rate` (scalar) -> posterior means and log-variances,
+  `instrument_probs` [B, K], `pitch_probs` [B, M], `instrument` (name) and `pitch` (MIDI);
+* `encode_mel`: normalised log-mel [B, T, F] -> the same;
+* `decode`: `z_timbre`, `z_pitch` [B, L] -> `mel` (normalised) and `audio`;
+* `synthesize` (also `serving_default`) and `synthesize_mel` (no audio):
+  `instrument`, `pitch`, `w`, `seed` [B] -> z_p ~ N(mu_pitch, (w sigma_p)^2),
+  z_t ~ N(mu_instrument, (w sigma_t)^2), decoded;
+* `transfer`: audio, `sample_rate`, `target_instrument`, `alpha` [B] ->
+  z_t' = z_t + alpha (mu_target - mu_source), the source being the inferred instrument;
+  `transfer_from_source` takes the source as `source_instrument` [B].
+
+Bad input (an unknown name, a pitch outside the vocabulary, alpha outside [0, 1], a
+negative w, a wrong shape, a bad rate, non-finite samples) fails with an InvalidArgument
+error whose message says what was expected. Only core TensorFlow ops are used, so TF
+Serving loads the export as it is.
+
+For MVAE, whose timbre prior has no per-instrument components, `timbre_means` and
+`timbre_scales` are the mean and standard deviation of the training notes' posterior
+means per instrument (computed at export); for MGMVAE they are the prior's own.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.audio import spectral
+from tfgmvae.audio.config import AudioConfig
+from tfgmvae.audio.resample import resample
+
+# Input rates accepted by `encode` and `transfer`.
+MIN_RATE, MAX_RATE = 1_000, 384_000
+
+
+class _Ref:
+  """Holds the Keras model outside TensorFlow's object tracking (its variables are
+  tracked explicitly, as Keras's own ExportArchive does)."""
+
+  def __init__(self, model):
+    self.model = model
+
+
+def _spec(shape, dtype, name):
+  return tf.TensorSpec(shape, dtype, name=name)
+
+
+_AUDIO = _spec([None, None], tf.float32, "audio")
+_RATE = _spec([], tf.int32, "sample_rate")
+
+
+class ServingModule(tf.Module):
+  """Synthesis, timbre transfer and the codes of a trained model, as signatures."""
+
+  def __init__(self, model, instruments, pitches, audio_config: AudioConfig,
+               log_mel_min: float, log_mel_max: float, timbre_means=None,
+               timbre_scales=None, griffin_lim_iters: int = 64):
+    """Wraps `model`.
+
+    Args:
+      model: A built, trained `GMVAE`.
+      instruments: The instrument vocabulary (names, in the model's class order).
+      pitches: The pitch vocabulary (MIDI numbers, in class order).
+      audio_config: The front end the model was trained with.
+      log_mel_min: The training split's log-mel minimum (normalisation).
+      log_mel_max: Its maximum.
+      timbre_means: [K, L] per-instrument timbre centres; default the MGMVAE prior's.
+      timbre_scales: [K, L] their spread; default sigma_t everywhere.
+      griffin_lim_iters: Griffin-Lim iterations of the audio outputs.
+    """
+    super().__init__(name="tfgmvae")
+    c = model.config
+    self._ref = _Ref(model)
+    self.model_variables = list(model.variables)
+    self._audio = audio_config
+    self._lo, self._hi = float(log_mel_min), float(log_mel_max)
+    self._iters = int(griffin_lim_iters)
+    self.instruments = tf.Variable(np.array(instruments, dtype=object), trainable=False,
+                                   dtype=tf.string, name="instruments")
+    self.pitches = tf.Variable(np.array(pitches, np.int32), trainable=False,
+                               name="pitches")
+    if timbre_means is None:
+      if model.timbre_prior is None:
+        raise ValueError("an MVAE needs timbre_means (its prior has no components)")
+      timbre_means = model.timbre_prior.means
+    self.timbre_means = tf.Variable(tf.convert_to_tensor(timbre_means, tf.float32),
+                                    trainable=False, name="timbre_means")
+    if timbre_scales is None:
+      timbre_scales = np.full([c.num_instruments, c.latent_dim], np.exp(c.log_sigma_t))
+    self.timbre_scales = tf.Variable(np.asarray(timbre_scales, np.float32),
+                                     trainable=False, name="timbre_scales")
+    self.sample_rate = tf.Variable(audio_config.sample_rate, trainable=False,
+                                   dtype=tf.int32, name="sample_rate")
+    self._sigma_p = float(np.exp(c.log_sigma_p))
+
+  @property
+  def model(self):
+    return self._ref.model
+
+  # -- helpers (traced into the signatures) ---------------------------------------------
+
+  def _batch(self, tensors: dict, what: str):
+    """Asserts that every [B] input has the same length; returns B."""
+    names = list(tensors)
+    size = tf.shape(tensors[names[0]])[0]
+    checks = [tf.debugging.assert_equal(
+        tf.shape(tensors[n])[0], size,
+        message=f"{what}: inputs {', '.join(names)} must all have the same length "
+                f"(one value per note); '{n}' differs from '{names[0]}'")
+              for n in names[1:]]
+    with tf.control_dependencies(checks):
+      return tf.identity(size)
+
+  def _index(self, names, what: str):
+    """Instrument names [B] -> class indices [B]; unknown names are an error."""
+    matches = tf.equal(names[:, None], self.instruments[None, :])
+    known = tf.reduce_any(matches, axis=1)
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        [f"{what}: unknown instrument name(s)", tf.boolean_mask(names, ~known),
+         "; expected one of", self.instruments], summarize=1000)
+    with tf.control_dependencies([check]):
+      return tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+
+  def _pitch_index(self, pitch):
+    matches = tf.equal(pitch[:, None], self.pitches[None, :])
+    known = tf.reduce_any(matches, axis=1)
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        ["pitch: MIDI number(s)", tf.boolean_mask(pitch, ~known),
+         "are not in the model's vocabulary; expected one of", self.pitches],
+        summarize=1000)
+    with tf.control_dependencies([check]):
+      return tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+
+  def _in_range(self, values, name, lo, hi=None):
+    checks = [tf.debugging.assert_all_finite(values, f"{name} must be finite")]
+    checks.append(tf.debugging.assert_greater_equal(
+        values, lo, message=f"{name} must be >= {lo}" + ("" if hi is None else
+                                                       f" and <= {hi}")))
+    if hi is not None:
+      checks.append(tf.debugging.assert_less_equal(
+          values, hi, message=f"{name} must be >= {lo} and <= {hi}"))
+    with tf.control_dependencies(checks):
+      return tf.identity(values)
+
+  def _mel_input(self, mel):
+    a = self._audio
+    check = tf.debugging.assert_equal(
+        tf.shape(mel)[1:], [a.frames, a.n_mels],
+        message=f"mel: expected shape [batch, {a.frames}, {a.n_mels}] (a normalised "
+                "log-mel)")
+    with tf.control_dependencies([check]):
+      check = tf.debugging.assert_all_finite(mel, "mel must be finite")
+    with tf.control_dependencies([check]):
+      return tf.ensure_shape(mel, [None, a.frames, a.n_mels])
+
+  def _features(self, audio, sample_rate):
+    """Audio [B, n] at `sample_rate` -> normalised log-mel [B, T, F] (as in training)."""
+    a = self._audio
+    checks = [
+        tf.debugging.assert_greater_equal(
+            sample_rate, MIN_RATE, message=f"sample_rate must be >= {MIN_RATE} and <= "
+                                           f"{MAX_RATE} Hz"),
+        tf.debugging.assert_less_equal(
+            sample_rate, MAX_RATE, message=f"sample_rate must be >= {MIN_RATE} and <= "
+                                           f"{MAX_RATE} Hz"),
+        tf.debugging.assert_all_finite(audio, "audio holds NaN or infinite samples"),
+    ]
+    rate64 = tf.cast(sample_rate, tf.int64)
+    start = tf.cast(tf.round(a.offset * tf.cast(rate64, tf.float64)), tf.int32)
+    checks.append(tf.debugging.assert_greater(
+        tf.shape(audio)[1], start,
+        message=f"audio: each note needs more than offset={a.offset} s of samples"))
+    with tf.control_dependencies(checks):
+      # Keep the segment and a margin for the resampling filter, then resample.
+      keep = tf.cast(tf.math.ceil((a.duration + 0.05) * tf.cast(rate64, tf.float64)),
+                     tf.int32)
+      x = audio[:, start:start + keep]
+      x = resample(x, rate64, a.sample_rate)
+    mel = spectral.log_mel(x, a)
+    return tf.ensure_shape(spectral.normalise(mel, self._lo, self._hi),
+                           [None, a.frames, a.n_mels])
+
+  def _codes(self, mel) -> dict:
+    model = self.model
+    out = model.encode(mel, training=False)
+    inst = tf.exp(model.instrument_log_probs(out["z_timbre_mean"]))
+    pitch = tf.exp(model.pitch_log_probs(out["z_pitch_mean"]))
+    out["instrument_probs"] = inst
+    out["pitch_probs"] = pitch
+    out["instrument"] = tf.gather(self.instruments, tf.argmax(inst, -1))
+    out["pitch"] = tf.gather(self.pitches, tf.argmax(pitch, -1))
+    return out
+
+  def _audio_out(self, mel):
+    log_mel = spectral.denormalise(mel, self._lo, self._hi)
+    return spectral.log_mel_to_audio(log_mel, self._audio, n_iter=self._iters)
+
+  def _decoded(self, z_timbre, z_pitch, with_audio=True) -> dict:
+    mel = self.model.decode(z_timbre, z_pitch, training=False)
+    out = {"mel": mel}
+    if with_audio:
+      out["audio"] = self._audio_out(mel)
+    return out
+
+  def _sample(self, instrument, pitch, w, seed):
+    n = self._batch({"instrument": instrument, "pitch": pitch, "w": w, "seed": seed},
+                    "synthesize")
+    k = self._index(instrument, "instrument")
+    m = self._pitch_index(pitch)
+    w = self._in_range(w, "w", 0.0)
+    latent = self.model.config.latent_dim
+    noise = tf.map_fn(lambda s: tf.random.stateless_normal([2, latent], tf.stack([s, 0])),
+                      tf.cast(seed, tf.int64), fn_output_signature=tf.float32)
+    noise = tf.reshape(noise, [n, 2, latent])
+    pitch_means = tf.gather(tf.convert_to_tensor(self.model.pitch_prior.means), m)
+    z_pitch = pitch_means + (w * self._sigma_p)[:, None] * noise[:, 0]
+    z_timbre = (tf.gather(self.timbre_means, k)
+                + w[:, None] * tf.gather(self.timbre_scales, k) * noise[:, 1])
+    return z_timbre, z_pitch
+
+  def _transfer(self, audio, sample_rate, source, target, alpha):
+    self._batch({"audio": audio, "target_instrument": target, "alpha": alpha},
+                "transfer")
+    codes = self._codes(self._features(audio, sample_rate))
+    if source is None:
+      src = tf.argmax(codes["instrument_probs"], -1, output_type=tf.int32)
+    else:
+      self._batch({"audio": audio, "source_instrument": source}, "transfer")
+      src = self._index(source, "source_instrument")
+    tgt = self._index(target, "target_instrument")
+    alpha = self._in_range(alpha, "alpha", 0.0, 1.0)
+    shift = tf.gather(self.timbre_means, tgt) - tf.gather(self.timbre_means, src)
+    z_timbre = codes["z_timbre_mean"] + alpha[:, None] * shift
+    out = self._decoded(z_timbre, codes["z_pitch_mean"])
+    out["source_instrument"] = tf.gather(self.instruments, src)
+    return out
+
+  # -- signatures -----------------------------------------------------------------------
+
+  @tf.function(input_signature=[_AUDIO, _RATE])
+  def encode(self, audio, sample_rate):
+    """Codes and predictions of notes given as audio."""
+    return self._codes(self._features(audio, sample_rate))
+
+  @tf.function(input_signature=[_spec([None, None, None], tf.float32, "mel")])
+  def encode_mel(self, mel):
+    """Codes and predictions of notes given as normalised log-mels."""
+    return self._codes(self._mel_input(mel))
+
+  @tf.function(input_signature=[_spec([None, None], tf.float32, "z_timbre"),
+                                _spec([None, None], tf.float32, "z_pitch")])
+  def decode(self, z_timbre, z_pitch):
+    """Normalised log-mel and audio of given codes."""
+    latent = self.model.config.latent_dim
+    self._batch({"z_timbre": z_timbre, "z_pitch": z_pitch}, "decode")
+    checks = [tf.debugging.assert_equal(tf.shape(z)[1], latent,
+                                        message=f"{n}: expected shape [batch, {latent}]")
+              for n, z in (("z_timbre", z_timbre), ("z_pitch", z_pitch))]
+    checks += [tf.debugging.assert_all_finite(z, f"{n} must be finite")
+               for n, z in (("z_timbre", z_timbre), ("z_pitch", z_pitch))]
+    with tf.control_dependencies(checks):
+      z_timbre = tf.ensure_shape(z_timbre, [None, latent])
+      z_pitch = tf.ensure_shape(z_pitch, [None, latent])
+    return self._decoded(z_timbre, z_pitch)
+
+  _SYNTH = [_spec([None], tf.string, "instrument"), _spec([None], tf.int32, "pitch"),
+            _spec([None], tf.float32, "w"), _spec([None], tf.int64, "seed")]
+
+  @tf.function(input_signature=_SYNTH)
+  def synthesize(self, instrument, pitch, w, seed):
+    """A note of each (instrument, pitch): log-mel and audio."""
+    return self._decoded(*self._sample(instrument, pitch, w, seed))
+
+  @tf.function(input_signature=_SYNTH)
+  def synthesize_mel(self, instrument, pitch, w, seed):
+    """As `synthesize`, without the audio (no Griffin-Lim)."""
+    return self._decoded(*self._sample(instrument, pitch, w, seed), with_audio=False)
+
+  @tf.function(input_signature=[_AUDIO, _RATE,
+                                _spec([None], tf.string, "target_instrument"),
+                                _spec([None], tf.float32, "alpha")])
+  def transfer(self, audio, sample_rate, target_instrument, alpha):
+    """Moves each note's timbre code from its inferred instrument towards a target."""
+    return self._transfer(audio, sample_rate, None, target_instrument, alpha)
+
+  @tf.function(input_signature=[_AUDIO, _RATE,
+                                _spec([None], tf.string, "source_instrument"),
+                                _spec([None], tf.string, "target_instrument"),
+                                _spec([None], tf.float32, "alpha")])
+  def transfer_from_source(self, audio, sample_rate, source_instrument,
+                           target_instrument, alpha):
+    """As `transfer`, with the source instrument given instead of inferred."""
+    return self._transfer(audio, sample_rate, source_instrument, target_instrument, alpha)
+
+  def signatures(self) -> dict:
+    """Signature name -> concrete function, as saved (`serving_default` = synthesize)."""
+    names = ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel", "transfer",
+             "transfer_from_source")
+    out = {name: getattr(self, name).get_concrete_function() for name in names}
+    out["serving_default"] = out["synthesize"]
+    return out
