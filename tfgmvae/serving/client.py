@@ -14,7 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.audio import display, io
+from tfgmvae.audio import display, io, load_segment, spectral
+from tfgmvae.audio.config import AudioConfig
 from tfgmvae.serving import export as export_lib
 
 PEAK = 0.99
@@ -32,6 +33,7 @@ class Model:
   instruments: tuple[str, ...]
   pitches: tuple[int, ...]
   sample_rate: int
+  meta: dict              # the export's assets.extra/tfgmvae.json (or the same for a run)
   keep: object = None     # the loaded object or live module that owns the signatures
 
   def run(self, signature: str, **inputs) -> dict[str, np.ndarray]:
@@ -61,7 +63,7 @@ def resolve(path: str) -> tuple[str, str]:
       "numbered versions written by bin/export) or a run directory (with model.json).")
 
 
-def open_model(path: str, checkpoint: str = "best", griffin_lim_iters: int = 64) -> Model:
+def open_model(path: str, checkpoint: str = "best", griffin_lim_iters: int = 32) -> Model:
   """Opens an export or a run (see the module docstring)."""
   kind, folder = resolve(path)
   if kind == "saved_model":
@@ -69,10 +71,18 @@ def open_model(path: str, checkpoint: str = "best", griffin_lim_iters: int = 64)
     return Model(folder, dict(loaded.signatures),
                  tuple(s.decode() for s in loaded.instruments.numpy()),
                  tuple(int(p) for p in loaded.pitches.numpy()),
-                 int(loaded.sample_rate.numpy()), loaded)
+                 int(loaded.sample_rate.numpy()), metadata(folder), loaded)
   module, meta = export_lib.build_module(folder, checkpoint, griffin_lim_iters)
   return Model(folder, module.signatures(), tuple(meta["instruments"]),
-               tuple(meta["pitches"]), int(meta["output_sample_rate"]), module)
+               tuple(meta["pitches"]), int(meta["output_sample_rate"]), meta, module)
+
+
+def real_mel(model: Model, path: str) -> np.ndarray:
+  """The normalised log-mel [T, F] of a recorded note, as the model's training saw it."""
+  config = AudioConfig.from_dict(model.meta["audio"])
+  log_mel = spectral.log_mel(load_segment(path, config), config)
+  return spectral.normalise(log_mel, model.meta["log_mel_min"],
+                            model.meta["log_mel_max"]).numpy()
 
 
 def _checked(model: Model, instruments, pitches=()):
@@ -139,11 +149,12 @@ def check_free(paths: list[str]) -> None:
 
 
 def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
-               normalize: bool = False) -> dict:
+               normalize: bool = False, beside=()) -> dict:
   """Writes `path` (16-bit WAV) and the spectrogram beside it as PNG.
 
   Audio whose peak exceeds 1 is scaled down to PEAK (never clipped); with `normalize`
-  every note is scaled to that peak.
+  every note is scaled to that peak. `beside`: log-mels drawn to the left of `mel` in the
+  PNG (e.g. a real note of the same instrument and pitch).
 
   Returns:
     {'wav', 'png', 'peak', 'gain'}.
@@ -158,7 +169,7 @@ def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
     os.makedirs(folder, exist_ok=True)
   png = os.path.splitext(path)[0] + ".png"
   io.write_wav(path, audio * gain, sample_rate)
-  display.write_png(png, display.spectrogram_image(mel, scale=4))
+  display.write_png(png, display.spectrogram_image(*beside, mel, scale=4))
   return {"wav": path, "png": png, "peak": peak, "gain": gain}
 
 

@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from tfgmvae.audio import spectral
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
 from tfgmvae.data.prepare import Prepared, PrepareError
@@ -45,7 +46,7 @@ class ExportConfig:
   run_dir: str
   export_dir: str
   checkpoint: str = "best"
-  griffin_lim_iters: int = 64
+  griffin_lim_iters: int = 32
   version: int | None = None
 
   def __post_init__(self):
@@ -156,7 +157,7 @@ def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
 
 
 def build_module(run_dir: str, checkpoint: str = "best",
-                 griffin_lim_iters: int = 64) -> tuple[ServingModule, dict]:
+                 griffin_lim_iters: int = 32) -> tuple[ServingModule, dict]:
   """A `ServingModule` of a trained run, and the metadata an export records."""
   model, info, path = load_run(run_dir, checkpoint)
   means = scales = None
@@ -171,6 +172,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "instruments": list(info.instruments), "pitches": list(info.pitches),
       "audio": info.audio.to_dict(), "log_mel_min": info.log_mel_min,
       "log_mel_max": info.log_mel_max, "griffin_lim_iters": griffin_lim_iters,
+      "mel_inversion_iters": spectral.MEL_INVERSION_ITERS,
       "output_sample_rate": info.audio.sample_rate,
       "output_samples": info.audio.frames * info.audio.hop_length,
       "signatures": sorted(module.signatures())}

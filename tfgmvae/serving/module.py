@@ -33,6 +33,8 @@ from tfgmvae.audio import spectral
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.audio.resample import resample
 
+# Notes inverted to audio at a time (see spectral.log_mel_to_audio).
+AUDIO_CHUNK = 16
 # Input rates accepted by `encode` and `transfer`.
 MIN_RATE, MAX_RATE = 1_000, 384_000
 
@@ -58,7 +60,7 @@ class ServingModule(tf.Module):
 
   def __init__(self, model, instruments, pitches, audio_config: AudioConfig,
                log_mel_min: float, log_mel_max: float, timbre_means=None,
-               timbre_scales=None, griffin_lim_iters: int = 64):
+               timbre_scales=None, griffin_lim_iters: int = 32):
     """Wraps `model`.
 
     Args:
@@ -199,7 +201,8 @@ class ServingModule(tf.Module):
 
   def _audio_out(self, mel):
     log_mel = spectral.denormalise(mel, self._lo, self._hi)
-    return spectral.log_mel_to_audio(log_mel, self._audio, n_iter=self._iters)
+    return spectral.log_mel_to_audio(log_mel, self._audio, n_iter=self._iters,
+                                     chunk_size=AUDIO_CHUNK)
 
   def _decoded(self, z_timbre, z_pitch, with_audio=True) -> dict:
     mel = self.model.decode(z_timbre, z_pitch, training=False)
