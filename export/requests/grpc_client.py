@@ -70,7 +70,10 @@ def main():
     sys.exit(f"{args.out} exists; refusing to overwrite it (choose --out).")
   stub = prediction_service_pb2_grpc.PredictionServiceStub(
       grpc.insecure_channel(args.server))
-  response = stub.Predict(request, timeout=120.0)
+  try:
+    response = stub.Predict(request, timeout=120.0)
+  except grpc.RpcError as e:
+    sys.exit(f"{args.server}: {e.code().name}: {e.details()}")
   outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
   for name, value in sorted(outputs.items()):
     print(name, value.shape, value.dtype)

@@ -21,7 +21,8 @@ def transfer_body(path: str, target: str, alpha: float, seconds: float = 1.0) ->
   audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
   audio = audio.mean(axis=1)[:int(seconds * rate)]
   return {"signature_name": "transfer",
-          "inputs": {"audio": [np.round(audio, 6).tolist()], "sample_rate": int(rate),
+          "inputs": {"audio": [np.round(audio.astype(np.float64), 6).tolist()],
+                     "sample_rate": int(rate),
                      "target_instrument": [target], "alpha": [float(alpha)]}}
 
 

@@ -109,4 +109,4 @@ def write_wav(path: str, waveform: np.ndarray, sample_rate: int,
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; refusing to overwrite it.")
   soundfile.write(path, np.clip(np.asarray(waveform, np.float32), -1.0, 1.0),
-                  int(sample_rate), subtype="PCM_16")
+                  int(sample_rate), subtype="PCM_16", format="WAV")

@@ -137,7 +137,7 @@ def _pseudo_inverse(sample_rate, n_fft, n_mels, fmin, fmax) -> np.ndarray:
 
 # Non-negative least-squares iterations of the mel -> linear inversion. Measured on 8
 # rendered notes (64 Griffin-Lim iterations): log-mel round-trip error in the loud bins
-# 0.31 nats with the clipped pseudo-inverse alone, 0.20 after 20 iterations, 0.18 after 50.
+# 0.28 nats with the clipped pseudo-inverse alone, 0.16 after 20 iterations, 0.14 after 50.
 MEL_INVERSION_ITERS = 20
 
 
@@ -172,17 +172,23 @@ def mel_to_linear_power(mel, config: AudioConfig = PAPER,
   return spec
 
 
-@functools.lru_cache(maxsize=16)
-def _synthesis_window(n_fft: int, hop_length: int) -> np.ndarray:
-  """The window that makes overlap-add invert the Hann-windowed STFT (as
-  `tf.signal.inverse_stft_window_fn`), computed once."""
-  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)   # periodic Hann
-  denom = np.zeros(n_fft)
-  for shift in range(-(n_fft // hop_length) * hop_length, n_fft, hop_length):
-    idx = np.arange(n_fft) + shift
-    inside = (idx >= 0) & (idx < n_fft)
-    denom[inside] += window[idx[inside]] ** 2
-  out = (window / denom).astype(np.float32)
+def _hann(n_fft: int) -> np.ndarray:
+  return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)   # periodic
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_gain(n_fft: int, hop_length: int, frames: int) -> np.ndarray:
+  """1 / sum of the squared analysis windows over the `frames` frames at each sample.
+
+  Overlap-adding windowed inverse FFTs and dividing by this inverts a Hann-windowed STFT
+  exactly, also near the ends of the signal where fewer frames overlap (dividing by the
+  steady-state sum there would fade the first and last ~40 ms).
+  """
+  square = _hann(n_fft) ** 2
+  total = np.zeros((frames - 1) * hop_length + n_fft)
+  for t in range(frames):
+    total[t * hop_length:t * hop_length + n_fft] += square
+  out = (1.0 / np.maximum(total, 1e-8)).astype(np.float32)
   out.setflags(write=False)
   return out
 
@@ -208,11 +214,14 @@ def _overlap_add(frames, hop_length: int) -> tf.Tensor:
 
 
 def _istft(spec, config: AudioConfig, length: int) -> tf.Tensor:
-  """Inverse of the centred STFT: the `length` samples after the centring pad."""
+  """Inverse of the centred STFT [..., T, bins]: the `length` samples after the centring
+  pad (windowed overlap-add, normalised by the frames' actual window overlap)."""
   frames = tf.signal.irfft(spec, fft_length=[config.n_fft])
-  frames = frames * tf.constant(_synthesis_window(config.n_fft, config.hop_length))
+  frames = frames * tf.constant(_hann(config.n_fft).astype(np.float32))
   half = config.n_fft // 2
-  return _overlap_add(frames, config.hop_length)[..., half:half + length]
+  gain = _inverse_gain(config.n_fft, config.hop_length, spec.shape[-2])
+  return (_overlap_add(frames, config.hop_length)[..., half:half + length]
+          * tf.constant(gain[half:half + length]))
 
 
 def _frames_stft(x, config: AudioConfig, frames: int) -> tf.Tensor:

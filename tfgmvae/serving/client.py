@@ -55,7 +55,8 @@ def resolve(path: str) -> tuple[str, str]:
     return "saved_model", path
   if os.path.isfile(os.path.join(path, export_lib.MODEL_FILE)):
     return "run", path
-  found = export_lib.versions(path)
+  found = [v for v in export_lib.versions(path)
+            if tf.io.gfile.exists(os.path.join(path, str(v), "saved_model.pb"))]
   if found:
     return "saved_model", os.path.join(path, str(found[-1]))
   raise ModelPathError(
@@ -118,7 +119,9 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
   """The note `waveform` moved towards each target instrument by each alpha."""
   _checked(model, list(targets) + ([source] if source else []))
   combos = list(itertools.product(targets, alphas))
-  audio = np.repeat(np.asarray(waveform, np.float32)[None], len(combos), axis=0)
+  config = model.meta["audio"]      # the model reads the segment after its offset
+  keep = int(np.ceil((config["offset"] + config["duration"] + 0.1) * sample_rate))
+  audio = np.repeat(np.asarray(waveform, np.float32)[None, :keep], len(combos), axis=0)
   inputs = {"audio": audio, "sample_rate": int(sample_rate),
             "target_instrument": [c[0] for c in combos], "alpha": [c[1] for c in combos]}
   if source:
@@ -132,11 +135,21 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
 
 
 def output_paths(out: str, suffixes: list[str]) -> list[str]:
-  """`out` itself for one output; `<stem>_<suffix>.wav` for each of several."""
-  if len(suffixes) == 1:
-    return [out]
+  """`out` itself for one output; `<stem>_<suffix>.wav` for each of several.
+
+  Raises:
+    ValueError: `out` does not end in .wav, or two outputs would get the same name.
+  """
   stem, ext = os.path.splitext(out)
-  return [f"{stem}_{s}{ext or '.wav'}" for s in suffixes]
+  if ext.lower() != ".wav":
+    raise ValueError(f"--out={out}: expected a path ending in .wav (the spectrogram goes "
+                     "beside it as .png).")
+  paths = [out] if len(suffixes) == 1 else [f"{stem}_{s}{ext}" for s in suffixes]
+  twice = sorted({p for p in paths if paths.count(p) > 1})
+  if twice:
+    raise ValueError(f"several outputs would be written to {', '.join(twice)}; give each "
+                     "instrument, pitch, w, seed, target or alpha once.")
+  return paths
 
 
 def check_free(paths: list[str]) -> None:

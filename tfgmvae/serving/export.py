@@ -180,11 +180,11 @@ def build_module(run_dir: str, checkpoint: str = "best",
 
 
 def versions(export_dir: str) -> list[int]:
-  """The integer versions present under `export_dir`, ascending."""
+  """The integer versions taken under `export_dir` (folders, or stray files with such
+  a name), ascending."""
   if not os.path.isdir(export_dir):
     return []
-  return sorted(int(n) for n in os.listdir(export_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(export_dir, n)))
+  return sorted(int(n) for n in os.listdir(export_dir) if n.isascii() and n.isdigit())
 
 
 def export(config: ExportConfig, log=print) -> str:
@@ -197,8 +197,9 @@ def export(config: ExportConfig, log=print) -> str:
   version = config.version if config.version is not None else (max(present, default=0) + 1)
   final = os.path.join(config.export_dir, str(version))
   if os.path.exists(final):
-    raise ExportError(f"{final} exists; an export is never overwritten. Leave out "
-                      "--version to write the next one.")
+    hint = ("leave out --version to write the next one" if config.version is not None
+            else "move it away, or give a free --version")
+    raise ExportError(f"{final} exists; an export is never overwritten: {hint}.")
   module, metadata = build_module(config.run_dir, config.checkpoint,
                                   config.griffin_lim_iters)
   metadata["version"] = version

@@ -106,10 +106,12 @@ class ServingModule(tf.Module):
   # -- helpers (traced into the signatures) ---------------------------------------------
 
   def _batch(self, tensors: dict, what: str):
-    """Asserts that every [B] input has the same length; returns B."""
+    """Asserts that every [B] input has the same length B > 0; returns B."""
     names = list(tensors)
     size = tf.shape(tensors[names[0]])[0]
-    checks = [tf.debugging.assert_equal(
+    checks = [tf.debugging.assert_positive(
+        size, message=f"{what}: input {names[0]} is empty; expected at least one note")]
+    checks += [tf.debugging.assert_equal(
         tf.shape(tensors[n])[0], size,
         message=f"{what}: inputs {', '.join(names)} must all have the same length "
                 f"(one value per note); '{n}' differs from '{names[0]}'")
@@ -249,11 +251,13 @@ class ServingModule(tf.Module):
   @tf.function(input_signature=[_AUDIO, _RATE])
   def encode(self, audio, sample_rate):
     """Codes and predictions of notes given as audio."""
+    self._batch({"audio": audio}, "encode")
     return self._codes(self._features(audio, sample_rate))
 
   @tf.function(input_signature=[_spec([None, None, None], tf.float32, "mel")])
   def encode_mel(self, mel):
     """Codes and predictions of notes given as normalised log-mels."""
+    self._batch({"mel": mel}, "encode_mel")
     return self._codes(self._mel_input(mel))
 
   @tf.function(input_signature=[_spec([None, None], tf.float32, "z_timbre"),
