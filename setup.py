@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "numpy==1.26.4",
     "scipy==1.14.1",
     "librosa==0.10.2.post1",
+    "scikit-learn==1.9.1",
     "numba==0.60.0",
     "soundfile==0.12.1",
     "absl-py==2.1.0",
@@ -25,7 +26,10 @@ EXTRAS_REQUIRE = {
     "render": ["pyfluidsynth==1.3.4"],
     # gRPC clients of TF Serving (export/requests/grpc_client.py).
     "serving": ["tensorflow-serving-api==2.16.1"],
-    "test": ["pytest==9.0.3", "pyfluidsynth==1.3.4", "tensorflow-serving-api==2.16.1"],
+    # bin/evaluate and bin/reproduce: the figures.
+    "eval": ["matplotlib==3.9.2"],
+    "test": ["pytest==9.0.3", "pyfluidsynth==1.3.4", "tensorflow-serving-api==2.16.1",
+             "matplotlib==3.9.2"],
 }
 
 setuptools.setup(

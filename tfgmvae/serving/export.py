@@ -144,10 +144,17 @@ def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
   for batch in ds:
     codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
     labels.append(batch["instrument"].numpy())
-  codes, labels = np.concatenate(codes), np.concatenate(labels)
-  k, latent = info.model.num_instruments, info.model.latent_dim
-  means, scales = np.zeros([k, latent], np.float32), np.ones([k, latent], np.float32)
-  for i in range(k):
+  return centres_from_codes(np.concatenate(codes), np.concatenate(labels),
+                            info.model.num_instruments)
+
+
+def centres_from_codes(codes, labels, num_classes: int):
+  """Per-class mean and std of codes [N, L] with labels [N]: [K, L] each (0 and 1 for a
+  class without notes; std 1 for a class with one note)."""
+  latent = codes.shape[-1]
+  means = np.zeros([num_classes, latent], np.float32)
+  scales = np.ones([num_classes, latent], np.float32)
+  for i in range(num_classes):
     rows = codes[labels == i]
     if len(rows):
       means[i] = rows.mean(axis=0)

@@ -1,0 +1,196 @@
+"""The evaluation's classifiers: linear probes on latent codes, and the CNN baseline.
+
+* `LinearProbe`: one Dense layer (softmax) on a latent code, the paper's "linear
+  classifier". Features are standardised with the training codes' mean and std first
+  (an affine map, so the classifier stays linear in the code).
+* `build_cnn`: the encoder's architecture (two Conv1D-BN-ReLU, Dense-BN-ReLU) with a
+  softmax layer, trained end to end on the normalised log-mel. The CNNs classify real
+  notes for Table 1 and judge synthesised and transferred notes for Figures 3 and 5.
+  They depend only on the data, so they are saved with a record of what they were
+  trained on (`cnn_dir`/<task>.keras and .json) and reused by later evaluations of runs
+  on the same prepared data.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.data.dataset import PipelineConfig, note_dataset
+from tfgmvae.data.prepare import Prepared
+
+
+class ClassifierError(ValueError):
+  """A saved classifier does not fit this evaluation; the message names the file."""
+
+
+class LinearProbe:
+  """Multinomial logistic regression on standardised features, trained full-batch."""
+
+  def __init__(self, num_classes: int, steps: int = 400, learning_rate: float = 0.05,
+               seed: int = 0):
+    self.num_classes = num_classes
+    self.steps = steps
+    self.learning_rate = learning_rate
+    self.seed = seed
+    self.mean = self.std = None
+    self.layer = None
+
+  def fit(self, x, y) -> "LinearProbe":
+    """Trains on features x [N, D] and integer labels y [N]."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    if x.ndim != 2 or len(x) != len(y) or not len(x):
+      raise ValueError(f"LinearProbe.fit: expected x [N, D] and y [N] with N > 0, got "
+                       f"{x.shape} and {y.shape}")
+    self.mean, self.std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    self.layer = keras.layers.Dense(
+        self.num_classes, kernel_initializer=keras.initializers.Zeros(), dtype="float32")
+    self.layer.build((None, x.shape[1]))
+    optimizer = keras.optimizers.Adam(self.learning_rate)
+    features = tf.constant((x - self.mean) / self.std)
+    labels = tf.constant(y)
+
+    @tf.function
+    def step():
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, self.layer(features)))
+      grads = tape.gradient(loss, self.layer.trainable_variables)
+      optimizer.apply_gradients(zip(grads, self.layer.trainable_variables))
+      return loss
+
+    for _ in range(self.steps):
+      step()
+    return self
+
+  def predict_proba(self, x) -> np.ndarray:
+    """Class probabilities [N, classes]."""
+    x = (np.asarray(x, np.float32) - self.mean) / self.std
+    return tf.nn.softmax(self.layer(tf.constant(x))).numpy()
+
+  def predict(self, x) -> np.ndarray:
+    return self.predict_proba(x).argmax(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnSpec:
+  """What a CNN baseline is, and what it was trained on (its cache key).
+
+  Attributes:
+    task: 'instrument' or 'pitch'.
+    label_fraction: Share N of instrument labels it saw (1.0 for pitch).
+    filters, hidden, kernel_size: The encoder's sizes.
+    frames, n_mels: Input shape.
+    num_classes: Output classes.
+    data: The prepared data's index checksum.
+    seed: Initialisation and shuffle seed.
+  """
+  task: str
+  label_fraction: float
+  filters: int
+  hidden: int
+  kernel_size: int
+  frames: int
+  n_mels: int
+  num_classes: int
+  data: str
+  seed: int = 0
+
+  @property
+  def name(self) -> str:
+    if self.task == "instrument" and self.label_fraction < 1.0:
+      return f"instrument_n{round(100 * self.label_fraction):03d}"
+    return self.task
+
+
+def build_cnn(spec: CnnSpec) -> keras.Model:
+  """The encoder's architecture with a softmax layer: log-mel [B, T, F] -> logits."""
+  keras.utils.set_random_seed(spec.seed)
+  conv = dict(kernel_size=spec.kernel_size, padding="valid", use_bias=False)
+  return keras.Sequential([
+      keras.Input((spec.frames, spec.n_mels)),
+      keras.layers.Conv1D(spec.filters, **conv), keras.layers.BatchNormalization(),
+      keras.layers.ReLU(),
+      keras.layers.Conv1D(spec.filters, **conv), keras.layers.BatchNormalization(),
+      keras.layers.ReLU(),
+      keras.layers.Flatten(),
+      keras.layers.Dense(spec.hidden, use_bias=False), keras.layers.BatchNormalization(),
+      keras.layers.ReLU(),
+      keras.layers.Dense(spec.num_classes, dtype="float32"),
+  ], name=f"cnn_{spec.name}")
+
+
+def _splits(prepared: Prepared, spec: CnnSpec, batch_size: int):
+  """(fit, early-stopping) datasets of (mel, label) from the training split.
+
+  Every tenth training note (in index order) is held out for early stopping, so the
+  validation split stays unseen until the evaluation.
+  """
+  notes, _ = note_dataset(prepared, "train", PipelineConfig(
+      label_fraction=spec.label_fraction, cache="memory"))
+  if spec.task == "instrument":
+    notes = notes.filter(lambda n: tf.cast(n["labelled"], tf.bool))
+  pairs = notes.enumerate().map(lambda i, n: (i, (n["mel"], n[spec.task])))
+  fit = pairs.filter(lambda i, _: i % 10 != 0).map(lambda _, p: p)
+  held = pairs.filter(lambda i, _: i % 10 == 0).map(lambda _, p: p)
+  fit = fit.shuffle(20000, seed=spec.seed, reshuffle_each_iteration=True)
+  return (fit.batch(batch_size).prefetch(2), held.batch(batch_size).prefetch(2))
+
+
+def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str, epochs: int = 30,
+            patience: int = 5, batch_size: int = 64, learning_rate: float = 1e-3,
+            log=print) -> keras.Model:
+  """The CNN of `spec`: loaded from `cnn_dir` if saved there, else trained and saved.
+
+  Raises:
+    ClassifierError: `cnn_dir` holds a CNN of this name trained on other data or with
+      other sizes (it is never overwritten).
+  """
+  path = os.path.join(cnn_dir, spec.name)
+  record = dataclasses.asdict(spec)
+  if os.path.exists(path + ".json"):
+    with open(path + ".json", encoding="utf-8") as f:
+      saved = json.load(f)
+    if saved.get("spec") != record:
+      diff = {k: (saved.get("spec", {}).get(k), v) for k, v in record.items()
+              if saved.get("spec", {}).get(k) != v}
+      raise ClassifierError(
+          f"{path}.json: this CNN was trained for other data or sizes (saved vs needed: "
+          f"{diff}); give another --cnn_dir or remove that folder.")
+    log(f"Using the saved CNN {path}.keras ({saved['epochs']} epochs, held-out accuracy "
+        f"{saved['holdout_accuracy']:.3f}).")
+    return keras.saving.load_model(path + ".keras")
+  log(f"Training the {spec.name} CNN (the encoder's architecture + softmax) ...")
+  model = build_cnn(spec)
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+  fit, held = _splits(prepared, spec, batch_size)
+  stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                       restore_best_weights=True)
+  history = model.fit(fit, validation_data=held, epochs=epochs, callbacks=[stop],
+                      verbose=0)
+  best = int(np.argmin(history.history["val_loss"]))
+  accuracy = float(history.history["val_accuracy"][best])
+  os.makedirs(cnn_dir, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.keras"
+  model.save(tmp)
+  os.replace(tmp, path + ".keras")
+  with open(path + ".json", "w", encoding="utf-8") as f:
+    json.dump({"spec": record, "epochs": len(history.history["val_loss"]),
+               "best_epoch": best + 1, "holdout_accuracy": accuracy}, f, indent=2)
+  log(f"  {spec.name} CNN: {len(history.history['val_loss'])} epochs, best {best + 1}, "
+      f"held-out accuracy {accuracy:.3f}; saved to {path}.keras")
+  return model
+
+
+def predict_proba(model: keras.Model, mels, batch_size: int = 256) -> np.ndarray:
+  """Softmax outputs [N, classes] of a CNN on normalised log-mels [N, T, F]."""
+  out = []
+  for start in range(0, len(mels), batch_size):
+    logits = model(tf.convert_to_tensor(mels[start:start + batch_size]), training=False)
+    out.append(tf.nn.softmax(logits).numpy())
+  return np.concatenate(out) if out else np.zeros([0, model.output_shape[-1]], np.float32)

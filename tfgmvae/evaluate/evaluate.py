@@ -1,0 +1,281 @@
+"""Evaluating a trained run: SPEC §3's measurements into metrics.json, report.md, PNG
+figures and TensorBoard summaries.
+
+`evaluate(EvalConfig(run_dir, out_dir))` loads the run's best (or latest) checkpoint,
+encodes its prepared data, trains or reuses the CNN baselines, runs every experiment and
+writes OUT_DIR (first into a temporary folder beside it, then renamed, so OUT_DIR is
+complete or absent and an existing one is never overwritten). It also writes the scalar
+metrics and the figures to RUN_DIR/summaries/evaluation at the checkpoint's epoch.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.data.prepare import Prepared, PrepareError
+from tfgmvae.evaluate import classifiers, experiments, figures, report
+from tfgmvae.serving.export import ExportError, load_run
+
+METRICS_FILE = "metrics.json"
+FORMAT = "tfgmvae-evaluation/1"
+
+
+class EvaluationError(ValueError):
+  """The evaluation cannot run; the message names the file, flag or value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What to evaluate and how (see bin/evaluate for each setting).
+
+  Attributes:
+    run_dir: The trained run.
+    out_dir: Where metrics.json, report.md and the figures go (must not exist).
+    checkpoint: 'best', 'latest' or a checkpoint path prefix.
+    cnn_dir: Saved CNN baselines (trained there on first use); default OUT_DIR/../cnn
+      when empty.
+    representatives: Instruments for the transfer experiment; empty: the most frequent
+      instrument of each family.
+    ws: Sampling spreads w of the synthesis experiment.
+    draws: Draws per validation note and w.
+    alphas: Transfer strengths.
+    shift: Centroid experiment's shift, in sigma_t.
+    cnn_epochs, cnn_patience: CNN training budget and early-stopping patience.
+    tsne_max_notes: Notes in the t-SNE map at most (a seeded sample beyond).
+    seed: Seed of probes, CNNs, draws and t-SNE.
+    summaries: Also write TensorBoard summaries into the run.
+  """
+  run_dir: str
+  out_dir: str
+  checkpoint: str = "best"
+  cnn_dir: str = ""
+  representatives: tuple[str, ...] = ()
+  ws: tuple[float, ...] = (0.0, 0.5, 1.0)
+  draws: int = 30
+  alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  shift: float = 2.0
+  cnn_epochs: int = 30
+  cnn_patience: int = 5
+  tsne_max_notes: int = 2000
+  seed: int = 0
+  summaries: bool = True
+
+  def validate(self) -> "EvalConfig":
+    """Checks the settings before any work.
+
+    Raises:
+      EvaluationError: naming every bad setting.
+    """
+    p = []
+    if not self.run_dir or not os.path.isdir(self.run_dir):
+      p.append(f"--run_dir={self.run_dir!r}: not a folder (expected a run of bin/train)")
+    if not self.out_dir:
+      p.append("--out_dir is required")
+    elif os.path.exists(self.out_dir):
+      p.append(f"--out_dir={self.out_dir}: already exists; evaluations are never "
+               "overwritten, choose a new folder")
+    if not self.ws or any(not w >= 0 for w in self.ws):
+      p.append(f"--ws={','.join(map(str, self.ws))}: expected non-negative numbers")
+    if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
+      p.append(f"--alphas={','.join(map(str, self.alphas))}: expected numbers in [0, 1]")
+    for name in ("draws", "cnn_epochs", "tsne_max_notes"):
+      if getattr(self, name) < 1:
+        p.append(f"--{name}={getattr(self, name)}: expected a positive integer")
+    if self.cnn_patience < 0:
+      p.append(f"--cnn_patience={self.cnn_patience}: expected >= 0")
+    if not self.shift > 0:
+      p.append(f"--shift={self.shift}: expected a positive number of sigmas")
+    if p:
+      raise EvaluationError("; ".join(p))
+    return self
+
+
+def run_flags(run_dir: str) -> dict[str, str]:
+  """The run's recorded flags (RUN_DIR/flags.txt) as {name: value}."""
+  path = os.path.join(run_dir, "flags.txt")
+  if not os.path.isfile(path):
+    raise EvaluationError(f"{path}: not found; expected a run directory of bin/train.")
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("--") and "=" in line:
+        name, value = line[2:].split("=", 1)
+        out[name] = value
+  return out
+
+
+def _checkpoint_epoch(path: str) -> int:
+  try:
+    return int(tf.train.load_variable(path, "state/epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+  except (ValueError, tf.errors.NotFoundError):
+    return 0
+
+
+def _representatives(config: EvalConfig, prepared: Prepared) -> list[str]:
+  from tfgmvae.evaluate.stats import representatives  # pylint: disable=import-outside-toplevel
+  if not config.representatives:
+    return representatives(prepared.counts["train"])
+  unknown = [r for r in config.representatives if r not in prepared.instruments]
+  if unknown or len(config.representatives) < 2:
+    raise EvaluationError(
+        f"--representatives={','.join(config.representatives)}: expected two or more of "
+        f"this run's instruments ({', '.join(prepared.instruments)})"
+        + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+  return list(config.representatives)
+
+
+def evaluate(config: EvalConfig, log=print) -> dict:
+  """Runs every measurement on a trained run and writes OUT_DIR (see the module doc).
+
+  Returns:
+    The metrics (as written to OUT_DIR/metrics.json).
+
+  Raises:
+    EvaluationError: a bad setting, or a run or data that cannot be read.
+  """
+  config.validate()
+  figures.require()
+  try:
+    model, info, path = load_run(config.run_dir, config.checkpoint)
+    prepared = Prepared.load(info.prepared_dir)
+  except (ExportError, PrepareError) as e:
+    raise EvaluationError(str(e)) from e
+  if (tuple(prepared.instruments) != info.instruments
+      or tuple(prepared.pitches) != info.pitches):
+    raise EvaluationError(f"{info.prepared_dir}: its vocabularies differ from those "
+                          f"recorded in {config.run_dir}/model.json.")
+  flags = run_flags(config.run_dir)
+  fraction = float(flags.get("label_fraction", "1.0"))
+  reps = _representatives(config, prepared)
+  epoch = _checkpoint_epoch(path)
+  kind = info.model.kind
+  title = f"{kind.upper()}, N = {100 * fraction:g} %"
+  out_dir = os.path.abspath(config.out_dir)
+  cnn_dir = config.cnn_dir or os.path.join(os.path.dirname(out_dir), "cnn")
+  tmp = os.path.join(os.path.dirname(out_dir), f".tmp-{os.path.basename(out_dir)}-"
+                                               f"{os.getpid()}")
+  os.makedirs(tmp)
+  clock = time.time()
+
+  def stage(name):
+    log(f"[{time.time() - clock:6.0f} s] {name}")
+
+  try:
+    stage(f"Encoding {prepared.directory} with {path} (epoch {epoch})")
+    train = experiments.encode_split(model, prepared, "train")
+    val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
+
+    stage("CNN baselines")
+    cnns = _cnns(prepared, info, fraction, cnn_dir, config, log)
+
+    stage("Table 1: linear probes and CNNs")
+    metrics = {"format": FORMAT,
+               "run": {"run_dir": os.path.abspath(config.run_dir), "model": kind,
+                       "label_fraction": fraction, "checkpoint": os.path.abspath(path),
+                       "epoch": epoch, "prepared_dir": os.path.abspath(prepared.directory),
+                       "train_notes": len(train), "validation_notes": len(val),
+                       "instruments": list(info.instruments),
+                       "pitches": list(info.pitches)},
+               "cnn_dir": os.path.abspath(cnn_dir)}
+    metrics["table1"] = {
+        "linear": experiments.linear_probes(train, val, info.model.num_instruments,
+                                            info.model.num_pitches, config.seed),
+        "cnn": experiments.cnn_scores({"instrument": cnns["instrument_n"],
+                                       "pitch": cnns["pitch"]}, val)}
+    arrays = {}
+    mapping = None
+    if kind == "mgmvae":
+      stage("Timbre components as clusters")
+      found = experiments.clusters(model, val, info.instruments)
+      metrics["clusters"] = found["metrics"]
+      arrays["clusters"] = found
+      if fraction == 0.0:
+        mapping = found["mapping"]
+    t_means, t_scales, source = experiments.timbre_centres(model, train, mapping)
+    metrics["timbre_centres"] = source
+
+    stage("Figure 2: t-SNE of z_t")
+    xy, centre_xy, rows = experiments.tsne(val.z_timbre, t_means, config.seed,
+                                           config.tsne_max_notes)
+    arrays["tsne"] = (xy, centre_xy, rows)
+
+    stage(f"Figure 3: controllable synthesis ({config.draws} draws x {len(val)} notes "
+          f"x {len(config.ws)} w)")
+    full = {"instrument": cnns["instrument"], "pitch": cnns["pitch"]}
+    metrics["synthesis"] = experiments.controllable_synthesis(
+        model, val, t_means, t_scales, full, config.ws, config.draws, config.seed)
+
+    stage(f"Figure 5: timbre transfer between {', '.join(reps)}")
+    metrics["transfer"] = {"representatives": reps, "pairs": experiments.timbre_transfer(
+        model, val, t_means, info.instruments, reps, full, config.alphas)}
+
+    stage("Figures 7-8: spectral centroid dimension")
+    found = experiments.centroid_dimension(model, val, info.instruments, info.audio,
+                                           info.log_mel_min, info.log_mel_max,
+                                           config.shift)
+    metrics["centroid"] = found["metrics"]
+    arrays["centroid"] = found
+
+    stage("Writing figures, report and summaries")
+    pictures = report.draw(tmp, metrics, arrays, val, info.instruments, title,
+                           model.timbre_prior is not None)
+    with open(os.path.join(tmp, METRICS_FILE), "w", encoding="utf-8") as f:
+      json.dump(metrics, f, indent=2)
+    with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as f:
+      f.write(report.markdown(metrics, pictures, title))
+    if os.path.exists(out_dir):
+      raise EvaluationError(f"--out_dir={out_dir}: appeared while evaluating; the "
+                            f"results are left in {tmp}")
+    os.rename(tmp, out_dir)
+  except BaseException:
+    if os.path.isdir(tmp) and not os.path.exists(os.path.join(tmp, "report.md")):
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if config.summaries:
+    report.write_summaries(os.path.join(config.run_dir, "summaries", "evaluation"),
+                           metrics, {k: os.path.join(out_dir, v)
+                                     for k, v in pictures.items()}, epoch)
+  stage(f"Wrote {out_dir}")
+  return metrics
+
+
+def _cnns(prepared, info, fraction, cnn_dir, config, log) -> dict:
+  """The full-label instrument and pitch CNNs, and the instrument CNN at the run's N."""
+  data = _index_checksum(prepared)
+  m = info.model
+  base = dict(filters=m.filters, hidden=m.hidden, kernel_size=m.kernel_size,
+              frames=m.frames, n_mels=m.n_mels, data=data, seed=config.seed)
+  train = dict(epochs=config.cnn_epochs, patience=config.cnn_patience, log=log)
+  specs = {"instrument": classifiers.CnnSpec("instrument", 1.0,
+                                             num_classes=m.num_instruments, **base),
+           "pitch": classifiers.CnnSpec("pitch", 1.0, num_classes=m.num_pitches, **base)}
+  out = {k: classifiers.cnn_for(prepared, s, cnn_dir, **train) for k, s in specs.items()}
+  if fraction >= 1.0:
+    out["instrument_n"] = out["instrument"]
+  elif fraction <= 0.0:
+    out["instrument_n"] = None   # no labels: the paper's '-'
+  else:
+    spec = dataclasses.replace(specs["instrument"], label_fraction=fraction)
+    out["instrument_n"] = classifiers.cnn_for(prepared, spec, cnn_dir, **train)
+  return out
+
+
+def _index_checksum(prepared: Prepared) -> str:
+  with open(os.path.join(prepared.directory, "prepared.json"), encoding="utf-8") as f:
+    return json.load(f)["index_sha256"]
+
+
+def load_metrics(out_dir: str) -> dict:
+  """Reads OUT_DIR/metrics.json of an earlier evaluation."""
+  path = os.path.join(out_dir, METRICS_FILE)
+  with open(path, encoding="utf-8") as f:
+    metrics = json.load(f)
+  if metrics.get("format") != FORMAT:
+    raise EvaluationError(f"{path}: format {metrics.get('format')!r}, expected {FORMAT}")
+  return metrics

@@ -1,0 +1,284 @@
+"""The paper's experiments (SPEC §3) on a trained model, as functions of numpy arrays.
+
+Each function takes the model, the encoded splits (`Codes`) and, where it judges
+decoded spectrograms, the CNN baselines, and returns plain dicts of numbers (what
+`metrics.json` records) plus the arrays its figure needs.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.audio import spectral
+from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.prepare import Prepared
+from tfgmvae.evaluate import stats
+from tfgmvae.evaluate.classifiers import LinearProbe, predict_proba
+from tfgmvae.serving.export import centres_from_codes
+
+
+@dataclasses.dataclass
+class Codes:
+  """Posterior means and labels of one split (and its log-mels if kept)."""
+  z_timbre: np.ndarray
+  z_pitch: np.ndarray
+  instrument: np.ndarray
+  pitch: np.ndarray
+  labelled: np.ndarray
+  keys: list
+  mel: np.ndarray | None = None
+
+  def __len__(self):
+    return len(self.instrument)
+
+
+def encode_split(model, prepared: Prepared, split: str, keep_mel: bool = False,
+                 batch_size: int = 128) -> Codes:
+  """Encodes every note of a split (all labels visible) into posterior means."""
+  ds = make_dataset(prepared, split, PipelineConfig(batch_size=batch_size, shuffle=False,
+                                                    cache=""))
+  encode = tf.function(lambda mel: model.encode(mel, training=False),
+                       reduce_retracing=True)
+  parts = {k: [] for k in ("z_timbre", "z_pitch", "instrument", "pitch", "labelled",
+                           "keys", "mel")}
+  for batch in ds:
+    out = encode(batch["mel"])
+    parts["z_timbre"].append(out["z_timbre_mean"].numpy())
+    parts["z_pitch"].append(out["z_pitch_mean"].numpy())
+    for name in ("instrument", "pitch", "labelled"):
+      parts[name].append(batch[name].numpy())
+    parts["keys"].extend(k.decode() for k in batch["key"].numpy())
+    if keep_mel:
+      parts["mel"].append(batch["mel"].numpy())
+  mels = parts.pop("mel")
+  mel = np.concatenate(mels) if keep_mel else None
+  keys = parts.pop("keys")
+  return Codes(**{k: np.concatenate(v) for k, v in parts.items()}, keys=keys, mel=mel)
+
+
+def decode_map(model, z_timbre, z_pitch, fn, batch_size: int = 256) -> np.ndarray:
+  """fn(decoded normalised log-mels) per batch, concatenated: decodes without keeping
+  every spectrogram in memory."""
+  decode = _decoder(model)
+  out = []
+  for start in range(0, len(z_timbre), batch_size):
+    mels = decode(tf.constant(z_timbre[start:start + batch_size], tf.float32),
+                  tf.constant(z_pitch[start:start + batch_size], tf.float32)).numpy()
+    out.append(fn(mels))
+  return np.concatenate(out)
+
+
+def _decoder(model):
+  if not hasattr(model, "_eval_decode"):
+    model._eval_decode = tf.function(  # pylint: disable=protected-access
+        lambda zt, zp: model.decode(zt, zp, training=False), reduce_retracing=True)
+  return model._eval_decode  # pylint: disable=protected-access
+
+
+# -- timbre centres ----------------------------------------------------------------------
+
+def timbre_centres(model, train: Codes, mapping: dict[int, int] | None = None):
+  """Per-instrument timbre means and stds [K, L] for synthesis and transfer, and where
+  they come from.
+
+  MGMVAE: the prior's component means and its fixed sigma_t. Component k is instrument
+  k when the run had labels; with N = 0, `mapping` ({component: instrument}, from
+  `clusters`) says which component stands for which instrument. MVAE (no components):
+  the mean and std of the training notes' z_t per instrument.
+  """
+  k = model.config.num_instruments
+  if model.timbre_prior is None:
+    means, scales = centres_from_codes(train.z_timbre, train.instrument, k)
+    return means, scales, "training codes per instrument (MVAE)"
+  components = model.timbre_prior.means.numpy()
+  scales = np.full_like(components, model.timbre_prior.scale)
+  if mapping is None:
+    return components, scales, "prior components"
+  means = np.zeros_like(components)
+  for component, instrument in mapping.items():
+    means[instrument] = components[component]
+  return means, scales, "prior components matched to instruments (N = 0)"
+
+
+# -- Table 1 -----------------------------------------------------------------------------
+
+def linear_probes(train: Codes, val: Codes, num_instruments: int, num_pitches: int,
+                  seed: int = 0) -> dict:
+  """F-scores of one-Dense-layer classifiers from z_t and z_p to instrument and pitch,
+  trained on every training note, scored on the validation split."""
+  out = {}
+  for code in ("z_timbre", "z_pitch"):
+    out[code] = {}
+    for task, classes in (("instrument", num_instruments), ("pitch", num_pitches)):
+      probe = LinearProbe(classes, seed=seed).fit(getattr(train, code),
+                                                  getattr(train, task))
+      out[code][task] = stats.f_scores(getattr(val, task),
+                                       probe.predict(getattr(val, code)))
+  return out
+
+
+def cnn_scores(cnns: dict, val: Codes) -> dict:
+  """F-scores of the CNN baselines on the validation split's log-mels (None for a task
+  without a CNN, e.g. instrument at N = 0)."""
+  return {task: None if cnn is None else stats.f_scores(
+      getattr(val, task), predict_proba(cnn, val.mel).argmax(-1))
+          for task, cnn in cnns.items()}
+
+
+# -- Figure 2 ----------------------------------------------------------------------------
+
+def tsne(z_timbre, centres, seed: int = 0, max_notes: int = 2000):
+  """2-D t-SNE of notes' z_t together with the centres (so both share one map).
+
+  Returns:
+    (note positions [n, 2], centre positions [K, 2], indices of the notes used).
+  """
+  from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  rows = np.arange(len(z_timbre))
+  if len(rows) > max_notes:
+    rows = np.sort(rng.choice(rows, max_notes, replace=False))
+  points = np.concatenate([z_timbre[rows], centres]).astype(np.float64)
+  perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3.0)))
+  xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+  return xy[:len(rows)], xy[len(rows):], rows
+
+
+# -- Figure 3 ----------------------------------------------------------------------------
+
+def controllable_synthesis(model, val: Codes, t_means, t_scales, cnns: dict,
+                           ws=(0.0, 0.5, 1.0), draws: int = 30, seed: int = 0) -> dict:
+  """For each validation note's (instrument k, pitch m): z_p ~ N(mu_m, (w sigma_p)^2),
+  z_t ~ N(mu_k, (w sigma_k)^2), `draws` times per w; decode; F-scores of the CNNs'
+  predictions against (k, m)."""
+  p_means = model.pitch_prior.means.numpy()
+  sigma_p = model.pitch_prior.scale
+  inst = np.repeat(val.instrument, draws)
+  pitch = np.repeat(val.pitch, draws)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for w in ws:
+    zt = t_means[inst] + w * t_scales[inst] * rng.standard_normal(t_means[inst].shape)
+    zp = p_means[pitch] + w * sigma_p * rng.standard_normal(p_means[pitch].shape)
+    probs = decode_map(model, zt, zp, lambda m: np.concatenate(
+        [predict_proba(cnns["instrument"], m), predict_proba(cnns["pitch"], m)], -1))
+    k = cnns["instrument"].output_shape[-1]
+    out[f"w_{w:g}"] = {"instrument": stats.f_scores(inst, probs[:, :k].argmax(-1)),
+                       "pitch": stats.f_scores(pitch, probs[:, k:].argmax(-1)),
+                       "notes": int(len(inst))}
+  return out
+
+
+# -- Figure 5 ----------------------------------------------------------------------------
+
+def timbre_transfer(model, val: Codes, t_means, instruments, representatives, cnns,
+                    alphas=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+  """z_t' = z_t + alpha (mu_target - mu_source) for the source's validation notes, for
+  every ordered pair of representatives: the CNN's mean instrument posterior and the
+  pitch F-score per alpha."""
+  index = {name: i for i, name in enumerate(instruments)}
+  out = {}
+  for source in representatives:
+    rows = val.instrument == index[source]
+    if not rows.any():
+      continue
+    for target in representatives:
+      if target == source:
+        continue
+      shift = t_means[index[target]] - t_means[index[source]]
+      pair = {}
+      for alpha in alphas:
+        probs = decode_map(model, val.z_timbre[rows] + alpha * shift, val.z_pitch[rows],
+                           lambda m: np.concatenate([predict_proba(cnns["instrument"], m),
+                                                     predict_proba(cnns["pitch"], m)], -1))
+        k = len(instruments)
+        posterior = probs[:, :k].mean(0)
+        pair[f"alpha_{alpha:g}"] = {
+            "posterior": [float(p) for p in posterior],
+            "source_probability": float(posterior[index[source]]),
+            "target_probability": float(posterior[index[target]]),
+            "pitch": stats.f_scores(val.pitch[rows], probs[:, k:].argmax(-1))}
+      pair["notes"] = int(rows.sum())
+      out[f"{source}->{target}"] = pair
+  return out
+
+
+# -- Figures 7 and 8 ---------------------------------------------------------------------
+
+def centroid_dimension(model, val: Codes, instruments, audio, log_mel_min: float,
+                       log_mel_max: float, shift: float = 2.0, steps: int = 7) -> dict:
+  """The z_t dimension whose +-shift*sigma_t change moves the spectral centroid most,
+  per-instrument t-tests of the centroids at -shift and +shift sigma_t, and a traverse.
+
+  sigma_t is the timbre components' fixed std (MGMVAE) or the N(0, I) prior's 1 (MVAE).
+  """
+  sigma = model.timbre_prior.scale if model.timbre_prior is not None else 1.0
+  centres = stats.mel_centres_hz(audio.sample_rate, audio.n_mels, audio.fmin, audio.fmax)
+
+  def centroid(mels):
+    power = np.exp(spectral.denormalise(mels, log_mel_min, log_mel_max).numpy())
+    power = np.maximum(power - audio.log_floor, 0.0)
+    return stats.spectral_centroid(power, centres)
+
+  latent = val.z_timbre.shape[1]
+  moved = {}
+  for d in range(latent):
+    delta = np.zeros(latent, np.float32)
+    delta[d] = shift * sigma
+    minus = decode_map(model, val.z_timbre - delta, val.z_pitch, centroid)
+    plus = decode_map(model, val.z_timbre + delta, val.z_pitch, centroid)
+    moved[d] = (minus, plus)
+  effect = {d: float(np.mean(p - m)) for d, (m, p) in moved.items()}
+  best = max(effect, key=lambda d: abs(effect[d]))
+  minus, plus = moved[best]
+  base = decode_map(model, val.z_timbre, val.z_pitch, centroid)
+  per_instrument = {}
+  for i, name in enumerate(instruments):
+    rows = val.instrument == i
+    if rows.sum() < 2:
+      continue
+    test = stats.welch_t_test(minus[rows], plus[rows])
+    per_instrument[name] = {"mean_minus_hz": float(minus[rows].mean()),
+                            "mean_zero_hz": float(base[rows].mean()),
+                            "mean_plus_hz": float(plus[rows].mean()),
+                            "t_statistic": test["t"], "p_value": test["p"],
+                            "notes": int(rows.sum())}
+  # The traverse: the validation note nearest the median centroid change.
+  change = plus - minus
+  note = int(np.argmin(np.abs(change - np.median(change))))
+  values = np.linspace(-shift * sigma, shift * sigma, steps)
+  zt = np.repeat(val.z_timbre[note:note + 1], steps, 0)
+  zt[:, best] += values
+  traverse = decode_map(model, zt, np.repeat(val.z_pitch[note:note + 1], steps, 0),
+                        lambda m: m)
+  p_values = [v["p_value"] for v in per_instrument.values()]
+  return {"metrics": {"dimension": int(best), "sigma_t": float(sigma),
+                      "shift_sigmas": float(shift),
+                      "mean_shift_hz_by_dimension": [effect[d] for d in range(latent)],
+                      "per_instrument": per_instrument,
+                      "significant_instruments": int(sum(p < 0.05 for p in p_values)),
+                      "tested_instruments": len(p_values),
+                      "traverse_note": val.keys[note]},
+          "centroids": {"minus": minus, "zero": base, "plus": plus},
+          "traverse": {"values": values, "mels": traverse,
+                       "centroids_hz": centroid(traverse)}}
+
+
+# -- Beyond the paper: what the timbre components capture --------------------------------
+
+def clusters(model, val: Codes, instruments) -> dict:
+  """Each timbre component's instrument by Hungarian matching on the validation labels,
+  and how pure the components are as clusters (MGMVAE only)."""
+  log_resp = model.timbre_prior.log_responsibilities(
+      tf.constant(val.z_timbre, tf.float32)).numpy()
+  assigned = log_resp.argmax(-1)
+  k = len(instruments)
+  table = stats.contingency(assigned, val.instrument, model.timbre_prior.num_components, k)
+  mapping = stats.match_clusters(table)
+  matched = np.array([mapping.get(int(c), -1) for c in assigned])
+  return {"metrics": {"components": {str(c): instruments[i] for c, i in mapping.items()},
+                      "matched_accuracy": float(np.mean(matched == val.instrument)),
+                      "used_components": int(len(np.unique(assigned)))}
+                     | stats.cluster_scores(assigned, val.instrument),
+          "mapping": mapping, "table": table}

@@ -1,0 +1,163 @@
+"""An evaluation's figures, its report.md and its TensorBoard summaries."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.evaluate import figures
+
+F1_NOTE = ("F1 (weighted) averages the per-class F1 weighted by each class's number of "
+           "validation notes; F1 (macro) is their unweighted mean.")
+
+
+def draw(folder: str, metrics: dict, arrays: dict, val, instruments, title: str,
+         has_components: bool) -> dict[str, str]:
+  """Writes every figure into `folder`; returns {figure key: file name}."""
+  out = {}
+  xy, centre_xy, rows = arrays["tsne"]
+  names = list(instruments)
+  if "clusters" in arrays and metrics["run"]["label_fraction"] == 0.0:
+    names = [f"c{c}->{instruments[i]}" for c, i in sorted(arrays["clusters"]["mapping"]
+                                                          .items())]
+  figures.tsne(os.path.join(folder, "fig2_tsne.png"), xy, centre_xy,
+               val.instrument[rows], instruments, names,
+               f"{title}: z_t of validation notes (t-SNE); "
+               + ("prior component means" if has_components else "per-instrument means"))
+  out["fig2_tsne"] = "fig2_tsne.png"
+  figures.synthesis(os.path.join(folder, "fig3_synthesis.png"), metrics["synthesis"],
+                    f"{title}: controllable synthesis")
+  out["fig3_synthesis"] = "fig3_synthesis.png"
+  if metrics["transfer"]["pairs"]:
+    figures.transfer(os.path.join(folder, "fig5_transfer.png"),
+                     metrics["transfer"]["pairs"], instruments, f"{title}: timbre transfer")
+    out["fig5_transfer"] = "fig5_transfer.png"
+  found = arrays["centroid"]
+  figures.centroid(os.path.join(folder, "fig7_centroid.png"), found["centroids"],
+                   val.instrument, instruments, found["metrics"], title)
+  out["fig7_centroid"] = "fig7_centroid.png"
+  figures.traverse(os.path.join(folder, "fig8_traverse.png"), found["traverse"]["mels"],
+                   found["traverse"]["values"], found["traverse"]["centroids_hz"],
+                   found["metrics"]["dimension"], title)
+  out["fig8_traverse"] = "fig8_traverse.png"
+  if "clusters" in arrays:
+    figures.components(os.path.join(folder, "components.png"), arrays["clusters"]["table"],
+                       instruments, arrays["clusters"]["mapping"],
+                       f"{title}: timbre components vs instruments")
+    out["components"] = "components.png"
+  return out
+
+
+def _f(value, digits=3):
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(metrics: dict, pictures: dict, title: str) -> str:
+  """report.md: every table, with the figures beside them."""
+  run = metrics["run"]
+  lines = [f"# Evaluation: {title}", "",
+           f"Run `{run['run_dir']}`, checkpoint `{os.path.basename(run['checkpoint'])}` "
+           f"(epoch {run['epoch']}); data `{run['prepared_dir']}` ({run['train_notes']} "
+           f"training, {run['validation_notes']} validation notes). Scores are on the "
+           f"validation split. {F1_NOTE}", "",
+           "## Table 1: what each code predicts", "",
+           "| features | classifier | instrument F1 (weighted) | instrument F1 (macro) | "
+           "pitch F1 (weighted) | pitch F1 (macro) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  t1 = metrics["table1"]
+  for code, label in (("z_timbre", "z_t"), ("z_pitch", "z_p")):
+    i, p = t1["linear"][code]["instrument"], t1["linear"][code]["pitch"]
+    lines.append(f"| {label} | linear (one Dense layer) | {_f(i['f1_weighted'])} | "
+                 f"{_f(i['f1_macro'])} | {_f(p['f1_weighted'])} | {_f(p['f1_macro'])} |")
+  ci, cp = t1["cnn"]["instrument"] or {}, t1["cnn"]["pitch"]
+  lines += [f"| log-mel | CNN (encoder + softmax) | {_f(ci.get('f1_weighted'))} | "
+            f"{_f(ci.get('f1_macro'))} | {_f(cp['f1_weighted'])} | {_f(cp['f1_macro'])} |",
+            "", "The instrument CNN saw the same share N of instrument labels as the run "
+            "(none at N = 0, hence '–'); the pitch CNN saw every pitch label.", ""]
+  if "clusters" in metrics:
+    c = metrics["clusters"]
+    lines += ["## Timbre components as clusters (beyond the paper)", "",
+              f"Each validation note goes to its most likely timbre component, q(y_t|x); "
+              f"components are matched one-to-one to instruments (Hungarian) on the "
+              f"validation labels. Purity {_f(c['purity'])}, NMI {_f(c['nmi'])}, ARI "
+              f"{_f(c['ari'])}, matched accuracy {_f(c['matched_accuracy'])}; "
+              f"{c['used_components']} components used.", "",
+              "| component | " + " | ".join(c["components"]) + " |",
+              "| --- |" + " --- |" * len(c["components"]),
+              "| instrument | " + " | ".join(c["components"].values()) + " |", "",
+              f"![components]({pictures['components']})", ""]
+  lines += ["## Figure 2: the timbre space", "",
+            f"Timbre centres used below: {metrics['timbre_centres']}.", "",
+            f"![t-SNE]({pictures['fig2_tsne']})", "",
+            "## Figure 3: controllable synthesis", "",
+            "Each validation note's (instrument, pitch) is synthesised from "
+            "z_t ~ N(mu_k, (w sigma_t)^2), z_p ~ N(mu_m, (w sigma_p)^2) and classified "
+            "by the CNNs trained on real notes.", "",
+            "| w | notes | instrument F1 (weighted) | instrument F1 (macro) | "
+            "pitch F1 (weighted) | pitch F1 (macro) |", "| --- | --- | --- | --- | --- | --- |"]
+  for w, r in metrics["synthesis"].items():
+    lines.append(f"| {w[2:]} | {r['notes']} | {_f(r['instrument']['f1_weighted'])} | "
+                 f"{_f(r['instrument']['f1_macro'])} | {_f(r['pitch']['f1_weighted'])} | "
+                 f"{_f(r['pitch']['f1_macro'])} |")
+  lines += ["", f"![synthesis]({pictures['fig3_synthesis']})", "",
+            "## Figure 5: timbre transfer", "",
+            "z_t' = z_t + alpha (mu_target - mu_source) for the source's validation notes; "
+            "the CNN's mean posterior of source and target, and the pitch F1 (weighted) "
+            "before (alpha = 0) and after (alpha = 1).", "",
+            "| pair | notes | P(source) at 0 | P(target) at 0 | P(source) at 1 | "
+            "P(target) at 1 | pitch F1 before | pitch F1 after |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for pair, r in metrics["transfer"]["pairs"].items():
+    keys = [k for k in r if k.startswith("alpha_")]
+    a, b = r[keys[0]], r[keys[-1]]
+    lines.append(f"| {pair} | {r['notes']} | {_f(a['source_probability'])} | "
+                 f"{_f(a['target_probability'])} | {_f(b['source_probability'])} | "
+                 f"{_f(b['target_probability'])} | {_f(a['pitch']['f1_weighted'])} | "
+                 f"{_f(b['pitch']['f1_weighted'])} |")
+  if "fig5_transfer" in pictures:
+    lines += ["", f"![transfer]({pictures['fig5_transfer']})"]
+  c = metrics["centroid"]
+  lines += ["", "## Figures 7-8: a timbre dimension for the spectral centroid", "",
+            f"Shifting z_t dimension **{c['dimension']}** by ±{c['shift_sigmas']:g} "
+            f"sigma_t (sigma_t = {c['sigma_t']:g}) moves the decoded notes' spectral "
+            f"centroid most (mean change {c['mean_shift_hz_by_dimension'][c['dimension']]:+.0f}"
+            f" Hz from -shift to +shift). Centroids are computed on the decoded mel power "
+            f"spectrogram (band centres in Hz). Two-tailed Welch t-test of -shift against "
+            f"+shift per instrument: p < 0.05 for {c['significant_instruments']} of "
+            f"{c['tested_instruments']} instruments.", "",
+            "| instrument | notes | centroid at -shift (Hz) | at 0 | at +shift | t | p |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, r in c["per_instrument"].items():
+    lines.append(f"| {name} | {r['notes']} | {r['mean_minus_hz']:.0f} | "
+                 f"{r['mean_zero_hz']:.0f} | {r['mean_plus_hz']:.0f} | "
+                 f"{r['t_statistic']:.2f} | {r['p_value']:.2g} |")
+  lines += ["", f"![centroids]({pictures['fig7_centroid']})", "",
+            f"Traverse of note `{c['traverse_note']}`:", "",
+            f"![traverse]({pictures['fig8_traverse']})", ""]
+  return "\n".join(lines)
+
+
+def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str], step: int):
+  """Every scalar metric as `evaluation/<key>` and every figure as an image."""
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default(step=step):
+    for key, value in scalar_items({k: v for k, v in metrics.items() if k != "run"}):
+      if np.isfinite(value):
+        tf.summary.scalar(f"evaluation/{key}", value)
+    for key, path in pictures.items():
+      with open(path, "rb") as f:
+        image = tf.image.decode_png(f.read(), channels=3)
+      tf.summary.image(f"evaluation/{key}", image[tf.newaxis])
+  writer.flush()
+  writer.close()
+
+
+def scalar_items(metrics, prefix: str = ""):
+  """(key, value) for every number in the metrics, keys joined with '/'."""
+  if isinstance(metrics, dict):
+    for k, v in metrics.items():
+      yield from scalar_items(v, f"{prefix}/{k}" if prefix else str(k))
+  elif isinstance(metrics, (bool, str)) or metrics is None:
+    return
+  elif isinstance(metrics, (int, float, np.floating, np.integer)):
+    yield prefix, float(metrics)
