@@ -110,32 +110,42 @@ def build_cnn(spec: CnnSpec) -> keras.Model:
   """The encoder's architecture with a softmax layer: log-mel [B, T, F] -> logits."""
   keras.utils.set_random_seed(spec.seed)
   conv = dict(kernel_size=spec.kernel_size, padding="valid", use_bias=False)
+  # Momentum 0.9, not Keras's 0.99: the inference statistics must settle within the few
+  # hundred steps a CNN on a small dataset gets.
+  bn = lambda: keras.layers.BatchNormalization(momentum=0.9)  # pylint: disable=unnecessary-lambda-assignment
   return keras.Sequential([
       keras.Input((spec.frames, spec.n_mels)),
-      keras.layers.Conv1D(spec.filters, **conv), keras.layers.BatchNormalization(),
-      keras.layers.ReLU(),
-      keras.layers.Conv1D(spec.filters, **conv), keras.layers.BatchNormalization(),
-      keras.layers.ReLU(),
+      keras.layers.Conv1D(spec.filters, **conv), bn(), keras.layers.ReLU(),
+      keras.layers.Conv1D(spec.filters, **conv), bn(), keras.layers.ReLU(),
       keras.layers.Flatten(),
-      keras.layers.Dense(spec.hidden, use_bias=False), keras.layers.BatchNormalization(),
-      keras.layers.ReLU(),
+      keras.layers.Dense(spec.hidden, use_bias=False), bn(), keras.layers.ReLU(),
       keras.layers.Dense(spec.num_classes, dtype="float32"),
   ], name=f"cnn_{spec.name}")
 
 
 def _splits(prepared: Prepared, spec: CnnSpec, batch_size: int):
-  """(fit, early-stopping) datasets of (mel, label) from the training split.
+  """(fit, early-stopping) datasets of (mel, label) from the training split; batches of
+  `batch_size` or fewer notes.
 
   Every tenth training note (in index order) is held out for early stopping, so the
   validation split stays unseen until the evaluation.
   """
-  notes, _ = note_dataset(prepared, "train", PipelineConfig(
+  notes, count = note_dataset(prepared, "train", PipelineConfig(
       label_fraction=spec.label_fraction, cache="memory"))
   if spec.task == "instrument":
     notes = notes.filter(lambda n: tf.cast(n["labelled"], tf.bool))
+    count = sum(prepared.labelled_quota(spec.label_fraction).values())
+  if count < 2:
+    raise ClassifierError(f"{prepared.directory}: {count} labelled training notes; the "
+                          f"{spec.name} CNN needs at least 2.")
+  # At least ~20 steps an epoch, so small datasets still train (and settle BN).
+  batch_size = min(batch_size, max(8, count // 20))
   pairs = notes.enumerate().map(lambda i, n: (i, (n["mel"], n[spec.task])))
-  fit = pairs.filter(lambda i, _: i % 10 != 0).map(lambda _, p: p)
-  held = pairs.filter(lambda i, _: i % 10 == 0).map(lambda _, p: p)
+  held_count = (count + 9) // 10
+  fit = pairs.filter(lambda i, _: i % 10 != 0).map(lambda _, p: p).apply(
+      tf.data.experimental.assert_cardinality(count - held_count))
+  held = pairs.filter(lambda i, _: i % 10 == 0).map(lambda _, p: p).apply(
+      tf.data.experimental.assert_cardinality(held_count))
   fit = fit.shuffle(20000, seed=spec.seed, reshuffle_each_iteration=True)
   return (fit.batch(batch_size).prefetch(2), held.batch(batch_size).prefetch(2))
 

@@ -95,19 +95,21 @@ class EvalConfig:
     return self
 
 
-def run_flags(run_dir: str) -> dict[str, str]:
-  """The run's recorded flags (RUN_DIR/flags.txt) as {name: value}."""
+def label_fraction(run_dir: str) -> float:
+  """The run's share N of instrument labels: from RUN_DIR/model.json, or from the
+  flags.txt of runs whose model.json predates that field."""
+  with open(os.path.join(run_dir, "model.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  if "label_fraction" in meta:
+    return float(meta["label_fraction"])
   path = os.path.join(run_dir, "flags.txt")
-  if not os.path.isfile(path):
-    raise EvaluationError(f"{path}: not found; expected a run directory of bin/train.")
-  out = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      line = line.strip()
-      if line.startswith("--") and "=" in line:
-        name, value = line[2:].split("=", 1)
-        out[name] = value
-  return out
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("--label_fraction="):
+          return float(line.strip().split("=", 1)[1])
+  raise EvaluationError(f"{run_dir}: neither model.json nor flags.txt records the run's "
+                        "--label_fraction.")
 
 
 def _checkpoint_epoch(path: str) -> int:
@@ -150,8 +152,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
       or tuple(prepared.pitches) != info.pitches):
     raise EvaluationError(f"{info.prepared_dir}: its vocabularies differ from those "
                           f"recorded in {config.run_dir}/model.json.")
-  flags = run_flags(config.run_dir)
-  fraction = float(flags.get("label_fraction", "1.0"))
+  fraction = label_fraction(config.run_dir)
   reps = _representatives(config, prepared)
   epoch = _checkpoint_epoch(path)
   kind = info.model.kind

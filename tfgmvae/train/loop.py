@@ -184,7 +184,8 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     if chief and not os.path.exists(model_file):
       with open(model_file, "w", encoding="utf-8") as f:
         json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
-            prepared.directory)} | run_metadata(prepared), f, indent=2)
+            prepared.directory), "label_fraction": config.label_fraction}
+                | run_metadata(prepared), f, indent=2)
     start = int(state.epoch.numpy())
     if bool(state.stopped.numpy()) or start >= config.epochs:
       log(f"{config.run_dir} is already finished (epoch {start}"

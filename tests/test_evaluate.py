@@ -1,0 +1,325 @@
+"""Evaluation: the statistics against hand cases, the probes and CNN on toys whose answer
+is known, bin/evaluate on a tiny trained model, and a tiny bin/reproduce grid."""
+
+import json
+import os
+import subprocess
+import sys
+
+import librosa
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import REPO, tone, write_notes
+from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
+from tfgmvae.evaluate import classifiers, stats
+from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, evaluate
+from tfgmvae.evaluate.reproduce import PAPER_TABLE1
+from tfgmvae.train.config import TrainConfig
+from tfgmvae.train.loop import train
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+INSTRUMENTS = ("Fhn", "Pno", "Vc", "Bn")   # one per family, the paper's representatives
+PITCHES = range(58, 66)
+
+
+def _quiet(*_):
+  pass
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+def test_f_scores_hand_case():
+  y_true = [0, 0, 0, 1, 1, 2]
+  y_pred = [0, 0, 1, 1, 1, 0]
+  # class 0: P 2/3 R 2/3 F 2/3; class 1: P 2/3 R 1 F 0.8; class 2: F 0.
+  scores = stats.f_scores(y_true, y_pred)
+  assert scores["accuracy"] == pytest.approx(4 / 6)
+  assert scores["f1_macro"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+  assert scores["f1_weighted"] == pytest.approx((3 * 2 / 3 + 2 * 0.8 + 0) / 6)
+  with pytest.raises(ValueError, match="equal, non-empty"):
+    stats.f_scores([0, 1], [0])
+
+
+def test_hungarian_matching_and_cluster_scores_hand_case():
+  # Components 0, 1, 2 hold mostly labels 2, 0, 1.
+  clusters = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+  labels = np.array([2, 2, 1, 0, 0, 0, 2, 1, 1, 1])
+  table = stats.contingency(clusters, labels, 3, 3)
+  assert table.tolist() == [[0, 1, 2], [3, 0, 1], [0, 3, 0]]
+  assert stats.match_clusters(table) == {0: 2, 1: 0, 2: 1}
+  scores = stats.cluster_scores(clusters, labels)
+  assert scores["purity"] == pytest.approx(8 / 10)
+  perfect = stats.cluster_scores([1, 1, 0, 0], [0, 0, 1, 1])
+  assert perfect == {"purity": 1.0, "nmi": pytest.approx(1.0), "ari": pytest.approx(1.0)}
+  # More components than instruments: the extra component stays unmatched.
+  assert stats.match_clusters(np.array([[5, 0], [0, 4], [1, 1]])) == {0: 0, 1: 1}
+
+
+def test_welch_t_test_against_the_formula():
+  a = np.array([1.0, 2.0, 3.0, 4.0])
+  b = np.array([3.0, 5.0, 7.0, 9.0, 11.0])
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  p = 2 * scipy_stats.t.sf(abs(t), df)
+  result = stats.welch_t_test(a, b)
+  assert result["t"] == pytest.approx(t) and result["p"] == pytest.approx(p)
+  assert np.isnan(stats.welch_t_test([1.0], b)["p"])
+
+
+def test_spectral_centroid_matches_librosa_per_frame_and_weights_frames():
+  rng = np.random.default_rng(0)
+  power = rng.random((5, 256)) ** 4
+  centres = stats.mel_centres_hz(22050, 256, 27.0, 11000.0)
+  reference = librosa.feature.spectral_centroid(S=power.T, freq=centres)[0]
+  for i in range(5):
+    assert stats.spectral_centroid(power[i:i + 1], centres) == pytest.approx(
+        reference[i], rel=1e-6)
+  # A loud frame at 1 kHz and a quiet one at 3 kHz: energy-weighted mean.
+  two = np.zeros((2, 3))
+  two[0, 0], two[1, 2] = 3.0, 1.0
+  assert stats.spectral_centroid(two, [1000.0, 2000.0, 3000.0]) == pytest.approx(1500.0)
+
+
+def test_representatives_follow_the_families():
+  counts = {"Bn": 227, "Clr": 243, "Fhn": 238, "Pno": 475, "Vc": 221, "Vn": 246, "Trop": 10}
+  assert stats.representatives(counts) == ["Fhn", "Pno", "Vn", "Clr"]
+  assert stats.representatives({"a": 3, "b": 9, "c": 5}) == ["b", "c", "a"]
+
+
+# -- classifiers on toys with a known answer ----------------------------------------------
+
+def test_linear_probe_separates_separable_codes_and_not_random_labels():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(0, 4, (5, 8))
+  y = rng.integers(0, 5, 600)
+  x = centres[y] + rng.normal(0, 1, (600, 8))
+  probe = classifiers.LinearProbe(5).fit(x[:500], y[:500])
+  assert stats.f_scores(y[500:], probe.predict(x[500:]))["accuracy"] > 0.95
+  shuffled = rng.permutation(y)
+  chance = classifiers.LinearProbe(5).fit(x[:500], shuffled[:500])
+  assert stats.f_scores(shuffled[500:], chance.predict(x[500:]))["accuracy"] < 0.45
+  assert np.allclose(probe.predict_proba(x[:3]).sum(-1), 1.0, atol=1e-5)
+
+
+def _toy_specs():
+  specs = []
+  for i, inst in enumerate(INSTRUMENTS):
+    for p in PITCHES:
+      for v in (0.2, 0.35, 0.5):
+        wave = tone(p, 22050, 0.8, harmonics=1 + 6 * i, amp=v, decay=1.0 + i)
+        specs.append((f"audio/{inst}_{p}_{v}.wav", inst, p, wave, 22050))
+  return specs
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+  """Toy notes of four 'instruments' (harmonic counts) over eight pitches, prepared, and
+  tiny MGMVAE runs at N = 100 % and N = 0 and an MVAE run trained on them."""
+  root = tmp_path_factory.mktemp("evaluate")
+  csv_path = write_notes(str(root / "notes"), _toy_specs())
+  prepared = str(root / "prepared")
+  prepare(PrepareConfig("csv", csv_path, prepared, validation_fraction=0.2), log=_quiet)
+  out = {"root": root, "prepared": prepared}
+  for name, kind, fraction in (("mgmvae", "mgmvae", 1.0), ("mgmvae_n0", "mgmvae", 0.0),
+                               ("mvae", "mvae", 1.0)):
+    run_dir = str(root / f"run_{name}")
+    train(TrainConfig(run_dir=run_dir, prepared_dir=prepared, model=kind, epochs=3,
+                      label_fraction=fraction, batch_size=16, filters=8, hidden=16,
+                      latent_dim=4, media_every=0, verbose=0), log=_quiet)
+    out[name] = run_dir
+  return out
+
+
+def _spec(prepared, task, **kw):
+  p = Prepared.load(prepared)
+  classes = p.num_instruments if task == "instrument" else p.num_pitches
+  base = dict(task=task, label_fraction=1.0, filters=16, hidden=32, kernel_size=3,
+              frames=43, n_mels=256, num_classes=classes, data="toy", seed=0)
+  return classifiers.CnnSpec(**(base | kw))
+
+
+def test_cnn_learns_the_toy_and_is_saved_and_reused(toy, tmp_path):
+  from tfgmvae.evaluate import experiments
+  from tfgmvae.serving.export import load_run
+  prepared = Prepared.load(toy["prepared"])
+  spec = _spec(toy["prepared"], "instrument")
+  messages = []
+  cnn = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"), epochs=25,
+                            patience=25, log=messages.append)
+  model, _, _ = load_run(toy["mgmvae"])
+  val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
+  scores = experiments.cnn_scores({"instrument": cnn}, val)["instrument"]
+  assert scores["f1_weighted"] > 0.9, scores
+  again = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"), log=messages.append)
+  assert any("Using the saved CNN" in m for m in messages)
+  np.testing.assert_allclose(classifiers.predict_proba(again, val.mel),
+                             classifiers.predict_proba(cnn, val.mel), atol=1e-5)
+  other = _spec(toy["prepared"], "instrument", filters=12)
+  with pytest.raises(classifiers.ClassifierError, match="instrument.json: this CNN was "
+                     "trained for other data or sizes"):
+    classifiers.cnn_for(prepared, other, str(tmp_path / "cnn"))
+  # Half the labels: its own file, trained on the labelled notes only.
+  half = classifiers.cnn_for(prepared, _spec(toy["prepared"], "instrument",
+                                             label_fraction=0.5),
+                             str(tmp_path / "cnn"), epochs=1, log=_quiet)
+  assert half.name == "cnn_instrument_n050"
+  assert os.path.isfile(tmp_path / "cnn" / "instrument_n050.keras")
+
+
+# -- bin/evaluate end to end --------------------------------------------------------------
+
+def _numbers(tree):
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from _numbers(v)
+  elif isinstance(tree, list):
+    for v in tree:
+      yield from _numbers(v)
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield tree
+
+
+def _check_f(scores):
+  assert set(scores) == {"accuracy", "f1_macro", "f1_weighted"}
+  assert all(0.0 <= v <= 1.0 for v in scores.values()), scores
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy):
+  cnn_dir = str(toy["root"] / "cnn")
+  out = {}
+  for name in ("mgmvae", "mgmvae_n0", "mvae"):
+    out_dir = str(toy["root"] / "eval" / name)
+    config = EvalConfig(toy[name], out_dir, cnn_dir=cnn_dir, draws=3, cnn_epochs=3,
+                        tsne_max_notes=500)
+    out[name] = (evaluate(config, log=_quiet), out_dir)
+  return out
+
+
+def test_evaluate_writes_every_metric_in_range(evaluated):
+  metrics, out_dir = evaluated["mgmvae"]
+  for name in ("metrics.json", "report.md", "fig2_tsne.png", "fig3_synthesis.png",
+               "fig5_transfer.png", "fig7_centroid.png", "fig8_traverse.png",
+               "components.png"):
+    assert os.path.isfile(os.path.join(out_dir, name)), name
+  with open(os.path.join(out_dir, "metrics.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(metrics))
+  assert all(np.isfinite(v) for v in _numbers(metrics))
+  for code in ("z_timbre", "z_pitch"):
+    for task in ("instrument", "pitch"):
+      _check_f(metrics["table1"]["linear"][code][task])
+  _check_f(metrics["table1"]["cnn"]["instrument"])
+  _check_f(metrics["table1"]["cnn"]["pitch"])
+  assert set(metrics["synthesis"]) == {"w_0", "w_0.5", "w_1"}
+  for r in metrics["synthesis"].values():
+    _check_f(r["instrument"])
+    _check_f(r["pitch"])
+    assert r["notes"] == 3 * metrics["run"]["validation_notes"]
+  pairs = metrics["transfer"]["pairs"]
+  assert metrics["transfer"]["representatives"] == ["Fhn", "Pno", "Vc", "Bn"]
+  assert len(pairs) == 12 and "Fhn->Pno" in pairs
+  for pair in pairs.values():
+    assert set(pair) == {"alpha_0", "alpha_0.25", "alpha_0.5", "alpha_0.75", "alpha_1",
+                         "notes"}
+    for a in (k for k in pair if k.startswith("alpha_")):
+      assert sum(pair[a]["posterior"]) == pytest.approx(1.0, abs=1e-4)
+      assert 0 <= pair[a]["target_probability"] <= 1
+  c = metrics["centroid"]
+  assert 0 <= c["dimension"] < 4 and len(c["mean_shift_hz_by_dimension"]) == 4
+  assert c["tested_instruments"] == 4
+  for r in c["per_instrument"].values():
+    assert 0 <= r["p_value"] <= 1 and r["mean_minus_hz"] > 0
+  k = metrics["clusters"]
+  assert 0 < k["purity"] <= 1 and -1 <= k["ari"] <= 1 and 0 <= k["nmi"] <= 1
+  assert sorted(k["components"].values()) == sorted(INSTRUMENTS)
+  assert metrics["timbre_centres"] == "prior components"
+  report = open(os.path.join(out_dir, "report.md")).read()
+  assert "## Table 1" in report and "![t-SNE](fig2_tsne.png)" in report
+
+
+def test_evaluate_at_n0_matches_components_and_mvae_uses_class_centres(evaluated):
+  n0, _ = evaluated["mgmvae_n0"]
+  assert n0["table1"]["cnn"]["instrument"] is None      # the paper's '-'
+  assert n0["timbre_centres"].startswith("prior components matched")
+  assert n0["run"]["label_fraction"] == 0.0
+  mvae, out_dir = evaluated["mvae"]
+  assert "clusters" not in mvae and not os.path.exists(os.path.join(out_dir,
+                                                                    "components.png"))
+  assert mvae["timbre_centres"].startswith("training codes")
+
+
+def test_evaluate_summaries_reach_tensorboard(toy, evaluated):
+  logdir = os.path.join(toy["mgmvae"], "summaries", "evaluation")
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0})
+  acc.Reload()
+  tags = acc.Tags()["tensors"]
+  key = "evaluation/table1/linear/z_timbre/instrument/f1_weighted"
+  assert key in tags and "evaluation/fig5_transfer" in tags
+  import tensorflow as tf
+  value = float(tf.make_ndarray(acc.Tensors(key)[0].tensor_proto))
+  assert value == pytest.approx(
+      evaluated["mgmvae"][0]["table1"]["linear"]["z_timbre"]["instrument"]["f1_weighted"])
+  assert acc.Tensors(key)[0].step == evaluated["mgmvae"][0]["run"]["epoch"]
+  assert 1 <= evaluated["mgmvae"][0]["run"]["epoch"] <= 3   # the best checkpoint's epoch
+
+
+def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
+  _, out_dir = evaluated["mgmvae"]
+  before = os.path.getmtime(os.path.join(out_dir, "metrics.json"))
+  with pytest.raises(EvaluationError, match="already exists; evaluations are never "
+                     "overwritten"):
+    evaluate(EvalConfig(toy["mgmvae"], out_dir), log=_quiet)
+  assert os.path.getmtime(os.path.join(out_dir, "metrics.json")) == before
+  with pytest.raises(EvaluationError, match=r"--alphas=0.0,1.5: expected numbers in "
+                     r"\[0, 1\].*--draws=0"):
+    EvalConfig(toy["mgmvae"], str(toy["root"] / "x"), alphas=(0.0, 1.5),
+               draws=0).validate()
+  with pytest.raises(EvaluationError, match="--representatives=Fhn,Tuba: expected two or "
+                     "more of this run's instruments.*unknown: Tuba"):
+    evaluate(EvalConfig(toy["mgmvae"], str(toy["root"] / "y"),
+                        representatives=("Fhn", "Tuba")), log=_quiet)
+  assert not os.path.exists(toy["root"] / "y")
+  done = subprocess.run([sys.executable, os.path.join(REPO, "bin", "evaluate"),
+                         f"--run_dir={toy['root']}", "--out_dir=/tmp/never"],
+                        capture_output=True, text=True, env=ENV, check=False)
+  assert done.returncode == 1 and "model.json: not found" in done.stderr
+
+
+# -- bin/reproduce --------------------------------------------------------------------------
+
+def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
+  flagfile = tmp_path / "tiny.flags"
+  flagfile.write_text("--epochs=2\n--batch_size=16\n--filters=8\n--hidden=16\n"
+                      "--latent_dim=4\n--media_every=0\n--verbose=0\n--patience=0\n")
+  out = tmp_path / "grid"
+  command = [sys.executable, os.path.join(REPO, "bin", "reproduce"), f"--out_dir={out}",
+             f"--prepared_dir={toy['prepared']}", "--fractions=1",
+             f"--mgmvae_flags={flagfile}", f"--mvae_flags={flagfile}",
+             "--evaluate_arg=--draws=2", "--evaluate_arg=--cnn_epochs=2"]
+  first = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
+  assert first.returncode == 0, first.stdout + first.stderr
+  results = (out / "RESULTS.md").read_text()
+  row = next(l for l in results.splitlines() if l.startswith("| 100 |"))
+  cells = row.strip("|").split("|")
+  assert len(cells) == 11
+  paper = PAPER_TABLE1[(100, "mgmvae")]
+  assert f"({paper[0]:.3f})" in cells[4] and f"({paper[3]:.3f})" in cells[10]
+  assert "Not run in this grid: mgmvae_n000" in results
+  for name in ("mgmvae_n100", "mvae_n100"):
+    (folder,) = os.listdir(out / "eval" / name)   # the best checkpoint's epoch
+    assert folder in ("epoch_1", "epoch_2")
+    assert (out / "eval" / name / folder / "metrics.json").is_file()
+  assert sorted(os.listdir(out / "eval" / "cnn")) == [
+      "instrument.json", "instrument.keras", "pitch.json", "pitch.keras"]
+  second = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert second.stdout.count("reusing the evaluation") == 2
+  train_log = (out / "logs" / "mgmvae_n100.train.log").read_text()
+  assert "already finished (epoch 2)" in train_log
+  bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
+                       capture_output=True, text=True, env=ENV, check=False)
+  assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr

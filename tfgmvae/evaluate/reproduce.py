@@ -1,0 +1,256 @@
+"""The paper's grid: MGMVAE and MVAE x N in {0, 25, 50, 75, 100} %, trained, evaluated,
+and summed up in one RESULTS.md beside the paper's Table 1.
+
+Layout of OUT_DIR:
+  data/                 the prepared data (unless an existing --prepared_dir is given)
+  runs/<model>_n<NNN>/  one bin/train run per cell (NNN = N in percent)
+  eval/<model>_n<NNN>/epoch_<E>/  bin/evaluate of that run's best checkpoint (epoch E)
+  eval/cnn/             the CNN baselines, trained once and shared by every cell
+  logs/                 each step's output; timings.json (seconds per step)
+  RESULTS.md
+
+Every step runs bin/train or bin/evaluate in a child process (so each cell starts from
+a clean TensorFlow), and every step is resumable: a run that exists is continued with
+its own recorded flags (`bin/train --flagfile=RUN/flags.txt`), an evaluation that exists
+is reused, and running the same command again picks up where a killed one stopped.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from tfgmvae.data.prepare import Prepared, PrepareConfig, PrepareError, prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = ("mgmvae", "mvae")
+FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PAPER_REPRESENTATIVES = ("Fhn", "Pno", "Vc", "Bn")
+
+# The paper's Table 1 (F-scores): {(N %, model or 'cnn'): (instrument z_t, z_p, pitch z_t,
+# z_p)}; the CNN's entries are (instrument, pitch).
+PAPER_TABLE1 = {
+    (0, "mvae"): (0.960, 0.163, 0.112, 0.966), (0, "mgmvae"): (0.937, 0.175, 0.146, 0.960),
+    (25, "mvae"): (0.960, 0.192, 0.169, 0.966), (25, "mgmvae"): (0.971, 0.180, 0.084, 0.977),
+    (50, "mvae"): (0.971, 0.169, 0.158, 0.977), (50, "mgmvae"): (0.988, 0.186, 0.079, 0.977),
+    (75, "mvae"): (0.971, 0.169, 0.079, 0.971), (75, "mgmvae"): (1.000, 0.163, 0.045, 0.977),
+    (100, "mvae"): (0.937, 0.158, 0.039, 0.983), (100, "mgmvae"): (1.000, 0.197, 0.028, 0.966),
+    (0, "cnn"): (None, None), (25, "cnn"): (0.920, None), (50, "cnn"): (0.983, None),
+    (75, "cnn"): (1.000, None), (100, "cnn"): (1.000, 0.983),
+}
+
+
+class ReproduceError(RuntimeError):
+  """A step of the grid failed or a setting is wrong; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+  """The grid (see bin/reproduce for each setting)."""
+  out_dir: str
+  dataset: str = "rendered"
+  data_path: str = "data/corpus"
+  prepared_dir: str = ""
+  models: tuple[str, ...] = MODELS
+  fractions: tuple[float, ...] = FRACTIONS
+  mgmvae_flags: str = os.path.join(REPO, "configs", "paper_mgmvae.flags")
+  mvae_flags: str = os.path.join(REPO, "configs", "paper_mvae.flags")
+  epochs: int = 0
+  representatives: tuple[str, ...] = ()
+  evaluate_args: tuple[str, ...] = ()
+  results: str = ""
+
+  def validate(self) -> "ReproduceConfig":
+    p = []
+    if not self.out_dir:
+      p.append("--out_dir is required")
+    if not self.models or any(m not in MODELS for m in self.models):
+      p.append(f"--models={','.join(self.models)}: expected some of {', '.join(MODELS)}")
+    if not self.fractions or any(not 0 <= f <= 1 for f in self.fractions):
+      p.append(f"--fractions={','.join(map(str, self.fractions))}: expected numbers in "
+               "[0, 1]")
+    for model in self.models:
+      path = self.flagfile(model)
+      if not os.path.isfile(path):
+        p.append(f"--{model}_flags={path}: not found")
+    if self.epochs < 0:
+      p.append(f"--epochs={self.epochs}: expected >= 0 (0: the flagfiles' own)")
+    if self.prepared_dir and not os.path.isfile(
+        os.path.join(self.prepared_dir, "prepared.json")):
+      p.append(f"--prepared_dir={self.prepared_dir}: no prepared.json there")
+    if p:
+      raise ReproduceError("; ".join(p))
+    return self
+
+  def flagfile(self, model: str) -> str:
+    return self.mgmvae_flags if model == "mgmvae" else self.mvae_flags
+
+
+def cell_name(model: str, fraction: float) -> str:
+  return f"{model}_n{round(100 * fraction):03d}"
+
+
+def best_epoch(run_dir: str) -> int | None:
+  """Epoch of the run's best checkpoint (its number), or None before the first."""
+  path = os.path.join(run_dir, "best", "checkpoint")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    first = f.readline()
+  return int(first.rsplit("ckpt-", 1)[1].strip().strip('"'))
+
+
+def recorded_flags(run_dir: str) -> dict[str, str]:
+  out = {}
+  with open(os.path.join(run_dir, "flags.txt"), encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("--") and "=" in line:
+        name, value = line.strip()[2:].split("=", 1)
+        out[name] = value
+  return out
+
+
+def machine() -> str:
+  """One line about this machine: CPU model, cores, memory, Python."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    model = names[0] if names else model
+  except OSError:
+    pass
+  memory = ""
+  try:
+    with open("/proc/meminfo", encoding="utf-8") as f:
+      kb = int(f.readline().split()[1])
+    memory = f", {kb / 2**20:.0f} GiB"
+  except (OSError, ValueError, IndexError):
+    pass
+  return (f"{model}, {os.cpu_count()} cores{memory}, {platform.system()} "
+          f"{platform.release()}, Python {platform.python_version()}")
+
+
+class Grid:
+  """Runs the grid's steps, logging each child process to OUT_DIR/logs."""
+
+  def __init__(self, config: ReproduceConfig, log=print):
+    self.config = config.validate()
+    self.log = log
+    self.out = os.path.abspath(config.out_dir)
+    self.logs = os.path.join(self.out, "logs")
+    os.makedirs(self.logs, exist_ok=True)
+    self.timings_path = os.path.join(self.logs, "timings.json")
+    self.timings = {}
+    if os.path.isfile(self.timings_path):
+      with open(self.timings_path, encoding="utf-8") as f:
+        self.timings = json.load(f)
+
+  def _child(self, name: str, args: list[str]):
+    """Runs bin/<args[0]> with the rest as arguments; its output goes to logs/name.log."""
+    path = os.path.join(self.logs, f"{name}.log")
+    command = [sys.executable, os.path.join(REPO, "bin", args[0])] + args[1:]
+    self.log(f"  $ {' '.join(command[1:])}   (log: {path})")
+    start = time.time()
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(f"\n$ {' '.join(command)}\n")
+      f.flush()
+      done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
+    self.timings[name] = self.timings.get(name, 0.0) + time.time() - start
+    with open(self.timings_path, "w", encoding="utf-8") as f:
+      json.dump(self.timings, f, indent=2)
+    if done.returncode:
+      with open(path, encoding="utf-8") as f:
+        tail = "".join(f.readlines()[-15:])
+      raise ReproduceError(f"{name}: {args[0]} failed (exit {done.returncode}); the end "
+                           f"of {path}:\n{tail}")
+
+  def prepared_dir(self) -> str:
+    """The prepared data: --prepared_dir, or OUT_DIR/data (rendered/prepared once)."""
+    c = self.config
+    if c.prepared_dir:
+      return os.path.abspath(c.prepared_dir)
+    folder = os.path.join(self.out, "data")
+    if os.path.isfile(os.path.join(folder, "prepared.json")):
+      return folder
+    source = os.path.abspath(c.data_path)
+    if c.dataset == "rendered" and not os.path.exists(source):
+      self.log(f"Rendering the default corpus into {source} ...")
+      self._child("render", ["make_dataset", f"--out_dir={source}"])
+    self.log(f"Preparing {source} into {folder} ...")
+    try:
+      prepare(PrepareConfig(c.dataset, source, folder), log=lambda m: None)
+    except PrepareError as e:
+      raise ReproduceError(str(e)) from e
+    return folder
+
+  def train(self, model: str, fraction: float, prepared_dir: str) -> str:
+    """Trains (or continues) one cell; returns its run directory."""
+    name = cell_name(model, fraction)
+    run = os.path.join(self.out, "runs", name)
+    epochs = [f"--epochs={self.config.epochs}"] if self.config.epochs else []
+    if os.path.isfile(os.path.join(run, "flags.txt")):
+      flags = recorded_flags(run)
+      if flags.get("model") != model or float(flags.get("label_fraction", -1)) != fraction:
+        raise ReproduceError(
+            f"{run}/flags.txt records --model={flags.get('model')} "
+            f"--label_fraction={flags.get('label_fraction')}, not this cell's "
+            f"{model} at {fraction}; move that folder away.")
+      args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}"] + epochs
+    else:
+      args = ["train", f"--flagfile={self.config.flagfile(model)}", f"--run_dir={run}",
+              f"--prepared_dir={prepared_dir}", f"--model={model}",
+              f"--label_fraction={fraction}"] + epochs
+    self.log(f"[{name}] training")
+    self._child(f"{name}.train", args)
+    return run
+
+  def representatives(self, prepared: Prepared) -> tuple[str, ...]:
+    """--representatives, else the paper's four if the data has them all, else none
+    (bin/evaluate then takes the most frequent instrument of each family)."""
+    if self.config.representatives:
+      return self.config.representatives
+    if all(r in prepared.instruments for r in PAPER_REPRESENTATIVES):
+      return PAPER_REPRESENTATIVES
+    return ()
+
+  def evaluate(self, name: str, run: str, representatives=()) -> str:
+    """Evaluates the run's best checkpoint unless that evaluation exists."""
+    epoch = best_epoch(run)
+    if epoch is None:
+      raise ReproduceError(f"{run}: no best checkpoint after training")
+    out = os.path.join(self.out, "eval", name, f"epoch_{epoch}")
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+      self.log(f"[{name}] reusing the evaluation {out}")
+      return out
+    self.log(f"[{name}] evaluating epoch {epoch}")
+    self._child(f"{name}.evaluate", ["evaluate", f"--run_dir={run}", f"--out_dir={out}",
+                                     f"--cnn_dir={os.path.join(self.out, 'eval', 'cnn')}"]
+                + ([f"--representatives={','.join(representatives)}"]
+                   if representatives else [])
+                + list(self.config.evaluate_args))
+    return out
+
+  def run(self) -> str:
+    """Every cell, then RESULTS.md; returns its path."""
+    prepared_dir = self.prepared_dir()
+    prepared = Prepared.load(prepared_dir)
+    representatives = self.representatives(prepared)
+    evaluations = {}
+    for fraction in self.config.fractions:
+      for model in self.config.models:
+        name = cell_name(model, fraction)
+        run = self.train(model, fraction, prepared_dir)
+        evaluations[name] = self.evaluate(name, run, representatives)
+    from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
+    path = self.config.results or os.path.join(self.out, "RESULTS.md")
+    text = results.results_markdown(self.out, evaluations, self.timings, machine(),
+                                    prepared)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+    self.log(f"Wrote {path}")
+    return path

@@ -1,0 +1,118 @@
+"""RESULTS.md of a grid: Table 1 laid out like the paper's, the paper's numbers beside
+ours, and the other experiments' headline numbers per cell."""
+
+import os
+
+from tfgmvae.evaluate.evaluate import load_metrics
+from tfgmvae.evaluate.reproduce import FRACTIONS, PAPER_TABLE1, cell_name
+from tfgmvae.evaluate.report import F1_NOTE
+
+
+def _cell(ours, paper) -> str:
+  a = "–" if ours is None else f"{ours:.3f}"
+  b = "–" if paper is None else f"{paper:.3f}"
+  return f"{a} ({b})"
+
+
+def _minutes(seconds) -> str:
+  return "–" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def table1(metrics: dict, fractions, kind: str) -> list[str]:
+  """Rows of Table 1 with F1 of `kind` ('f1_weighted' or 'f1_macro')."""
+  lines = ["| N (%) | CNN | MVAE z_t | MVAE z_p | MGMVAE z_t | MGMVAE z_p | CNN | "
+           "MVAE z_t | MVAE z_p | MGMVAE z_t | MGMVAE z_p |",
+           "| --- |" + " --- |" * 10,
+           "| | **instrument** | | | | | **pitch** | | | | |"]
+  for fraction in fractions:
+    pct = round(100 * fraction)
+    row = [f"{pct:g}"]
+    cnn = next((metrics[cell_name(m, fraction)]["table1"]["cnn"]
+                for m in ("mgmvae", "mvae") if cell_name(m, fraction) in metrics), None)
+    paper_cnn = PAPER_TABLE1.get((pct, "cnn"), (None, None))
+    for task, t in (("instrument", 0), ("pitch", 1)):
+      ours = cnn and cnn[task] and cnn[task][kind]
+      row.append(_cell(ours, paper_cnn[t]))
+      for model in ("mvae", "mgmvae"):
+        m = metrics.get(cell_name(model, fraction))
+        paper = PAPER_TABLE1.get((pct, model), (None,) * 4)
+        for code, j in (("z_timbre", 0), ("z_pitch", 1)):
+          ours = m["table1"]["linear"][code][task][kind] if m else None
+          row.append(_cell(ours, paper[2 * t + j]))
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
+def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
+                     machine: str, prepared) -> str:
+  """The whole RESULTS.md of a grid."""
+  metrics = {name: load_metrics(path) for name, path in evaluations.items()}
+  fractions = sorted({m["run"]["label_fraction"] for m in metrics.values()})
+  total = sum(timings.values())
+  lines = ["# Results: the paper's grid on this data", "",
+           f"Data: `{prepared.directory}` ({sum(prepared.counts['train'].values())} "
+           f"training / {sum(prepared.counts['validation'].values())} validation notes, "
+           f"{prepared.num_instruments} instruments, {prepared.num_pitches} pitches). "
+           f"Machine: {machine}. Wall time of the steps this grid ran: "
+           f"{_minutes(total)} (logs/timings.json).", "",
+           "## What ran", "",
+           "| cell | model | N | epochs (best checkpoint) | training wall time | "
+           "evaluation wall time | evaluation |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, m in metrics.items():
+    r = m["run"]
+    lines.append(f"| {name} | {r['model']} | {100 * r['label_fraction']:g} % | "
+                 f"{r['epoch']} | {_minutes(timings.get(name + '.train'))} | "
+                 f"{_minutes(timings.get(name + '.evaluate'))} | "
+                 f"`{os.path.relpath(evaluations[name], out_dir)}/report.md` |")
+  missing = [cell_name(mo, f) for f in FRACTIONS for mo in ("mgmvae", "mvae")
+             if cell_name(mo, f) not in metrics]
+  if missing:
+    lines += ["", f"Not run in this grid: {', '.join(missing)}."]
+  lines += ["", "## Table 1: F-scores of linear classifiers on z_t and z_p, and of the CNN",
+            "", "Each cell: ours (paper). Weighted F1 on the validation split. "
+            + F1_NOTE + " The paper does not say which average it reports.", ""]
+  lines += table1(metrics, fractions, "f1_weighted")
+  lines += ["", "The same with macro F1 (paper's numbers repeated for reference):", ""]
+  lines += table1(metrics, fractions, "f1_macro")
+  lines += ["", "## Figure 3: controllable synthesis (weighted F1 of the CNNs)", "",
+            "| cell | instrument w=0 | w=0.5 | w=1 | pitch w=0 | w=0.5 | w=1 |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, m in metrics.items():
+    s = m["synthesis"]
+    cells = [f"{s[w][task]['f1_weighted']:.3f}" if w in s else "–"
+             for task in ("instrument", "pitch") for w in ("w_0", "w_0.5", "w_1")]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "## Figure 5: timbre transfer (CNN posterior of the target at alpha = 1; "
+            "pitch F1 before -> after)", ""]
+  pairs = sorted({p for m in metrics.values() for p in m["transfer"]["pairs"]})
+  lines += ["| cell | " + " | ".join(pairs) + " |", "| --- |" + " --- |" * len(pairs)]
+  for name, m in metrics.items():
+    cells = []
+    for pair in pairs:
+      r = m["transfer"]["pairs"].get(pair)
+      if not r:
+        cells.append("–")
+        continue
+      keys = [k for k in r if k.startswith("alpha_")]
+      cells.append(f"{r[keys[-1]]['target_probability']:.2f}; "
+                   f"{r[keys[0]]['pitch']['f1_weighted']:.2f} -> "
+                   f"{r[keys[-1]]['pitch']['f1_weighted']:.2f}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "## Figures 7-8: the spectral-centroid dimension of z_t", "",
+            "| cell | dimension | mean centroid change (Hz), -2 to +2 sigma_t | "
+            "instruments with p < 0.05 |", "| --- | --- | --- | --- |"]
+  for name, m in metrics.items():
+    c = m["centroid"]
+    lines.append(f"| {name} | {c['dimension']} | "
+                 f"{c['mean_shift_hz_by_dimension'][c['dimension']]:+.0f} | "
+                 f"{c['significant_instruments']} of {c['tested_instruments']} |")
+  clustered = {n: m for n, m in metrics.items() if "clusters" in m}
+  if clustered:
+    lines += ["", "## Timbre components as clusters (MGMVAE; beyond the paper)", "",
+              "| cell | purity | NMI | ARI | matched accuracy | components used |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in clustered.items():
+      c = m["clusters"]
+      lines.append(f"| {name} | {c['purity']:.3f} | {c['nmi']:.3f} | {c['ari']:.3f} | "
+                   f"{c['matched_accuracy']:.3f} | {c['used_components']} |")
+  return "\n".join(lines) + "\n"
