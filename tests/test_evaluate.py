@@ -320,6 +320,12 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert second.stdout.count("reusing the evaluation") == 2
   train_log = (out / "logs" / "mgmvae_n100.train.log").read_text()
   assert "already finished (epoch 2)" in train_log
+  evaluate_only = subprocess.run(command + ["--notrain", "--fractions=0,1"],
+                                 capture_output=True, text=True, env=ENV, check=False)
+  assert evaluate_only.returncode == 0, evaluate_only.stdout + evaluate_only.stderr
+  assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
+  assert not (out / "runs" / "mgmvae_n000").exists()
+  assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
                        capture_output=True, text=True, env=ENV, check=False)
   assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr

@@ -137,12 +137,13 @@ def centroid(path, centroids, labels, instruments, metrics, title):
 def traverse(path, mels, values, centroids_hz, dimension, title):
   """Figure 8: decoded log-mels along one z_t dimension, with their centroids."""
   plt = require()
-  fig, axes = plt.subplots(1, len(mels), figsize=(1.7 * len(mels), 3.2), sharey=True)
+  fig, axes = plt.subplots(1, len(mels), figsize=(1.7 * len(mels), 3.4), sharey=True,
+                           layout="constrained")
   image = None
   for ax, mel, value, c in zip(np.atleast_1d(axes), mels, values, centroids_hz):
     image = ax.imshow(mel.T, origin="lower", aspect="auto", vmin=-1, vmax=1,
                       cmap="magma")
-    ax.set(title=f"{value:+.1f}\n{c:.0f} Hz", xlabel="frame")
+    ax.set(title=f"shift {value:+.1f}\n{c:.0f} Hz", xlabel="frame")
     ax.title.set_fontsize(8)
   np.atleast_1d(axes)[0].set_ylabel("mel band")
   fig.colorbar(image, ax=axes, shrink=0.8, label="normalised log-mel")

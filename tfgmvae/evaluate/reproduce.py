@@ -59,6 +59,7 @@ class ReproduceConfig:
   mgmvae_flags: str = os.path.join(REPO, "configs", "paper_mgmvae.flags")
   mvae_flags: str = os.path.join(REPO, "configs", "paper_mvae.flags")
   epochs: int = 0
+  train: bool = True
   representatives: tuple[str, ...] = ()
   evaluate_args: tuple[str, ...] = ()
   results: str = ""
@@ -242,8 +243,16 @@ class Grid:
     for fraction in self.config.fractions:
       for model in self.config.models:
         name = cell_name(model, fraction)
-        run = self.train(model, fraction, prepared_dir)
+        if self.config.train:
+          run = self.train(model, fraction, prepared_dir)
+        else:
+          run = os.path.join(self.out, "runs", name)
+          if best_epoch(run) is None:
+            self.log(f"[{name}] not trained and --notrain: left out")
+            continue
         evaluations[name] = self.evaluate(name, run, representatives)
+    if not evaluations:
+      raise ReproduceError(f"{self.out}: no cell has a trained run to evaluate")
     from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
     path = self.config.results or os.path.join(self.out, "RESULTS.md")
     text = results.results_markdown(self.out, evaluations, self.timings, machine(),
