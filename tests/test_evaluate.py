@@ -70,10 +70,36 @@ def test_welch_t_test_against_the_formula():
   assert np.isnan(stats.welch_t_test([1.0], b)["p"])
 
 
+def test_paired_t_test_against_the_formula():
+  a = np.array([1.0, 2.5, 3.0, 4.5])
+  b = np.array([1.5, 3.5, 3.2, 6.0])
+  d = a - b
+  t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+  result = stats.paired_t_test(a, b)
+  assert result["t"] == pytest.approx(t)
+  assert result["p"] == pytest.approx(2 * scipy_stats.t.sf(abs(t), len(d) - 1))
+  with pytest.raises(ValueError, match="expected pairs"):
+    stats.paired_t_test(a, b[:3])
+
+
+def test_spectral_centroid_of_a_flat_spectrum_through_the_mel_bands():
+  # A flat power spectrum seen through the front end's Slaney mel bands must keep the
+  # centroid of the flat spectrum over [fmin, fmax] (the bands' widths weigh them).
+  from tfgmvae.audio.spectral import mel_filterbank
+  from tfgmvae.audio.config import AudioConfig
+  config = AudioConfig()
+  mel = np.ones(config.n_fft // 2 + 1) @ mel_filterbank(config)
+  centres, widths = stats.mel_bands_hz(config.sample_rate, config.n_mels, config.fmin,
+                                       config.fmax)
+  centroid = stats.spectral_centroid(mel[None], centres, widths)
+  assert centroid == pytest.approx((config.fmin + config.fmax) / 2, rel=0.02)
+  assert stats.spectral_centroid(mel[None], centres) < 0.7 * centroid   # unweighted: low
+
+
 def test_spectral_centroid_matches_librosa_per_frame_and_weights_frames():
   rng = np.random.default_rng(0)
   power = rng.random((5, 256)) ** 4
-  centres = stats.mel_centres_hz(22050, 256, 27.0, 11000.0)
+  centres, _ = stats.mel_bands_hz(22050, 256, 27.0, 11000.0)
   reference = librosa.feature.spectral_centroid(S=power.T, freq=centres)[0]
   for i in range(5):
     assert stats.spectral_centroid(power[i:i + 1], centres) == pytest.approx(
@@ -82,6 +108,13 @@ def test_spectral_centroid_matches_librosa_per_frame_and_weights_frames():
   two = np.zeros((2, 3))
   two[0, 0], two[1, 2] = 3.0, 1.0
   assert stats.spectral_centroid(two, [1000.0, 2000.0, 3000.0]) == pytest.approx(1500.0)
+
+
+def test_centre_names_at_n0_follow_the_matching():
+  from tfgmvae.evaluate.report import matched_names
+  # Component 0 captured instrument 2, component 2 instrument 0, component 1 nothing.
+  assert matched_names(["A", "B", "C"], {0: 2, 2: 0, 3: 1}) == ["c2->A", "c3->B", "c0->C"]
+  assert matched_names(["A", "B"], {1: 0}) == ["c1->A", "B (no component)"]
 
 
 def test_representatives_follow_the_families():
@@ -138,7 +171,8 @@ def _spec(prepared, task, **kw):
   p = Prepared.load(prepared)
   classes = p.num_instruments if task == "instrument" else p.num_pitches
   base = dict(task=task, label_fraction=1.0, filters=16, hidden=32, kernel_size=3,
-              frames=43, n_mels=256, num_classes=classes, data="toy", seed=0)
+              frames=43, n_mels=256, num_classes=classes, data="toy", seed=0, epochs=25,
+              patience=25)
   return classifiers.CnnSpec(**(base | kw))
 
 
@@ -148,24 +182,30 @@ def test_cnn_learns_the_toy_and_is_saved_and_reused(toy, tmp_path):
   prepared = Prepared.load(toy["prepared"])
   spec = _spec(toy["prepared"], "instrument")
   messages = []
-  cnn = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"), epochs=25,
-                            patience=25, log=messages.append)
+  cnn, record = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"),
+                                    log=messages.append)
+  assert record["epochs"] == 25 and 0 <= record["holdout_accuracy"] <= 1
   model, _, _ = load_run(toy["mgmvae"])
   val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
   scores = experiments.cnn_scores({"instrument": cnn}, val)["instrument"]
   assert scores["f1_weighted"] > 0.9, scores
-  again = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"), log=messages.append)
+  again, same = classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"),
+                                    log=messages.append)
+  assert same == record
   assert any("Using the saved CNN" in m for m in messages)
   np.testing.assert_allclose(classifiers.predict_proba(again, val.mel),
                              classifiers.predict_proba(cnn, val.mel), atol=1e-5)
   other = _spec(toy["prepared"], "instrument", filters=12)
   with pytest.raises(classifiers.ClassifierError, match="instrument.json: this CNN was "
-                     "trained for other data or sizes"):
+                     "trained for other data, sizes or budget"):
     classifiers.cnn_for(prepared, other, str(tmp_path / "cnn"))
+  shorter = _spec(toy["prepared"], "instrument", epochs=2)
+  with pytest.raises(classifiers.ClassifierError, match="'epochs': \\(25, 2\\)"):
+    classifiers.cnn_for(prepared, shorter, str(tmp_path / "cnn"))
   # Half the labels: its own file, trained on the labelled notes only.
-  half = classifiers.cnn_for(prepared, _spec(toy["prepared"], "instrument",
-                                             label_fraction=0.5),
-                             str(tmp_path / "cnn"), epochs=1, log=_quiet)
+  half, _ = classifiers.cnn_for(prepared, _spec(toy["prepared"], "instrument",
+                                                label_fraction=0.5, epochs=1),
+                                str(tmp_path / "cnn"), log=_quiet)
   assert half.name == "cnn_instrument_n050"
   assert os.path.isfile(tmp_path / "cnn" / "instrument_n050.keras")
 
@@ -228,11 +268,15 @@ def test_evaluate_writes_every_metric_in_range(evaluated):
     for a in (k for k in pair if k.startswith("alpha_")):
       assert sum(pair[a]["posterior"]) == pytest.approx(1.0, abs=1e-4)
       assert 0 <= pair[a]["target_probability"] <= 1
+  assert set(metrics["cnn"]) == {"instrument", "pitch"}
+  assert metrics["settings"]["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
   c = metrics["centroid"]
   assert 0 <= c["dimension"] < 4 and len(c["mean_shift_hz_by_dimension"]) == 4
+  assert c["selection_notes"] == metrics["run"]["train_notes"]   # fewer than 512
   assert c["tested_instruments"] == 4
   for r in c["per_instrument"].values():
-    assert 0 <= r["p_value"] <= 1 and r["mean_minus_hz"] > 0
+    assert 0 <= r["p_value"] <= 1 and 0 <= r["welch_p_value"] <= 1
+    assert r["mean_minus_hz"] > 0
   k = metrics["clusters"]
   assert 0 < k["purity"] <= 1 and -1 <= k["ari"] <= 1 and 0 <= k["nmi"] <= 1
   assert sorted(k["components"].values()) == sorted(INSTRUMENTS)
@@ -310,7 +354,9 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert f"({paper[0]:.3f})" in cells[4] and f"({paper[3]:.3f})" in cells[10]
   assert "Not run in this grid: mgmvae_n000" in results
   for name in ("mgmvae_n100", "mvae_n100"):
-    (folder,) = os.listdir(out / "eval" / name)   # the best checkpoint's epoch
+    (folder,) = [f for f in os.listdir(out / "eval" / name)   # the best checkpoint's
+                 if not f.endswith(".args.json")]              # epoch
+    assert (out / "eval" / name / f"{folder}.args.json").is_file()
     assert folder in ("epoch_1", "epoch_2")
     assert (out / "eval" / name / folder / "metrics.json").is_file()
   assert sorted(os.listdir(out / "eval" / "cnn")) == [
@@ -326,6 +372,17 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
   assert not (out / "runs" / "mgmvae_n000").exists()
   assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()
+  other = subprocess.run([a for a in command if a != "--evaluate_arg=--draws=2"]
+                         + ["--evaluate_arg=--draws=3", "--models=mvae"],
+                         capture_output=True, text=True, env=ENV, check=False)
+  assert other.returncode == 1 and "was evaluated with ['--representatives=Fhn,Pno,Vc,Bn'" \
+      ", '--draws=2', '--cnn_epochs=2'], not" in other.stderr, other.stderr
+  mine = tmp_path / "mine.md"
+  mine.write_text("my notes")
+  refused = subprocess.run(command + [f"--results={mine}"], capture_output=True, text=True,
+                           env=ENV, check=False)
+  assert refused.returncode == 1 and "mine.md: already exists" in refused.stderr
+  assert mine.read_text() == "my notes"
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
                        capture_output=True, text=True, env=ENV, check=False)
   assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr

@@ -28,14 +28,13 @@ class ClassifierError(ValueError):
 
 
 class LinearProbe:
-  """Multinomial logistic regression on standardised features, trained full-batch."""
+  """Multinomial logistic regression on standardised features, trained full-batch by
+  Adam from zero weights (deterministic)."""
 
-  def __init__(self, num_classes: int, steps: int = 400, learning_rate: float = 0.05,
-               seed: int = 0):
+  def __init__(self, num_classes: int, steps: int = 400, learning_rate: float = 0.05):
     self.num_classes = num_classes
     self.steps = steps
     self.learning_rate = learning_rate
-    self.seed = seed
     self.mean = self.std = None
     self.layer = None
 
@@ -87,6 +86,7 @@ class CnnSpec:
     num_classes: Output classes.
     data: The prepared data's index checksum.
     seed: Initialisation and shuffle seed.
+    epochs, patience, batch_size, learning_rate: The training budget.
   """
   task: str
   label_fraction: float
@@ -98,6 +98,10 @@ class CnnSpec:
   num_classes: int
   data: str
   seed: int = 0
+  epochs: int = 30
+  patience: int = 5
+  batch_size: int = 64
+  learning_rate: float = 1e-3
 
   @property
   def name(self) -> str:
@@ -150,14 +154,16 @@ def _splits(prepared: Prepared, spec: CnnSpec, batch_size: int):
   return (fit.batch(batch_size).prefetch(2), held.batch(batch_size).prefetch(2))
 
 
-def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str, epochs: int = 30,
-            patience: int = 5, batch_size: int = 64, learning_rate: float = 1e-3,
-            log=print) -> keras.Model:
+def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str,
+            log=print) -> tuple[keras.Model, dict]:
   """The CNN of `spec`: loaded from `cnn_dir` if saved there, else trained and saved.
 
+  Returns:
+    (the CNN, its record: spec, epochs run, best epoch, held-out accuracy).
+
   Raises:
-    ClassifierError: `cnn_dir` holds a CNN of this name trained on other data or with
-      other sizes (it is never overwritten).
+    ClassifierError: `cnn_dir` holds a CNN of this name trained on other data, sizes or
+      budget (it is never overwritten), or half of a saved CNN is missing.
   """
   path = os.path.join(cnn_dir, spec.name)
   record = dataclasses.asdict(spec)
@@ -168,20 +174,24 @@ def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str, epochs: int = 30,
       diff = {k: (saved.get("spec", {}).get(k), v) for k, v in record.items()
               if saved.get("spec", {}).get(k) != v}
       raise ClassifierError(
-          f"{path}.json: this CNN was trained for other data or sizes (saved vs needed: "
+          f"{path}.json: this CNN was trained for other data, sizes or budget (saved vs "
+          f"needed: "
           f"{diff}); give another --cnn_dir or remove that folder.")
+    if not os.path.isfile(path + ".keras"):
+      raise ClassifierError(f"{path}.json describes a saved CNN but {path}.keras is "
+                            "missing; remove the .json to train it again.")
     log(f"Using the saved CNN {path}.keras ({saved['epochs']} epochs, held-out accuracy "
         f"{saved['holdout_accuracy']:.3f}).")
-    return keras.saving.load_model(path + ".keras")
+    return keras.saving.load_model(path + ".keras"), saved
   log(f"Training the {spec.name} CNN (the encoder's architecture + softmax) ...")
   model = build_cnn(spec)
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+  model.compile(optimizer=keras.optimizers.Adam(spec.learning_rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
-  fit, held = _splits(prepared, spec, batch_size)
-  stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+  fit, held = _splits(prepared, spec, spec.batch_size)
+  stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience,
                                        restore_best_weights=True)
-  history = model.fit(fit, validation_data=held, epochs=epochs, callbacks=[stop],
+  history = model.fit(fit, validation_data=held, epochs=spec.epochs, callbacks=[stop],
                       verbose=0)
   best = int(np.argmin(history.history["val_loss"]))
   accuracy = float(history.history["val_accuracy"][best])
@@ -189,12 +199,14 @@ def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str, epochs: int = 30,
   tmp = f"{path}.{os.getpid()}.tmp.keras"
   model.save(tmp)
   os.replace(tmp, path + ".keras")
-  with open(path + ".json", "w", encoding="utf-8") as f:
-    json.dump({"spec": record, "epochs": len(history.history["val_loss"]),
-               "best_epoch": best + 1, "holdout_accuracy": accuracy}, f, indent=2)
-  log(f"  {spec.name} CNN: {len(history.history['val_loss'])} epochs, best {best + 1}, "
-      f"held-out accuracy {accuracy:.3f}; saved to {path}.keras")
-  return model
+  saved = {"spec": record, "epochs": len(history.history["val_loss"]),
+           "best_epoch": best + 1, "holdout_accuracy": accuracy}
+  with open(tmp + ".json", "w", encoding="utf-8") as f:
+    json.dump(saved, f, indent=2)
+  os.replace(tmp + ".json", path + ".json")
+  log(f"  {spec.name} CNN: {saved['epochs']} epochs, best {best + 1}, held-out "
+      f"accuracy {accuracy:.3f}; saved to {path}.keras")
+  return model, saved
 
 
 def predict_proba(model: keras.Model, mels, batch_size: int = 256) -> np.ndarray:

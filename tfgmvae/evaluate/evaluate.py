@@ -83,6 +83,11 @@ class EvalConfig:
       p.append(f"--ws={','.join(map(str, self.ws))}: expected non-negative numbers")
     if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
       p.append(f"--alphas={','.join(map(str, self.alphas))}: expected numbers in [0, 1]")
+    elif list(self.alphas) != sorted(set(self.alphas)) or len(self.alphas) < 2:
+      p.append(f"--alphas={','.join(map(str, self.alphas))}: expected two or more "
+               "increasing values (the first is 'before', the last 'after')")
+    if self.ws and list(self.ws) != sorted(set(self.ws)):
+      p.append(f"--ws={','.join(map(str, self.ws))}: expected increasing values")
     for name in ("draws", "cnn_epochs", "tsne_max_notes"):
       if getattr(self, name) < 1:
         p.append(f"--{name}={getattr(self, name)}: expected a positive integer")
@@ -173,7 +178,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
 
     stage("CNN baselines")
-    cnns = _cnns(prepared, info, fraction, cnn_dir, config, log)
+    cnns, cnn_records = _cnns(prepared, info, fraction, cnn_dir, config, log)
 
     stage("Table 1: linear probes and CNNs")
     metrics = {"format": FORMAT,
@@ -183,10 +188,13 @@ def evaluate(config: EvalConfig, log=print) -> dict:
                        "train_notes": len(train), "validation_notes": len(val),
                        "instruments": list(info.instruments),
                        "pitches": list(info.pitches)},
-               "cnn_dir": os.path.abspath(cnn_dir)}
+               "settings": {"ws": list(config.ws), "draws": config.draws,
+                            "alphas": list(config.alphas), "shift": config.shift,
+                            "seed": config.seed, "representatives": reps},
+               "cnn_dir": os.path.abspath(cnn_dir), "cnn": cnn_records}
     metrics["table1"] = {
         "linear": experiments.linear_probes(train, val, info.model.num_instruments,
-                                            info.model.num_pitches, config.seed),
+                                            info.model.num_pitches),
         "cnn": experiments.cnn_scores({"instrument": cnns["instrument_n"],
                                        "pitch": cnns["pitch"]}, val)}
     arrays = {}
@@ -217,9 +225,10 @@ def evaluate(config: EvalConfig, log=print) -> dict:
         model, val, t_means, info.instruments, reps, full, config.alphas)}
 
     stage("Figures 7-8: spectral centroid dimension")
-    found = experiments.centroid_dimension(model, val, info.instruments, info.audio,
-                                           info.log_mel_min, info.log_mel_max,
-                                           config.shift)
+    found = experiments.centroid_dimension(model, train, val, info.instruments,
+                                           info.audio, info.log_mel_min,
+                                           info.log_mel_max, config.shift,
+                                           seed=config.seed)
     metrics["centroid"] = found["metrics"]
     arrays["centroid"] = found
 
@@ -246,25 +255,28 @@ def evaluate(config: EvalConfig, log=print) -> dict:
   return metrics
 
 
-def _cnns(prepared, info, fraction, cnn_dir, config, log) -> dict:
-  """The full-label instrument and pitch CNNs, and the instrument CNN at the run's N."""
+def _cnns(prepared, info, fraction, cnn_dir, config, log) -> tuple[dict, dict]:
+  """The full-label instrument and pitch CNNs and the instrument CNN at the run's N, and
+  each one's record (what it was trained on, how long, its held-out accuracy)."""
   data = _index_checksum(prepared)
   m = info.model
   base = dict(filters=m.filters, hidden=m.hidden, kernel_size=m.kernel_size,
-              frames=m.frames, n_mels=m.n_mels, data=data, seed=config.seed)
-  train = dict(epochs=config.cnn_epochs, patience=config.cnn_patience, log=log)
+              frames=m.frames, n_mels=m.n_mels, data=data, seed=config.seed,
+              epochs=config.cnn_epochs, patience=config.cnn_patience)
   specs = {"instrument": classifiers.CnnSpec("instrument", 1.0,
                                              num_classes=m.num_instruments, **base),
            "pitch": classifiers.CnnSpec("pitch", 1.0, num_classes=m.num_pitches, **base)}
-  out = {k: classifiers.cnn_for(prepared, s, cnn_dir, **train) for k, s in specs.items()}
+  if 0.0 < fraction < 1.0:
+    specs["instrument_n"] = dataclasses.replace(specs["instrument"],
+                                                label_fraction=fraction)
+  out, records = {}, {}
+  for key, spec in specs.items():
+    out[key], records[spec.name] = classifiers.cnn_for(prepared, spec, cnn_dir, log=log)
   if fraction >= 1.0:
     out["instrument_n"] = out["instrument"]
   elif fraction <= 0.0:
     out["instrument_n"] = None   # no labels: the paper's '-'
-  else:
-    spec = dataclasses.replace(specs["instrument"], label_fraction=fraction)
-    out["instrument_n"] = classifiers.cnn_for(prepared, spec, cnn_dir, **train)
-  return out
+  return out, records
 
 
 def _index_checksum(prepared: Prepared) -> str:

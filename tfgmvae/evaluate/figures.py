@@ -40,7 +40,8 @@ def _colours(n):
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def tsne(path, xy, centre_xy, labels, instruments, centre_names, title):
+def tsne(path, xy, centre_xy, labels, instruments, centre_names, title,
+         centre_label="component means"):
   """Figure 2: notes' z_t in 2-D coloured by instrument, centres as labelled crosses."""
   plt = require()
   fig, ax = plt.subplots(figsize=(7, 6))
@@ -50,7 +51,7 @@ def tsne(path, xy, centre_xy, labels, instruments, centre_names, title):
     if rows.any():
       ax.scatter(xy[rows, 0], xy[rows, 1], s=10, color=colours[i], label=name, alpha=0.8)
   ax.scatter(centre_xy[:, 0], centre_xy[:, 1], marker="X", s=110, color="black",
-             edgecolor="white", label="component means")
+             edgecolor="white", label=centre_label)
   for (x, y), name in zip(centre_xy, centre_names):
     ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
   ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=title)

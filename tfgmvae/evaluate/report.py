@@ -11,6 +11,14 @@ F1_NOTE = ("F1 (weighted) averages the per-class F1 weighted by each class's num
            "validation notes; F1 (macro) is their unweighted mean.")
 
 
+def matched_names(instruments, mapping: dict[int, int]) -> list[str]:
+  """Labels of the timbre centres at N = 0: centre i is instrument i's, the mean of the
+  component matched to it ({component: instrument})."""
+  component = {i: c for c, i in mapping.items()}
+  return [f"c{component[i]}->{name}" if i in component else f"{name} (no component)"
+          for i, name in enumerate(instruments)]
+
+
 def draw(folder: str, metrics: dict, arrays: dict, val, instruments, title: str,
          has_components: bool) -> dict[str, str]:
   """Writes every figure into `folder`; returns {figure key: file name}."""
@@ -18,12 +26,12 @@ def draw(folder: str, metrics: dict, arrays: dict, val, instruments, title: str,
   xy, centre_xy, rows = arrays["tsne"]
   names = list(instruments)
   if "clusters" in arrays and metrics["run"]["label_fraction"] == 0.0:
-    names = [f"c{c}->{instruments[i]}" for c, i in sorted(arrays["clusters"]["mapping"]
-                                                          .items())]
+    names = matched_names(instruments, arrays["clusters"]["mapping"])
   figures.tsne(os.path.join(folder, "fig2_tsne.png"), xy, centre_xy,
                val.instrument[rows], instruments, names,
-               f"{title}: z_t of validation notes (t-SNE); "
-               + ("prior component means" if has_components else "per-instrument means"))
+               f"{title}: z_t of validation notes (t-SNE)",
+               "prior component means" if has_components
+               else "per-instrument means of the training codes")
   out["fig2_tsne"] = "fig2_tsne.png"
   figures.synthesis(os.path.join(folder, "fig3_synthesis.png"), metrics["synthesis"],
                     f"{title}: controllable synthesis")
@@ -86,6 +94,14 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
               "| --- |" + " --- |" * len(c["components"]),
               "| instrument | " + " | ".join(c["components"].values()) + " |", "",
               f"![components]({pictures['components']})", ""]
+  cnn = "; ".join(f"{name}: {r['epochs']} epochs (best {r['best_epoch']}), held-out "
+                  f"accuracy {r['holdout_accuracy']:.3f}" for name, r in metrics["cnn"].items())
+  lines += [f"CNNs (from `{metrics['cnn_dir']}`): {cnn}.", ""]
+  if run["label_fraction"] == 0.0 and "clusters" in metrics:
+    lines += ["At N = 0 the components are named by matching them to instruments on the "
+              "validation labels, and synthesis and transfer below use that naming on "
+              "the same validation notes: an optimistic use of labels the model never "
+              "saw.", ""]
   lines += ["## Figure 2: the timbre space", "",
             f"Timbre centres used below: {metrics['timbre_centres']}.", "",
             f"![t-SNE]({pictures['fig2_tsne']})", "",
@@ -101,11 +117,12 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
                  f"{_f(r['pitch']['f1_macro'])} |")
   lines += ["", f"![synthesis]({pictures['fig3_synthesis']})", "",
             "## Figure 5: timbre transfer", "",
-            "z_t' = z_t + alpha (mu_target - mu_source) for the source's validation notes; "
-            "the CNN's mean posterior of source and target, and the pitch F1 (weighted) "
-            "before (alpha = 0) and after (alpha = 1).", "",
-            "| pair | notes | P(source) at 0 | P(target) at 0 | P(source) at 1 | "
-            "P(target) at 1 | pitch F1 before | pitch F1 after |",
+            "z_t' = z_t + alpha (mu_target - mu_source) for the source's validation notes, "
+            f"alpha in {metrics['settings']['alphas']}; the CNN's mean posterior of source "
+            "and target, and the pitch F1 (weighted), at the first and last alpha.", "",
+            "| pair | notes | P(source) at first alpha | P(target) at first alpha | "
+            "P(source) at last alpha | P(target) at last alpha | pitch F1 at first alpha | "
+            "pitch F1 at last alpha |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for pair, r in metrics["transfer"]["pairs"].items():
     keys = [k for k in r if k.startswith("alpha_")]
@@ -120,17 +137,22 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
   lines += ["", "## Figures 7-8: a timbre dimension for the spectral centroid", "",
             f"Shifting z_t dimension **{c['dimension']}** by ±{c['shift_sigmas']:g} "
             f"sigma_t (sigma_t = {c['sigma_t']:g}) moves the decoded notes' spectral "
-            f"centroid most (mean change {c['mean_shift_hz_by_dimension'][c['dimension']]:+.0f}"
-            f" Hz from -shift to +shift). Centroids are computed on the decoded mel power "
-            f"spectrogram (band centres in Hz). Two-tailed Welch t-test of -shift against "
-            f"+shift per instrument: p < 0.05 for {c['significant_instruments']} of "
-            f"{c['tested_instruments']} instruments.", "",
-            "| instrument | notes | centroid at -shift (Hz) | at 0 | at +shift | t | p |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            f"centroid most, chosen on {c['selection_notes']} training notes (mean change "
+            f"{c['mean_shift_hz_by_dimension'][c['dimension']]:+.0f} Hz there, "
+            f"{c['validation_mean_shift_hz']:+.0f} Hz on the validation notes, from -shift "
+            f"to +shift). Centroids are computed on the decoded mel power spectrogram "
+            f"(band centres, each band weighted by its width in Hz). Two-tailed paired "
+            f"t-test of -shift against +shift per instrument on the validation notes: "
+            f"p < 0.05 for {c['significant_instruments']} of {c['tested_instruments']} "
+            f"instruments (Welch's unpaired test beside it).", "",
+            "| instrument | notes | centroid at -shift (Hz) | at 0 | at +shift | t (paired) "
+            "| p (paired) | p (Welch) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in c["per_instrument"].items():
     lines.append(f"| {name} | {r['notes']} | {r['mean_minus_hz']:.0f} | "
                  f"{r['mean_zero_hz']:.0f} | {r['mean_plus_hz']:.0f} | "
-                 f"{r['t_statistic']:.2f} | {r['p_value']:.2g} |")
+                 f"{r['t_statistic']:.2f} | {r['p_value']:.2g} | "
+                 f"{r['welch_p_value']:.2g} |")
   lines += ["", f"![centroids]({pictures['fig7_centroid']})", "",
             f"Traverse of note `{c['traverse_note']}`:", "",
             f"![traverse]({pictures['fig8_traverse']})", ""]

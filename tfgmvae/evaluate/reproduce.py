@@ -77,6 +77,11 @@ class ReproduceConfig:
       path = self.flagfile(model)
       if not os.path.isfile(path):
         p.append(f"--{model}_flags={path}: not found")
+    own = os.path.join(os.path.abspath(self.out_dir), "RESULTS.md") if self.out_dir else ""
+    if self.results and os.path.abspath(self.results) != own and os.path.exists(
+        self.results):
+      p.append(f"--results={self.results}: already exists; it is never overwritten (only "
+               "OUT_DIR/RESULTS.md, which the grid owns, is rewritten)")
     if self.epochs < 0:
       p.append(f"--epochs={self.epochs}: expected >= 0 (0: the flagfiles' own)")
     if self.prepared_dir and not os.path.isfile(
@@ -223,15 +228,25 @@ class Grid:
     if epoch is None:
       raise ReproduceError(f"{run}: no best checkpoint after training")
     out = os.path.join(self.out, "eval", name, f"epoch_{epoch}")
+    args = ([f"--representatives={','.join(representatives)}"] if representatives else []
+            ) + list(self.config.evaluate_args)
+    record = out + ".args.json"   # the extra bin/evaluate flags of that evaluation
     if os.path.isfile(os.path.join(out, "metrics.json")):
+      if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+          used = json.load(f)
+        if used != args:
+          raise ReproduceError(
+              f"{out} was evaluated with {used or 'no extra flags'}, not {args or 'none'}; "
+              f"use another --out_dir, or move {out} away to evaluate again.")
       self.log(f"[{name}] reusing the evaluation {out}")
       return out
     self.log(f"[{name}] evaluating epoch {epoch}")
     self._child(f"{name}.evaluate", ["evaluate", f"--run_dir={run}", f"--out_dir={out}",
                                      f"--cnn_dir={os.path.join(self.out, 'eval', 'cnn')}"]
-                + ([f"--representatives={','.join(representatives)}"]
-                   if representatives else [])
-                + list(self.config.evaluate_args))
+                + args)
+    with open(record, "w", encoding="utf-8") as f:
+      json.dump(args, f)
     return out
 
   def run(self) -> str:

@@ -74,16 +74,18 @@ def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
   lines += table1(metrics, fractions, "f1_weighted")
   lines += ["", "The same with macro F1 (paper's numbers repeated for reference):", ""]
   lines += table1(metrics, fractions, "f1_macro")
+  ws = sorted({w for m in metrics.values() for w in m["synthesis"]},
+              key=lambda w: float(w[2:]))
+  header = [f"{task} {w.replace('_', '=')}" for task in ("instrument", "pitch") for w in ws]
   lines += ["", "## Figure 3: controllable synthesis (weighted F1 of the CNNs)", "",
-            "| cell | instrument w=0 | w=0.5 | w=1 | pitch w=0 | w=0.5 | w=1 |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| cell | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
   for name, m in metrics.items():
     s = m["synthesis"]
     cells = [f"{s[w][task]['f1_weighted']:.3f}" if w in s else "–"
-             for task in ("instrument", "pitch") for w in ("w_0", "w_0.5", "w_1")]
+             for task in ("instrument", "pitch") for w in ws]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += ["", "## Figure 5: timbre transfer (CNN posterior of the target at alpha = 1; "
-            "pitch F1 before -> after)", ""]
+  lines += ["", "## Figure 5: timbre transfer (CNN posterior of the target at the last "
+            "alpha; pitch F1 at the first -> last alpha)", ""]
   pairs = sorted({p for m in metrics.values() for p in m["transfer"]["pairs"]})
   lines += ["| cell | " + " | ".join(pairs) + " |", "| --- |" + " --- |" * len(pairs)]
   for name, m in metrics.items():
@@ -99,12 +101,12 @@ def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
                    f"{r[keys[-1]]['pitch']['f1_weighted']:.2f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += ["", "## Figures 7-8: the spectral-centroid dimension of z_t", "",
-            "| cell | dimension | mean centroid change (Hz), -2 to +2 sigma_t | "
-            "instruments with p < 0.05 |", "| --- | --- | --- | --- |"]
+            "| cell | dimension | mean centroid change (Hz) of the validation notes, "
+            "-shift to +shift sigma_t | instruments with p < 0.05 (paired t-test) |",
+            "| --- | --- | --- | --- |"]
   for name, m in metrics.items():
     c = m["centroid"]
-    lines.append(f"| {name} | {c['dimension']} | "
-                 f"{c['mean_shift_hz_by_dimension'][c['dimension']]:+.0f} | "
+    lines.append(f"| {name} | {c['dimension']} | {c['validation_mean_shift_hz']:+.0f} | "
                  f"{c['significant_instruments']} of {c['tested_instruments']} |")
   clustered = {n: m for n, m in metrics.items() if "clusters" in m}
   if clustered:

@@ -76,27 +76,49 @@ def welch_t_test(a, b) -> dict[str, float]:
   return {"t": float(result.statistic), "p": float(result.pvalue)}
 
 
-def mel_centres_hz(sample_rate: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-  """Centre frequencies (Hz) of the Slaney mel bands used by the front end."""
+def paired_t_test(a, b) -> dict[str, float]:
+  """Two-tailed t-test that the paired differences a - b have mean 0."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(a) != len(b):
+    raise ValueError(f"paired_t_test: {len(a)} and {len(b)} values; expected pairs")
+  if len(a) < 2 or np.all(a - b == (a - b)[0]):
+    return {"t": float("nan"), "p": float("nan")}
+  result = stats.ttest_rel(a, b)
+  return {"t": float(result.statistic), "p": float(result.pvalue)}
+
+
+def mel_bands_hz(sample_rate: int, n_mels: int, fmin: float, fmax: float):
+  """Centre frequencies and widths (Hz) of the Slaney mel bands used by the front end.
+
+  A band's width is half the distance between its neighbours' centres,
+  (f[k+2] - f[k]) / 2: the triangle's area once Slaney normalisation has divided it by
+  that same amount.
+  """
   import librosa  # pylint: disable=import-outside-toplevel  (slow import)
-  return librosa.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax, htk=False)[1:-1]
+  edges = librosa.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax, htk=False)
+  return edges[1:-1], (edges[2:] - edges[:-2]) / 2.0
 
 
-def spectral_centroid(mel_power, centres_hz) -> np.ndarray:
+def spectral_centroid(mel_power, centres_hz, widths_hz=None) -> np.ndarray:
   """Spectral centroid (Hz) of each note, from its mel power spectrogram.
 
-  Each frame's centroid is the power-weighted mean of the band centres; a note's
-  centroid is the mean over its frames weighted by the frames' power (so silent frames
-  do not count).
+  With Slaney (area-normalised) bands a band's value is the mean power density over
+  the band, so each band counts with its width (`widths_hz`) to weigh the spectrum by
+  frequency as a linear spectrum would; without widths the bands count equally. Each
+  frame's centroid is the power-weighted mean of the band centres; a note's centroid is
+  the mean over its frames weighted by the frames' power (so silent frames do not count).
 
   Args:
     mel_power: [..., frames, n_mels] non-negative.
     centres_hz: [n_mels].
+    widths_hz: [n_mels] or None.
 
   Returns:
     [...] centroids in Hz.
   """
   power = np.asarray(mel_power, np.float64)
+  if widths_hz is not None:
+    power = power * np.asarray(widths_hz, np.float64)
   frame_energy = power.sum(axis=-1)
   frame_centroid = (power @ np.asarray(centres_hz, np.float64)) / np.maximum(
       frame_energy, 1e-30)
