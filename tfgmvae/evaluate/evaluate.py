@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfgmvae.data.prepare import Prepared, PrepareError
 from tfgmvae.evaluate import classifiers, experiments, figures, report
 from tfgmvae.serving.export import ExportError, load_run
+from tfgmvae.train.checkpoints import read_flags
 
 METRICS_FILE = "metrics.json"
 FORMAT = "tfgmvae-evaluation/1"
@@ -107,12 +108,9 @@ def label_fraction(run_dir: str) -> float:
     meta = json.load(f)
   if "label_fraction" in meta:
     return float(meta["label_fraction"])
-  path = os.path.join(run_dir, "flags.txt")
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("--label_fraction="):
-          return float(line.strip().split("=", 1)[1])
+  flags = read_flags(run_dir)
+  if "label_fraction" in flags:
+    return float(flags["label_fraction"])
   raise EvaluationError(f"{run_dir}: neither model.json nor flags.txt records the run's "
                         "--label_fraction.")
 

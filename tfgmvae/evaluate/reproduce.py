@@ -24,6 +24,7 @@ import sys
 import time
 
 from tfgmvae.data.prepare import Prepared, PrepareConfig, PrepareError, prepare
+from tfgmvae.train.checkpoints import read_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("mgmvae", "mvae")
@@ -109,16 +110,6 @@ def best_epoch(run_dir: str) -> int | None:
   return int(first.rsplit("ckpt-", 1)[1].strip().strip('"'))
 
 
-def recorded_flags(run_dir: str) -> dict[str, str]:
-  out = {}
-  with open(os.path.join(run_dir, "flags.txt"), encoding="utf-8") as f:
-    for line in f:
-      if line.startswith("--") and "=" in line:
-        name, value = line.strip()[2:].split("=", 1)
-        out[name] = value
-  return out
-
-
 def machine() -> str:
   """One line about this machine: CPU model, cores, memory, Python."""
   model = platform.processor() or platform.machine()
@@ -198,7 +189,7 @@ class Grid:
     run = os.path.join(self.out, "runs", name)
     epochs = [f"--epochs={self.config.epochs}"] if self.config.epochs else []
     if os.path.isfile(os.path.join(run, "flags.txt")):
-      flags = recorded_flags(run)
+      flags = read_flags(run)
       if flags.get("model") != model or float(flags.get("label_fraction", -1)) != fraction:
         raise ReproduceError(
             f"{run}/flags.txt records --model={flags.get('model')} "

@@ -61,6 +61,19 @@ class CheckpointCallback(keras.callbacks.Callback):
     self.manager.save(checkpoint_number=done)
 
 
+def read_flags(run_dir: str) -> dict[str, str]:
+  """RUN_DIR/flags.txt as {flag name: value} ({} if there is none)."""
+  path = os.path.join(run_dir, FLAGS_FILE)
+  out = {}
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("--") and "=" in line:
+          name, value = line.strip()[2:].split("=", 1)
+          out[name] = value
+  return out
+
+
 def check_or_write_flags(run_dir: str, flags_text: str, may_differ=("epochs",)) -> bool:
   """Writes RUN_DIR/flags.txt, or checks that an existing one matches this command.
 
