@@ -145,6 +145,12 @@ def tsne(z_timbre, centres, seed: int = 0, max_notes: int = 2000):
   return xy[:len(rows)], xy[len(rows):], rows
 
 
+def _judge(cnns: dict):
+  """mels -> [instrument probabilities | pitch probabilities] of the CNNs."""
+  return lambda mels: np.concatenate([predict_proba(cnns["instrument"], mels),
+                                      predict_proba(cnns["pitch"], mels)], -1)
+
+
 # -- Figure 3 ----------------------------------------------------------------------------
 
 def controllable_synthesis(model, val: Codes, t_means, t_scales, cnns: dict,
@@ -161,8 +167,7 @@ def controllable_synthesis(model, val: Codes, t_means, t_scales, cnns: dict,
   for w in ws:
     zt = t_means[inst] + w * t_scales[inst] * rng.standard_normal(t_means[inst].shape)
     zp = p_means[pitch] + w * sigma_p * rng.standard_normal(p_means[pitch].shape)
-    probs = decode_map(model, zt, zp, lambda m: np.concatenate(
-        [predict_proba(cnns["instrument"], m), predict_proba(cnns["pitch"], m)], -1))
+    probs = decode_map(model, zt, zp, _judge(cnns))
     k = cnns["instrument"].output_shape[-1]
     out[f"w_{w:g}"] = {"instrument": stats.f_scores(inst, probs[:, :k].argmax(-1)),
                        "pitch": stats.f_scores(pitch, probs[:, k:].argmax(-1)),
@@ -190,8 +195,7 @@ def timbre_transfer(model, val: Codes, t_means, instruments, representatives, cn
       pair = {}
       for alpha in alphas:
         probs = decode_map(model, val.z_timbre[rows] + alpha * shift, val.z_pitch[rows],
-                           lambda m: np.concatenate([predict_proba(cnns["instrument"], m),
-                                                     predict_proba(cnns["pitch"], m)], -1))
+                           _judge(cnns))
         k = len(instruments)
         posterior = probs[:, :k].mean(0)
         pair[f"alpha_{alpha:g}"] = {
