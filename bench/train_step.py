@@ -17,7 +17,8 @@ of the paper-size network: ModelConfig(num_pitches=82, num_instruments=12), i.e.
 Variants (each runs in a fresh subprocess, so a mixed-precision policy or a second
 framework never leaks into another measurement):
   keras_fp32, keras_fp32_xla, keras_bf16, keras_bf16_xla: `tfgmvae.model.GMVAE` compiled
-    with `keras.optimizers.Adam(1e-4)` and `jit_compile` False/True, under the float32 or
+    with tfgmvae's optimizer (`FusedAdam(1e-4)`, Keras's Adam applied by TF's fused
+    kernel) and `jit_compile` False/True, under the float32 or
     the `mixed_bfloat16` global policy (set before the model is built); the timed callable
     is `model.train_function` from `model.make_train_function()`, fed from a repeating
     `tf.data` iterator, exactly as `fit` runs it.
@@ -28,10 +29,9 @@ framework never leaks into another measurement):
     `torch.autocast('cpu', dtype=torch.bfloat16)` around the forward pass and the loss.
   matmul: a 4096 x 4096 float32 (and bfloat16) matmul in TensorFlow, several reps, as an
     estimate of the machine's peak GFLOP/s.
-  keras_fp32_proto, keras_bf16_proto (opt-in, not run by default): the Keras step with
-    three speed-ups proposed for tfgmvae patched in by this file (fused Adam kernel,
-    fused BatchNorm, the convolutions' weight gradient as a matmul); see
-    install_prototype_speedups.
+  keras_fp32_stock, keras_bf16_stock (opt-in, not run by default): the same model built
+    from Keras's stock BatchNormalization, Conv1D, Conv1DTranspose and Adam instead of
+    tfgmvae's fused versions (see install_stock_keras), to measure what those gain.
 
 Each model variant: the first call (tracing, XLA compilation) and `--warmup - 1` more steps
 are untimed; then `--steps` steps are timed one by one (each ends by reading the loss on
@@ -71,10 +71,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 DEFAULT_VARIANTS = ("matmul", "torch_fp32", "torch_bf16", "keras_fp32", "keras_fp32_xla",
                     "keras_bf16", "keras_bf16_xla")
-# Opt-in: the Keras step with the speed-ups proposed for tfgmvae, patched in by this file
-# (see install_prototype_speedups); they measure a proposal, not tfgmvae as it is.
-PROTOTYPE_VARIANTS = ("keras_fp32_proto", "keras_bf16_proto")
-ALL_VARIANTS = DEFAULT_VARIANTS + PROTOTYPE_VARIANTS
+# Opt-in: the same model built from Keras's stock layers and Adam (install_stock_keras),
+# to measure what tfgmvae's fused layers and optimizer gain; not tfgmvae as it is.
+STOCK_VARIANTS = ("keras_fp32_stock", "keras_bf16_stock")
+ALL_VARIANTS = DEFAULT_VARIANTS + STOCK_VARIANTS
 
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("steps", 10, "Timed steps per variant and round.")
@@ -222,106 +222,23 @@ def run_matmul() -> dict:
   return out
 
 
-def install_prototype_speedups():
-  """Patches this process's Keras/tfgmvae with three proposed speed-ups; returns Adam.
+def install_stock_keras():
+  """Puts Keras's own BatchNormalization/Conv1D/Conv1DTranspose back; returns Keras's Adam.
 
-  1. Adam as TF's fused `ResourceApplyAdam` kernel (one pass over each variable and its
-     two slots; Keras 3's Adam runs about ten separate elementwise ops per variable).
-  2. BatchNormalization in training as one `FusedBatchNormV3` (and its fused gradient)
-     instead of Keras 3's moments + batch_normalization graph (and its float32 round trip
-     under mixed precision); the moving variance keeps Keras's biased estimate.
-  3. The weight gradient of the stride-1 'valid' Conv1D / Conv1DTranspose as one matmul
-     over the im2col of the input (oneDNN's bf16 backward-weights convolution kernel runs
-     at the float32 rate on this CPU; its bf16 matmul does not).
+  tfgmvae's networks use the drop-in faster layers of `tfgmvae.model.layers` and train
+  with `tfgmvae.train.optimizer.FusedAdam`. For the `*_stock` rows this worker process
+  builds the same model from Keras's stock classes instead (the weights and the math are
+  the same), to measure what those replacements gain.
   """
   import keras  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from tfgmvae.model import networks  # pylint: disable=import-outside-toplevel
-
-  class FusedAdam(keras.optimizers.Adam):
-
-    def update_step(self, gradient, variable, learning_rate):
-      dtype = variable.dtype
-      step = tf.cast(self.iterations + 1, dtype)
-      i = self._get_variable_index(variable)  # pylint: disable=protected-access
-      tf.raw_ops.ResourceApplyAdam(
-          var=variable.handle, m=self._momentums[i].handle,  # pylint: disable=protected-access
-          v=self._velocities[i].handle,  # pylint: disable=protected-access
-          beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
-          beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-          lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
-          beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
-          grad=tf.convert_to_tensor(gradient))
-
-  class FusedBatchNorm(keras.layers.BatchNormalization):
-
-    def call(self, inputs, training=None, mask=None):
-      if not (training and self.trainable) or self.synchronized or mask is not None:
-        return super().call(inputs, training=training, mask=mask)
-      channels = inputs.shape[-1]
-      x = tf.reshape(inputs, [tf.shape(inputs)[0], 1, -1, channels])
-      y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-          x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
-      n = tf.cast(tf.size(inputs) // channels, tf.float32)
-      variance = variance * (n - 1.0) / n       # the kernel returns the unbiased one
-      self.moving_mean.assign(self.moving_mean * self.momentum
-                              + mean * (1.0 - self.momentum))
-      self.moving_variance.assign(self.moving_variance * self.momentum
-                                  + variance * (1.0 - self.momentum))
-      return tf.reshape(y, tf.shape(inputs))
-
-  @tf.custom_gradient
-  def conv1d(x, w):
-    y = tf.nn.conv1d(x, w, 1, "VALID")
-
-    def grad(dy):
-      k, c_in, c_out = w.shape
-      dx = tf.nn.conv1d_transpose(dy, w, tf.shape(x), 1, "VALID")
-      cols = tf.concat([x[:, j:j + dy.shape[1]] for j in range(k)], -1)
-      dw = tf.linalg.matmul(tf.reshape(cols, [-1, k * c_in]), tf.reshape(dy, [-1, c_out]),
-                            transpose_a=True)
-      return dx, tf.reshape(dw, w.shape)
-    return y, grad
-
-  @tf.custom_gradient
-  def conv1d_transpose(x, w):                   # w [k, out, in]
-    k, c_out, c_in = w.shape
-    t_in = x.shape[1]
-    y = tf.nn.conv1d_transpose(x, w, [tf.shape(x)[0], t_in + k - 1, c_out], 1, "VALID")
-
-    def grad(dy):
-      dx = tf.nn.conv1d(dy, w, 1, "VALID")
-      cols = tf.concat([dy[:, j:j + t_in] for j in range(k)], -1)
-      dw = tf.linalg.matmul(tf.reshape(cols, [-1, k * c_out]), tf.reshape(x, [-1, c_in]),
-                            transpose_a=True)
-      return dx, tf.reshape(dw, w.shape)
-    return y, grad
-
-  def plain(layer):
-    return (layer.padding == "valid" and tuple(layer.strides) == (1,)
-            and tuple(layer.dilation_rate) == (1,) and layer.data_format == "channels_last")
-
-  conv_op = keras.layers.Conv1D.convolution_op
-  deconv_call = keras.layers.Conv1DTranspose.call
-
-  def conv_convolution_op(self, inputs, kernel):
-    if not plain(self):
-      return conv_op(self, inputs, kernel)
-    return conv1d(inputs, tf.convert_to_tensor(kernel))
-
-  def deconv_layer_call(self, inputs):
-    if not plain(self) or self.activation not in (None, keras.activations.linear):
-      return deconv_call(self, inputs)
-    out = conv1d_transpose(inputs, tf.convert_to_tensor(self.kernel))
-    return out + tf.reshape(self.bias, [1, 1, -1]) if self.use_bias else out
-
-  keras.layers.Conv1D.convolution_op = conv_convolution_op
-  keras.layers.Conv1DTranspose.call = deconv_layer_call
-  networks._bn = lambda synchronized: FusedBatchNorm(synchronized=synchronized)  # pylint: disable=protected-access
-  return FusedAdam
+  from tfgmvae.model import layers  # pylint: disable=import-outside-toplevel
+  layers.BatchNormalization = keras.layers.BatchNormalization
+  layers.Conv1D = keras.layers.Conv1D
+  layers.Conv1DTranspose = keras.layers.Conv1DTranspose
+  return keras.optimizers.Adam
 
 
-def run_keras(precision: str, jit: bool, prototype: bool = False) -> dict:
+def run_keras(precision: str, jit: bool, stock: bool = False) -> dict:
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   if FLAGS.tf_inter_op_threads:
@@ -334,7 +251,8 @@ def run_keras(precision: str, jit: bool, prototype: bool = False) -> dict:
   config = ModelConfig(num_pitches=NUM_PITCHES, num_instruments=NUM_INSTRUMENTS)
   batch = {k: tf.constant(v) for k, v in random_batch(config, FLAGS.batch_size).items()}
   notes = []
-  adam = install_prototype_speedups() if prototype else keras.optimizers.Adam
+  from tfgmvae.train.optimizer import FusedAdam  # pylint: disable=import-outside-toplevel
+  adam = install_stock_keras() if stock else FusedAdam
   model = GMVAE(config)
   try:
     model.build_for()
@@ -358,8 +276,8 @@ def run_keras(precision: str, jit: bool, prototype: bool = False) -> dict:
   result.update(framework=f"Keras {keras.__version__} / TF {tf.__version__}",
                 precision="mixed_bfloat16" if precision == "bf16" else "float32",
                 jit=bool(model.jit_compile), notes=notes)
-  if prototype:
-    result["framework"] += " + proposed speed-ups (prototype)"
+  if stock:
+    result["framework"] += " with stock Keras layers and Adam"
   return result
 
 
@@ -547,6 +465,7 @@ def run_equivalence() -> dict:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from tfgmvae.model import GMVAE  # pylint: disable=import-outside-toplevel
+  from tfgmvae.train.optimizer import FusedAdam  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.torch_threads)
   keras.utils.set_random_seed(0)
   c = model_config()
@@ -555,7 +474,7 @@ def run_equivalence() -> dict:
   model.build_for()
   net, torch_step = torch_training(c, batch, bf16=False)
   copy_keras_weights_to_torch(model, net, c)
-  model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
+  model.compile(optimizer=FusedAdam(1e-4), jit_compile=False)
   model.make_train_function()
   iterator = iter(tf.data.Dataset.from_tensors(
       {k: tf.constant(v) for k, v in batch.items()}).repeat())
@@ -576,7 +495,7 @@ def run_worker(variant: str) -> dict:
   precision = rest[0]
   if framework == "torch":
     return run_torch(precision)
-  return run_keras(precision, jit="xla" in rest[1:], prototype="proto" in rest[1:])
+  return run_keras(precision, jit="xla" in rest[1:], stock="stock" in rest[1:])
 
 
 # -- driver ------------------------------------------------------------------------------
@@ -723,15 +642,15 @@ def main(argv):
   if failed:
     print(f"\nFAILED variants: {', '.join(failed)}")
   keras_rows = [(r["median"], v) for v, r in rows.items()
-                if v.startswith("keras") and v not in PROTOTYPE_VARIANTS]
+                if v.startswith("keras") and v not in STOCK_VARIANTS]
   if base and keras_rows:
     best = min(keras_rows)
     print(f"\nfastest tfgmvae variant: {best[1]}, {base / best[0]:.2f}x the PyTorch fp32 step "
           f"(target >= 2x: {'met' if base / best[0] >= 2 else 'not met'})")
-  for variant in PROTOTYPE_VARIANTS:
+  for variant in STOCK_VARIANTS:
     if base and variant in rows:
-      print(f"prototype {variant}: {base / rows[variant]['median']:.2f}x the PyTorch fp32 "
-            "step (not tfgmvae as it is)")
+      print(f"{variant}: {base / rows[variant]['median']:.2f}x the PyTorch fp32 step "
+            "(stock Keras layers and Adam, not tfgmvae as it is)")
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert "--epochs=2" in flags_text and f"--data_path={toy_csv}" in flags_text
   again = _run([f"--flagfile={run}/flags.txt"])
   assert again.returncode == 0 and "already finished (epoch 2)" in again.stdout
-  more = _run([f"--flagfile={run}/flags.txt", "--epochs=3"])
+  more = _run([f"--flagfile={run}/flags.txt", "--epochs=3", "--media_every=7"])
   assert more.returncode == 0 and "Done: 3 epochs" in more.stdout, more.stderr[-2000:]
+  assert "--media_every=7" in open(os.path.join(run, "flags.txt")).read()
   other = _run([f"--flagfile={run}/flags.txt", "--learning_rate=0.5"])
   assert other.returncode == 1
   assert "records different settings" in other.stderr and "--learning_rate=0.5" in other.stderr

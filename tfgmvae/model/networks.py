@@ -4,17 +4,20 @@ Every sub-layer is a named attribute (not an element of a Python list): Keras 3 
 hand list elements to `tf.train.Checkpoint`, and checkpoints must hold every weight,
 BatchNorm statistics included. Layers that feed a BatchNormalization have no bias: BN's
 own offset makes it redundant, and a bias whose exact gradient is zero only collects
-rounding noise (which Adam turns into drift).
+rounding noise (which Adam turns into drift). BatchNormalization and the convolutions are
+the drop-in faster versions of `tfgmvae.model.layers` (Keras's weights and math).
 """
 
 import keras
 import tensorflow as tf
 
+from tfgmvae.model import layers
+
 _INIT = "glorot_uniform"
 
 
 def _bn(synchronized: bool):
-  return keras.layers.BatchNormalization(synchronized=synchronized)
+  return layers.BatchNormalization(synchronized=synchronized)
 
 
 class Encoder(keras.layers.Layer):
@@ -29,11 +32,11 @@ class Encoder(keras.layers.Layer):
   def __init__(self, latent_dim: int, filters: int = 512, hidden: int = 512,
                kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
     super().__init__(**kwargs)
-    self.conv1 = keras.layers.Conv1D(filters, kernel_size, padding="valid",
+    self.conv1 = layers.Conv1D(filters, kernel_size, padding="valid",
                                      kernel_initializer=_INIT, use_bias=False,
                                      name="conv1")
     self.bn1 = _bn(synchronized_bn)
-    self.conv2 = keras.layers.Conv1D(filters, kernel_size, padding="valid",
+    self.conv2 = layers.Conv1D(filters, kernel_size, padding="valid",
                                      kernel_initializer=_INIT, use_bias=False,
                                      name="conv2")
     self.bn2 = _bn(synchronized_bn)
@@ -72,11 +75,11 @@ class Decoder(keras.layers.Layer):
                                      use_bias=False, name="dense2")
     self.bn2 = _bn(synchronized_bn)
     self.reshape = keras.layers.Reshape((conv_frames, filters))
-    self.deconv1 = keras.layers.Conv1DTranspose(filters, kernel_size, padding="valid",
+    self.deconv1 = layers.Conv1DTranspose(filters, kernel_size, padding="valid",
                                                 kernel_initializer=_INIT, use_bias=False,
                                                 name="deconv1")
     self.bn3 = _bn(synchronized_bn)
-    self.deconv2 = keras.layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
+    self.deconv2 = layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
                                                 kernel_initializer=_INIT, name="deconv2")
     self.out = keras.layers.Activation("tanh", dtype="float32")
 

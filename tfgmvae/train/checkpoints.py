@@ -14,6 +14,9 @@ import keras
 import tensorflow as tf
 
 FLAGS_FILE = "flags.txt"
+# Flags a resumed run may change: none of them changes the model or how it is trained.
+RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
+                     "griffin_lim_iters", "keep_checkpoints")
 
 
 class RunStateError(ValueError):
@@ -74,7 +77,8 @@ def read_flags(run_dir: str) -> dict[str, str]:
   return out
 
 
-def check_or_write_flags(run_dir: str, flags_text: str, may_differ=("epochs",)) -> bool:
+def check_or_write_flags(run_dir: str, flags_text: str,
+                         may_differ=RESUME_MAY_CHANGE) -> bool:
   """Writes RUN_DIR/flags.txt, or checks that an existing one matches this command.
 
   Args:

@@ -17,6 +17,7 @@ from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import CheckpointCallback, RunState, RunStateError
 from tfgmvae.train.config import ConfigError, TrainConfig
+from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SummaryCallback
 
 
@@ -148,7 +149,7 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
       model = GMVAE(mconfig, features=PreparedFeatures(prepared) if output == "audio"
                     else None)
       model.build_for()
-      optimizer = keras.optimizers.Adam(config.learning_rate, amsgrad=config.amsgrad)
+      optimizer = FusedAdam(config.learning_rate, amsgrad=config.amsgrad)
       model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
       optimizer.build(model.trainable_variables)
       state = RunState()
