@@ -17,6 +17,22 @@ def bf16_policy():
   keras.mixed_precision.set_global_policy(previous)
 
 
+@pytest.fixture
+def fast_path_calls(monkeypatch):
+  """Counts the calls of the im2col-gradient convolutions (so a test sees they ran)."""
+  calls = {"conv": 0, "deconv": 0}
+
+  def counted(name, fn):
+    def wrapper(*args):
+      calls[name] += 1
+      return fn(*args)
+    return wrapper
+  monkeypatch.setattr(layers, "_conv1d_valid", counted("conv", layers._conv1d_valid))  # pylint: disable=protected-access
+  monkeypatch.setattr(layers, "_conv1d_transpose_valid", counted(  # pylint: disable=protected-access
+      "deconv", layers._conv1d_transpose_valid))  # pylint: disable=protected-access
+  return calls
+
+
 def _twins(ours, theirs, shape):
   """Builds both layers and gives them the same (random, non-trivial) weights."""
   ours.build(shape)
@@ -80,7 +96,7 @@ def test_batch_norm_under_mixed_bfloat16(bf16_policy):
 
 
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
-def test_matmul_weight_gradient_equals_keras(kind):
+def test_matmul_weight_gradient_equals_keras(kind, fast_path_calls):
   shape = (4, 11, 6)
   if kind == "conv":
     ours = layers.Conv1D(5, 3, padding="valid", weight_grad="matmul")
@@ -97,13 +113,16 @@ def test_matmul_weight_gradient_equals_keras(kind):
   assert len(g1) == 3                      # x, kernel, bias
   for a, b in zip(g1, g2):
     _close(a, b, 1e-5)
+  assert fast_path_calls == {"conv": 1 if kind == "conv" else 0,
+                             "deconv": 1 if kind == "deconv" else 0}
 
 
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
-def test_bfloat16_takes_the_matmul_path_and_stays_close(kind, bf16_policy):
+def test_bfloat16_takes_the_matmul_path_and_stays_close(kind, bf16_policy, fast_path_calls):
   del bf16_policy
-  assert layers._use_matmul("auto", tf.bfloat16) == (  # pylint: disable=protected-access
-      not tf.config.list_logical_devices("GPU"))
+  if tf.config.list_logical_devices("GPU"):
+    pytest.skip("with a GPU 'auto' keeps the native gradient (cuDNN)")
+  assert layers._use_matmul("auto", tf.bfloat16)       # pylint: disable=protected-access
   assert not layers._use_matmul("auto", tf.float32)    # pylint: disable=protected-access
   make = layers.Conv1D if kind == "conv" else layers.Conv1DTranspose
   auto, native = make(8, 3, weight_grad="auto"), make(8, 3, weight_grad="native")
@@ -111,10 +130,22 @@ def test_bfloat16_takes_the_matmul_path_and_stays_close(kind, bf16_policy):
   x = np.random.default_rng(4).normal(size=(8, 12, 16)).astype(np.float32)
   x = tf.cast(x, tf.bfloat16).numpy()
   y1, g1 = _value_and_grads(auto, x)
+  assert sum(fast_path_calls.values()) == 1            # 'auto' took the matmul path
   y2, g2 = _value_and_grads(native, x)
+  assert sum(fast_path_calls.values()) == 1            # 'native' did not
   _close(y1, y2, 1e-2)
   for a, b in zip(g1, g2):
     _close(a, b, 2e-2)
+
+
+@pytest.mark.parametrize("make", [layers.Conv1D, layers.Conv1DTranspose])
+def test_unknown_time_steps_use_the_native_path(make, fast_path_calls):
+  layer = make(4, 3, weight_grad="matmul")
+  layer.build((None, None, 6))
+  fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, 6], tf.float32)])
+  y = fn(tf.ones([2, 9, 6]))
+  assert y.shape == (2, 7 if make is layers.Conv1D else 11, 4)
+  assert sum(fast_path_calls.values()) == 0
 
 
 def test_bad_weight_grad_is_refused():

@@ -8,8 +8,9 @@ BENCHMARKS.md):
   one fused gradient) instead of Keras's moments + normalisation graph, and under mixed
   precision it needs no float32 copy of its input. Inference, masks and synchronized
   (cross-replica) statistics use Keras's own code.
-* `Conv1D` and `Conv1DTranspose` ('valid', stride 1, the model's only kind) can compute
-  their weight gradient as one matmul over the im2col of the input. oneDNN's bfloat16
+* `Conv1D` and `Conv1DTranspose` ('valid', stride 1, the model's only kind, with a
+  static number of time steps) can compute their weight gradient as one matmul over the
+  im2col of the input. oneDNN's bfloat16
   backward-weights convolution runs at the float32 rate on CPUs with AVX512-BF16, while
   its bfloat16 matmul runs at about 1.7x; in float32 the two are alike. So the matmul is
   used, by default, for bfloat16 on machines without a GPU (cuDNN has its own kernels).
@@ -31,7 +32,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     if (not (training and self.trainable) or self.synchronized or mask is not None
         or not (self.center and self.scale) or self.axis not in (-1, len(inputs.shape) - 1)):
       return super().call(inputs, training=training, mask=mask)
-    channels = inputs.shape[-1]
+    channels = self.gamma.shape[0]
     x = tf.reshape(inputs, [-1, 1, 1, channels])       # NHWC, statistics over N
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         x, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta),
@@ -88,7 +89,14 @@ def _conv1d_transpose_valid(x, w):
   return y, grad
 
 
+def _bias_and_activation(layer, outputs):
+  if layer.use_bias:
+    outputs = outputs + tf.reshape(layer.bias, [1, 1, -1])
+  return layer.activation(outputs) if layer.activation is not None else outputs
+
+
 def _plain(layer) -> bool:
+  """A channels-last, stride-1, undilated, ungrouped 'valid' convolution."""
   return (layer.padding == "valid" and tuple(layer.strides) == (1,)
           and tuple(layer.dilation_rate) == (1,) and layer.data_format == "channels_last"
           and getattr(layer, "groups", 1) == 1)
@@ -108,10 +116,11 @@ class Conv1D(keras.layers.Conv1D):
       raise ValueError(f"weight_grad={weight_grad!r} (expected one of {WEIGHT_GRADS})")
     self.weight_grad = weight_grad
 
-  def convolution_op(self, inputs, kernel):
-    if _plain(self) and _use_matmul(self.weight_grad, inputs.dtype):
-      return _conv1d_valid(inputs, tf.convert_to_tensor(kernel))
-    return super().convolution_op(inputs, kernel)
+  def call(self, inputs):
+    if not (_plain(self) and inputs.shape[1] is not None
+            and _use_matmul(self.weight_grad, inputs.dtype)):
+      return super().call(inputs)
+    return _bias_and_activation(self, _conv1d_valid(inputs, tf.convert_to_tensor(self.kernel)))
 
 
 class Conv1DTranspose(keras.layers.Conv1DTranspose):
@@ -129,10 +138,8 @@ class Conv1DTranspose(keras.layers.Conv1DTranspose):
     self.weight_grad = weight_grad
 
   def call(self, inputs):
-    if not (_plain(self) and self.output_padding is None
+    if not (_plain(self) and self.output_padding is None and inputs.shape[1] is not None
             and _use_matmul(self.weight_grad, inputs.dtype)):
       return super().call(inputs)
-    out = _conv1d_transpose_valid(inputs, tf.convert_to_tensor(self.kernel))
-    if self.use_bias:
-      out = out + tf.reshape(self.bias, [1, 1, -1])
-    return self.activation(out) if self.activation is not None else out
+    return _bias_and_activation(
+        self, _conv1d_transpose_valid(inputs, tf.convert_to_tensor(self.kernel)))
