@@ -102,12 +102,12 @@ def _plain(layer) -> bool:
           and getattr(layer, "groups", 1) == 1)
 
 
-class Conv1D(keras.layers.Conv1D):
-  """keras.layers.Conv1D that may compute its weight gradient as an im2col matmul.
+class _MatmulWeightGrad:
+  """Mixin of the two convolutions: the `weight_grad` setting and when it applies.
 
   Args:
     weight_grad: 'auto' (matmul for bfloat16 without a GPU), 'matmul' or 'native'.
-    *args, **kwargs: As keras.layers.Conv1D.
+    *args, **kwargs: As the Keras convolution.
   """
 
   def __init__(self, *args, weight_grad: str = "auto", **kwargs):
@@ -116,30 +116,25 @@ class Conv1D(keras.layers.Conv1D):
       raise ValueError(f"weight_grad={weight_grad!r} (expected one of {WEIGHT_GRADS})")
     self.weight_grad = weight_grad
 
+  def _matmul_grad(self, inputs) -> bool:
+    return (_plain(self) and getattr(self, "output_padding", None) is None
+            and inputs.shape[1] is not None and _use_matmul(self.weight_grad, inputs.dtype))
+
+
+class Conv1D(_MatmulWeightGrad, keras.layers.Conv1D):
+  """keras.layers.Conv1D that may compute its weight gradient as an im2col matmul."""
+
   def call(self, inputs):
-    if not (_plain(self) and inputs.shape[1] is not None
-            and _use_matmul(self.weight_grad, inputs.dtype)):
+    if not self._matmul_grad(inputs):
       return super().call(inputs)
     return _bias_and_activation(self, _conv1d_valid(inputs, tf.convert_to_tensor(self.kernel)))
 
 
-class Conv1DTranspose(keras.layers.Conv1DTranspose):
-  """keras.layers.Conv1DTranspose that may compute its weight gradient as a matmul.
-
-  Args:
-    weight_grad: 'auto' (matmul for bfloat16 without a GPU), 'matmul' or 'native'.
-    *args, **kwargs: As keras.layers.Conv1DTranspose.
-  """
-
-  def __init__(self, *args, weight_grad: str = "auto", **kwargs):
-    super().__init__(*args, **kwargs)
-    if weight_grad not in WEIGHT_GRADS:
-      raise ValueError(f"weight_grad={weight_grad!r} (expected one of {WEIGHT_GRADS})")
-    self.weight_grad = weight_grad
+class Conv1DTranspose(_MatmulWeightGrad, keras.layers.Conv1DTranspose):
+  """keras.layers.Conv1DTranspose that may compute its weight gradient as a matmul."""
 
   def call(self, inputs):
-    if not (_plain(self) and self.output_padding is None and inputs.shape[1] is not None
-            and _use_matmul(self.weight_grad, inputs.dtype)):
+    if not self._matmul_grad(inputs):
       return super().call(inputs)
     return _bias_and_activation(
         self, _conv1d_transpose_valid(inputs, tf.convert_to_tensor(self.kernel)))
