@@ -10,10 +10,10 @@ BENCHMARKS.md):
   (cross-replica) statistics use Keras's own code.
 * `Conv1D` and `Conv1DTranspose` ('valid', stride 1, the model's only kind, with a
   static number of time steps) can compute their weight gradient as one matmul over the
-  im2col of the input. oneDNN's bfloat16
-  backward-weights convolution runs at the float32 rate on CPUs with AVX512-BF16, while
-  its bfloat16 matmul runs at about 1.7x; in float32 the two are alike. So the matmul is
-  used, by default, for bfloat16 on machines without a GPU (cuDNN has its own kernels).
+  im2col of the input. oneDNN's bfloat16 backward-weights convolution runs at the
+  float32 rate on CPUs with AVX512-BF16, while its bfloat16 matmul runs at about 1.7x;
+  in float32 the two are alike. So the matmul is used, by default, for bfloat16 on
+  machines without a GPU (cuDNN has its own kernels).
 
 The variables (names, shapes, dtypes) are exactly Keras's, so checkpoints move freely
 between these layers and Keras's; the tests check values and gradients against Keras's.

@@ -33,12 +33,10 @@ class Encoder(keras.layers.Layer):
                kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.conv1 = layers.Conv1D(filters, kernel_size, padding="valid",
-                                     kernel_initializer=_INIT, use_bias=False,
-                                     name="conv1")
+                               kernel_initializer=_INIT, use_bias=False, name="conv1")
     self.bn1 = _bn(synchronized_bn)
     self.conv2 = layers.Conv1D(filters, kernel_size, padding="valid",
-                                     kernel_initializer=_INIT, use_bias=False,
-                                     name="conv2")
+                               kernel_initializer=_INIT, use_bias=False, name="conv2")
     self.bn2 = _bn(synchronized_bn)
     self.flatten = keras.layers.Flatten()
     self.dense = keras.layers.Dense(hidden, kernel_initializer=_INIT, use_bias=False,
@@ -76,11 +74,11 @@ class Decoder(keras.layers.Layer):
     self.bn2 = _bn(synchronized_bn)
     self.reshape = keras.layers.Reshape((conv_frames, filters))
     self.deconv1 = layers.Conv1DTranspose(filters, kernel_size, padding="valid",
-                                                kernel_initializer=_INIT, use_bias=False,
-                                                name="deconv1")
+                                          kernel_initializer=_INIT, use_bias=False,
+                                          name="deconv1")
     self.bn3 = _bn(synchronized_bn)
     self.deconv2 = layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
-                                                kernel_initializer=_INIT, name="deconv2")
+                                          kernel_initializer=_INIT, name="deconv2")
     self.out = keras.layers.Activation("tanh", dtype="float32")
 
   def call(self, z, training=False):

@@ -5,8 +5,8 @@ the variable or its slots; `ResourceApplyAdam` updates the variable and both mom
 one pass (on CPUs, GPUs and under XLA). The update is the same formula with the same
 hyper-parameters, and the optimizer's variables (iterations, momentums, velocities) are
 Keras's, so checkpoints written with either load into the other. With `amsgrad` the
-update is Keras's own (XLA has no kernel for `ResourceApplyAdamWithAmsgrad`). On the paper-size step this saves about 30 ms of about 0.37 s in float32
-(BENCHMARKS.md).
+update is Keras's own (XLA has no kernel for `ResourceApplyAdamWithAmsgrad`). On the
+paper-size step this saves about 30 ms of about 0.37 s in float32 (BENCHMARKS.md).
 """
 
 import keras
