@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, tone, write_notes
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
-from tfgmvae.evaluate import classifiers, stats
+from tfgmvae.evaluate import classifiers, experiments, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, evaluate
 from tfgmvae.evaluate.reproduce import PAPER_TABLE1
 from tfgmvae.train.config import TrainConfig
@@ -124,6 +124,22 @@ def test_representatives_follow_the_families():
 
 
 # -- classifiers on toys with a known answer ----------------------------------------------
+
+def test_swap_partners_keep_one_label_and_change_the_other():
+  instrument = np.array([0, 0, 0, 1, 1, 2])
+  pitch = np.array([60, 60, 62, 60, 64, 60])
+  partner = experiments.swap_partners(instrument, pitch, seed=3)
+  # Notes 0 and 1 can only pair with note 2, note 2 with 0 or 1, 3 with 4 and 4 with 3;
+  # note 5 is its instrument's only note.
+  assert partner[0] == partner[1] == 2 and partner[2] in (0, 1)
+  assert partner[3] == 4 and partner[4] == 3 and partner[5] == -1
+  assert (partner == experiments.swap_partners(instrument, pitch, seed=3)).all()
+  by_pitch = experiments.swap_partners(pitch, instrument, seed=0)
+  for j, i in enumerate(by_pitch):
+    if i >= 0:
+      assert pitch[i] == pitch[j] and instrument[i] != instrument[j]
+  assert by_pitch[2] == -1 and by_pitch[4] == -1
+
 
 def test_linear_probe_separates_separable_codes_and_not_random_labels():
   rng = np.random.default_rng(0)
@@ -277,12 +293,22 @@ def test_evaluate_writes_every_metric_in_range(evaluated):
   for r in c["per_instrument"].values():
     assert 0 <= r["p_value"] <= 1 and 0 <= r["welch_p_value"] <= 1
     assert r["mean_minus_hz"] > 0
+  swap = metrics["swap"]
+  for name, source, other in (("pitch", "z_t", "instrument"),
+                              ("instrument", "z_p", "pitch")):
+    r = swap[f"{name}_swap"]
+    assert 0 < r["notes"] <= metrics["run"]["validation_notes"]
+    _check_f(r[name])
+    _check_f(r[other])
+    # The partner differs in this label, so no note is heard as both.
+    assert 0 <= r[f"{name}_from_{source}"] <= 1 - r[name]["accuracy"] + 1e-9
   k = metrics["clusters"]
   assert 0 < k["purity"] <= 1 and -1 <= k["ari"] <= 1 and 0 <= k["nmi"] <= 1
   assert sorted(k["components"].values()) == sorted(INSTRUMENTS)
   assert metrics["timbre_centres"] == "prior components"
   report = open(os.path.join(out_dir, "report.md")).read()
   assert "## Table 1" in report and "![t-SNE](fig2_tsne.png)" in report
+  assert "## Swapping codes between notes" in report
 
 
 def test_evaluate_at_n0_matches_components_and_mvae_uses_class_centres(evaluated):
@@ -353,6 +379,9 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   paper = PAPER_TABLE1[(100, "mgmvae")]
   assert f"({paper[0]:.3f})" in cells[4] and f"({paper[3]:.3f})" in cells[10]
   assert "Not run in this grid: mgmvae_n000" in results
+  swap_section = results.split("## Swapping codes between notes")[1].split("##")[0]
+  swap_row = next(l for l in swap_section.splitlines() if l.startswith("| mgmvae_n100 |"))
+  assert len(swap_row.strip("|").split("|")) == 3 and " (" in swap_row
   for name in ("mgmvae_n100", "mvae_n100"):
     (folder,) = [f for f in os.listdir(out / "eval" / name)   # the best checkpoint's
                  if not f.endswith(".args.json")]              # epoch

@@ -9,8 +9,10 @@ Usage:
       transfer NOTE.wav Pno 1.0
 
 Prints the shapes of the outputs and writes the first note's audio to OUT.wav
-(--out, default grpc_out.wav; an existing file is not overwritten). Needs TensorFlow
-(for tf.make_tensor_proto), tensorflow-serving-api, grpcio and soundfile; not tfgmvae.
+(--out, default grpc_out.wav; an existing file is not overwritten) at --rate: the
+export's "output_sample_rate" in its assets.extra/tfgmvae.json (22,050 Hz unless the
+model was trained with another --sample_rate). Needs TensorFlow (for
+tf.make_tensor_proto), tensorflow-serving-api, grpcio and soundfile; not tfgmvae.
 """
 
 import argparse
@@ -55,9 +57,14 @@ def main():
   parser.add_argument("--server", default="localhost:8500")
   parser.add_argument("--model", default="tfgmvae")
   parser.add_argument("--out", default="grpc_out.wav")
+  parser.add_argument("--rate", type=int, default=22050,
+                      help="sample rate of the served audio: the export's "
+                           "output_sample_rate")
   parser.add_argument("signature", choices=["synthesize", "transfer"])
   parser.add_argument("args", nargs="*", help="transfer: NOTE.wav TARGET ALPHA")
   args = parser.parse_args()
+  if args.rate <= 0:
+    sys.exit(f"--rate={args.rate}: expected the export's output_sample_rate in Hz (> 0)")
   import grpc  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
   if args.signature == "synthesize":
@@ -79,7 +86,7 @@ def main():
     print(name, value.shape, value.dtype)
   audio = outputs["audio"][0]
   soundfile.write(args.out, np.clip(audio / max(1e-9, np.abs(audio).max()) * 0.99, -1, 1),
-                  22050, subtype="PCM_16")
+                  args.rate, subtype="PCM_16")
   print(f"wrote {args.out}")
 
 

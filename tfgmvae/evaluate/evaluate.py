@@ -221,6 +221,9 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     metrics["transfer"] = {"representatives": reps, "pairs": experiments.timbre_transfer(
         model, val, t_means, info.instruments, reps, full, config.alphas)}
 
+    stage("Swapping codes between notes")
+    metrics["swap"] = experiments.code_swap(model, val, full, config.seed)
+
     stage("Figures 7-8: spectral centroid dimension")
     found = experiments.centroid_dimension(model, train, val, info.instruments,
                                            info.audio, info.log_mel_min,

@@ -305,3 +305,54 @@ def clusters(model, val: Codes, instruments) -> dict:
                       "used_components": int(len(np.unique(assigned)))}
                      | stats.cluster_scores(assigned, val.instrument),
           "mapping": mapping, "table": table}
+
+
+# -- Beyond the paper: does the decoder take pitch from z_p and instrument from z_t? -----
+
+def swap_partners(keep, change, seed: int = 0) -> np.ndarray:
+  """For each note j, a random other note i with keep[i] == keep[j] and
+  change[i] != change[j]; -1 where there is none."""
+  keep, change = np.asarray(keep), np.asarray(change)
+  rng = np.random.default_rng(seed)
+  out = np.full(len(keep), -1)
+  for j in range(len(keep)):
+    rows = np.flatnonzero((keep == keep[j]) & (change != change[j]))
+    if len(rows):
+      out[j] = rng.choice(rows)
+  return out
+
+
+def code_swap(model, val: Codes, cnns: dict, seed: int = 0) -> dict:
+  """Decodes codes taken from two different notes and asks the CNNs what they hear.
+
+  * pitch swap: note j from [z_t of a note i of the same instrument at another pitch,
+    z_p of j]. A disentangled model sounds j's pitch ('pitch', F-scores against j); a
+    model whose z_t carries pitch sounds i's ('pitch_from_z_t', accuracy against i).
+  * instrument swap: [z_t of j, z_p of a note i of another instrument at the same
+    pitch]: j's instrument ('instrument') or i's ('instrument_from_z_p').
+
+  Linear probes (Table 1) say whether a code holds some information; this says whether
+  the decoder uses it, which is what synthesis and transfer rely on.
+  """
+  k = cnns["instrument"].output_shape[-1]
+  out = {}
+  for name, keep, change in (("pitch", val.instrument, val.pitch),
+                             ("instrument", val.pitch, val.instrument)):
+    partner = swap_partners(keep, change, seed)
+    j = np.flatnonzero(partner >= 0)
+    if not len(j):
+      out[f"{name}_swap"] = {"notes": 0}
+      continue
+    i = partner[j]
+    zt, zp = ((val.z_timbre[i], val.z_pitch[j]) if name == "pitch"
+              else (val.z_timbre[j], val.z_pitch[i]))
+    probs = decode_map(model, zt, zp, _judge(cnns))
+    heard = {"instrument": probs[:, :k].argmax(-1), "pitch": probs[:, k:].argmax(-1)}
+    other = "pitch" if name == "instrument" else "instrument"
+    source = "z_t" if name == "pitch" else "z_p"
+    out[f"{name}_swap"] = {
+        "notes": int(len(j)),
+        name: stats.f_scores(getattr(val, name)[j], heard[name]),
+        f"{name}_from_{source}": float(np.mean(heard[name] == getattr(val, name)[i])),
+        other: stats.f_scores(getattr(val, other)[j], heard[other])}
+  return out

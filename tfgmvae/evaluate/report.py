@@ -133,6 +133,7 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
                  f"{_f(b['pitch']['f1_weighted'])} |")
   if "fig5_transfer" in pictures:
     lines += ["", f"![transfer]({pictures['fig5_transfer']})"]
+  lines += swap_lines(metrics.get("swap"))
   c = metrics["centroid"]
   lines += ["", "## Figures 7-8: a timbre dimension for the spectral centroid", "",
             f"Shifting z_t dimension **{c['dimension']}** by ±{c['shift_sigmas']:g} "
@@ -157,6 +158,30 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
             f"Traverse of note `{c['traverse_note']}`:", "",
             f"![traverse]({pictures['fig8_traverse']})", ""]
   return "\n".join(lines)
+
+
+def swap_lines(swap: dict | None) -> list[str]:
+  """The 'swapping codes' section of report.md (absent from evaluations before it)."""
+  if not swap:
+    return []
+  p, i = swap["pitch_swap"], swap["instrument_swap"]
+  lines = ["", "## Swapping codes between notes (beyond the paper)", "",
+           "Each validation note j is decoded from one code of its own and one of a "
+           "partner note i, and judged by the CNNs. Pitch swap: z_t of a note of the same "
+           "instrument at another pitch, z_p of j. Instrument swap: z_t of j, z_p of a "
+           "note of another instrument at the same pitch. A disentangled model keeps "
+           "j's pitch (from z_p) and j's instrument (from z_t).", "",
+           "| swap | notes | heard as j (accuracy) | F1 (weighted) | heard as the "
+           "partner i | other label kept (accuracy) |", "| --- | --- | --- | --- | --- | --- |"]
+  if p["notes"]:
+    lines.append(f"| pitch | {p['notes']} | {_f(p['pitch']['accuracy'])} | "
+                 f"{_f(p['pitch']['f1_weighted'])} | {_f(p['pitch_from_z_t'])} | "
+                 f"{_f(p['instrument']['accuracy'])} |")
+  if i["notes"]:
+    lines.append(f"| instrument | {i['notes']} | {_f(i['instrument']['accuracy'])} | "
+                 f"{_f(i['instrument']['f1_weighted'])} | {_f(i['instrument_from_z_p'])} "
+                 f"| {_f(i['pitch']['accuracy'])} |")
+  return lines
 
 
 def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str], step: int):

@@ -108,6 +108,21 @@ def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
     c = m["centroid"]
     lines.append(f"| {name} | {c['dimension']} | {c['validation_mean_shift_hz']:+.0f} | "
                  f"{c['significant_instruments']} of {c['tested_instruments']} |")
+  swapped = {n: m["swap"] for n, m in metrics.items() if m.get("swap")}
+  if swapped:
+    lines += ["", "## Swapping codes between notes (beyond the paper)", "",
+              "Share of validation notes heard with the pitch of the note that gave z_p "
+              "(pitch swap) and the instrument of the note that gave z_t (instrument "
+              "swap); in brackets, the share heard as the other note. See each report.",
+              "", "| cell | pitch follows z_p (z_t) | instrument follows z_t (z_p) |",
+              "| --- | --- | --- |"]
+    for name, s in swapped.items():
+      p, i = s["pitch_swap"], s["instrument_swap"]
+      pitch = (f"{p['pitch']['accuracy']:.3f} ({p['pitch_from_z_t']:.3f})"
+               if p["notes"] else "–")
+      inst = (f"{i['instrument']['accuracy']:.3f} ({i['instrument_from_z_p']:.3f})"
+              if i["notes"] else "–")
+      lines.append(f"| {name} | {pitch} | {inst} |")
   clustered = {n: m for n, m in metrics.items() if "clusters" in m}
   if clustered:
     lines += ["", "## Timbre components as clusters (MGMVAE; beyond the paper)", "",
