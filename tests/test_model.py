@@ -265,3 +265,71 @@ def test_mixed_bfloat16_call_keeps_priors_and_outputs_float32():
     assert model.timbre_prior.means.dtype == "float32"
   finally:
     keras.mixed_precision.set_global_policy(previous)
+
+
+# -- the pitch adversary on z_t (beyond the paper) ----------------------------------------
+
+def test_reverse_gradient_is_identity_forward_and_negates_the_gradient():
+  x = tf.constant([[0.5, -2.0, 3.0]])
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = losses.reverse_gradient(x, 2.5)
+    target = tf.reduce_sum(y * tf.constant([[1.0, 2.0, -1.0]]))
+  np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(tape.gradient(target, x).numpy(), [[-2.5, -5.0, 2.5]],
+                             rtol=1e-6)
+
+
+def test_adversary_term_logs_and_gradients():
+  """adversary_ce is the adversary's pitch cross-entropy on the mean of z_t; it trains
+  the adversary as it is and reaches the timbre encoder multiplied by -lambda."""
+  lam = 3.0
+  model = _tiny(timbre_adversary=lam).build_for()
+  assert model.term_names[-1] == "adversary_ce"
+  batch = _batch(n=8)
+  with tf.GradientTape(persistent=True) as tape:
+    terms, extra = model.compute_terms(batch, training=False)
+    adv = tf.reduce_sum(terms["adversary_ce"])
+    post = model.encode(batch["mel"])
+    plain = tf.reduce_sum(losses.cross_entropy(tf.nn.log_softmax(
+        model.timbre_adversary(post["z_timbre_mean"])), batch["pitch"]))
+  np.testing.assert_allclose(adv.numpy(), plain.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(np.exp(extra["adversary_log_probs"].numpy()).sum(-1), 1.0,
+                             rtol=1e-5)
+  for var in model.timbre_adversary.trainable_variables:
+    np.testing.assert_allclose(tape.gradient(adv, var).numpy(),
+                               tape.gradient(plain, var).numpy(), rtol=1e-4, atol=1e-7)
+  compared = 0
+  for var in model.timbre_encoder.trainable_variables:
+    g_adv, g_plain = tape.gradient(adv, var), tape.gradient(plain, var)
+    if g_plain is not None and np.any(g_plain.numpy()):
+      np.testing.assert_allclose(g_adv.numpy(), -lam * g_plain.numpy(), rtol=1e-4,
+                                 atol=1e-6)
+      compared += 1
+  assert compared >= 4          # the convolutions, the dense layer and the mean's head
+  # Neither the pitch encoder nor the decoder sees this term.
+  for var in model.pitch_encoder.trainable_variables + model.decoder.trainable_variables:
+    g = tape.gradient(adv, var)
+    assert g is None or not np.any(g.numpy())
+  # fit() logs the term, its accuracy and a loss that includes it, and the ELBO without.
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  before, extra = model.compute_terms(batch, training=True)
+  history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
+  assert history["adversary_ce"][0] == pytest.approx(
+      before["adversary_ce"].numpy().mean(), rel=1e-4)
+  correct = np.argmax(extra["adversary_log_probs"], -1) == batch["pitch"].numpy()
+  assert history["adversary_accuracy"][0] == pytest.approx(correct.mean())
+  elbo = -sum(before[n].numpy().mean() for n in ("reconstruction", "kl_pitch",
+                                                 "kl_timbre", "kl_instrument"))
+  assert history["elbo"][0] == pytest.approx(elbo, rel=1e-4)
+  labelled = batch["labelled"].numpy().astype(np.float32)
+  total = sum(v.numpy().sum() / (labelled.sum() if n == "instrument_ce" else 8)
+              for n, v in before.items())
+  assert history["loss"][0] == pytest.approx(total, rel=1e-4)
+
+
+def test_adversary_weight_is_checked_and_off_by_default():
+  assert "adversary_ce" not in _tiny().term_names and _tiny().timbre_adversary is None
+  for bad in (-1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="timbre_adversary"):
+      ModelConfig(num_pitches=5, num_instruments=3, timbre_adversary=bad)

@@ -99,6 +99,15 @@ def test_scalars_match_the_fit_history(run):
   assert all(v > 0 for _, v in _scalars(acc, "optimization/steps_per_second"))
 
 
+def test_adversary_scalars_get_their_tags():
+  logs = {"adversary_ce": 3.5, "adversary_accuracy": 0.25, "val_adversary_ce": 4.0,
+          "val_adversary_accuracy": 0.125, "loss": 1.0}
+  assert summaries.scalar_summaries(logs) == {
+      "losses/adversary_ce": 3.5, "accuracy/pitch_from_z_t": 0.25, "losses/total": 1.0}
+  assert summaries.scalar_summaries(logs, "val_") == {
+      "losses/adversary_ce": 4.0, "accuracy/pitch_from_z_t": 0.125}
+
+
 def test_spectrogram_images_and_audio(run):
   acc = _events(run["run_dir"], "validation")
   tensors = acc.Tensors(summaries.SPECTROGRAM_TAG)

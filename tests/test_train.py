@@ -82,6 +82,7 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--precision=mixed_float16", "needs a GPU"),
     ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoints/"),
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
+    ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
 ])
 def test_bad_settings_are_rejected_before_any_work(prepared_dir, tmp_path, flag, message):
   run = tmp_path / "rejected"

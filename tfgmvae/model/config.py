@@ -26,6 +26,11 @@ class ModelConfig:
     pitch_classifier: The authors' linear pitch classifier on z_p (on by default).
     aux_hidden: Width of MVAE's auxiliary classifier (128-128).
     synchronized_bn: Batch statistics across replicas (set under a multi-replica strategy).
+    timbre_adversary: Beyond the paper; 0 (the default) turns it off. Weight lambda of a
+      pitch adversary on z_t: an MLP (aux_hidden-aux_hidden) learns to predict the pitch
+      from the posterior mean of z_t, through a gradient-reversal layer, so the timbre
+      encoder is pushed (with weight lambda) to leave pitch out of z_t and the decoder
+      has to take it from z_p.
   """
   num_pitches: int
   num_instruments: int
@@ -41,6 +46,7 @@ class ModelConfig:
   pitch_classifier: bool = True
   aux_hidden: int = 128
   synchronized_bn: bool = False
+  timbre_adversary: float = 0.0
 
   def __post_init__(self):
     problems = []
@@ -53,6 +59,9 @@ class ModelConfig:
     if self.frames - 2 * (self.kernel_size - 1) < 1:
       problems.append(f"frames={self.frames} is too short for two 'valid' convolutions of "
                       f"kernel {self.kernel_size}")
+    if not (math.isfinite(self.timbre_adversary) and self.timbre_adversary >= 0):
+      problems.append(f"timbre_adversary={self.timbre_adversary} (expected a finite "
+                      "weight >= 0)")
     for name in ("log_sigma_p", "log_sigma_t"):
       if not math.isfinite(getattr(self, name)):
         problems.append(f"{name}={getattr(self, name)} (expected a finite number)")

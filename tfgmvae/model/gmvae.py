@@ -11,8 +11,13 @@ step returns every term of the objective by name, tracked with `keras.metrics.Me
 * `instrument_ce`: cross-entropy of q(y_t|x) (MGMVAE) or of the auxiliary classifier
   (MVAE) on the labelled notes only (averaged over them);
 * `pitch_ce`: cross-entropy of the linear pitch classifier on z_p (when enabled);
+* `adversary_ce`: with `timbre_adversary` > 0 (beyond the paper), cross-entropy of the
+  pitch adversary on the mean of z_t; it reaches the timbre encoder through a
+  gradient-reversal layer, so the adversary minimises it while the encoder is pushed
+  to raise it;
 * `loss`: their sum, the quantity minimised; `elbo`: minus the first four terms;
-* `instrument_accuracy` (on labelled notes) and `pitch_accuracy`.
+* `instrument_accuracy` (on labelled notes), `pitch_accuracy` and, with the adversary,
+  `adversary_accuracy` (how well pitch can still be read from z_t).
 
 Batches are dicts with `mel` [B, T, F] (or `audio` [B, samples] plus a `features`
 function), `pitch`, `instrument` (int indices), `labelled` (bool) and optionally `noise`
@@ -78,9 +83,14 @@ class GMVAE(keras.Model):
           c.num_instruments, (c.aux_hidden, c.aux_hidden), name="instrument_classifier")
     self.pitch_classifier = (MLPClassifier(c.num_pitches, name="pitch_classifier")
                              if c.pitch_classifier else None)
+    self.timbre_adversary = (
+        MLPClassifier(c.num_pitches, (c.aux_hidden, c.aux_hidden),
+                      name="timbre_adversary") if c.timbre_adversary > 0 else None)
     names = ["loss"] + list(self.term_names) + ["elbo", "instrument_accuracy"]
     if c.pitch_classifier:
       names.append("pitch_accuracy")
+    if self.timbre_adversary is not None:
+      names.append("adversary_accuracy")
     self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
   @property
@@ -92,6 +102,8 @@ class GMVAE(keras.Model):
     names.append("instrument_ce")
     if self.config.pitch_classifier:
       names.append("pitch_ce")
+    if self.config.timbre_adversary > 0:
+      names.append("adversary_ce")
     return tuple(names)
 
   @property
@@ -181,8 +193,14 @@ class GMVAE(keras.Model):
     if self.pitch_classifier is not None:
       pitch_log_probs = self.pitch_log_probs(z_pitch)
       terms["pitch_ce"] = losses.cross_entropy(pitch_log_probs, pitch)
+    adversary_log_probs = None
+    if self.timbre_adversary is not None:
+      adversary_log_probs = tf.nn.log_softmax(self.timbre_adversary(
+          losses.reverse_gradient(post["z_timbre_mean"], c.timbre_adversary)))
+      terms["adversary_ce"] = losses.cross_entropy(adversary_log_probs, pitch)
     extra = {"labelled": labelled, "instrument_log_probs": inst_log_probs,
-             "pitch_log_probs": pitch_log_probs, "instrument": instrument, "pitch": pitch}
+             "pitch_log_probs": pitch_log_probs, "instrument": instrument, "pitch": pitch,
+             "adversary_log_probs": adversary_log_probs}
     return terms, extra
 
   def _step(self, batch, training):
@@ -230,6 +248,11 @@ class GMVAE(keras.Model):
                                                  output_type=tf.int32), extra["pitch"]),
                               tf.float32)
       stats["pitch_accuracy"] = (tf.reduce_sum(pitch_correct), n_local)
+    if extra["adversary_log_probs"] is not None:
+      adversary_correct = tf.cast(tf.equal(tf.argmax(
+          extra["adversary_log_probs"], -1, output_type=tf.int32), extra["pitch"]),
+                                  tf.float32)
+      stats["adversary_accuracy"] = (tf.reduce_sum(adversary_correct), n_local)
     stats, global_loss, global_scaled = ctx.all_reduce(sum_, (stats, loss, scaled))
     checks = [tf.debugging.check_numerics(v, f"loss term '{n}' is NaN or Inf")
               for n, v in global_scaled.items()]
@@ -259,7 +282,7 @@ class GMVAE(keras.Model):
     full training checkpoint (warm starts) and writes checkpoints that export reads.
     """
     parts = ("pitch_encoder", "timbre_encoder", "decoder", "pitch_prior", "timbre_prior",
-             "instrument_classifier", "pitch_classifier")
+             "instrument_classifier", "pitch_classifier", "timbre_adversary")
     return tf.train.Checkpoint(**{name: getattr(self, name) for name in parts
                                   if getattr(self, name) is not None})
 
@@ -273,6 +296,8 @@ class GMVAE(keras.Model):
     self.instrument_log_probs(post["z_timbre_mean"])
     self.pitch_log_probs(post["z_pitch_mean"])
     self.pitch_prior.log_responsibilities(post["z_pitch_mean"])
+    if self.timbre_adversary is not None:
+      self.timbre_adversary(post["z_timbre_mean"])
     self.built = True
 
   def build_for(self, batch_size: int = 2):

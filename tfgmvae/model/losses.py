@@ -46,6 +46,12 @@ def cross_entropy(log_probs, labels) -> tf.Tensor:
   return -tf.gather(log_probs, labels, axis=-1, batch_dims=1)
 
 
+def reverse_gradient(x, scale: float) -> tf.Tensor:
+  """Identity in the forward pass; the gradient passing back is multiplied by -scale
+  (a gradient-reversal layer)."""
+  return tf.stop_gradient((1.0 + scale) * x) - scale * x
+
+
 def standard_normal_kl(mean_q, logvar_q) -> tf.Tensor:
   """KL(q(z|x) || N(0, I))."""
   zeros = tf.zeros_like(mean_q)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 
 from tfgmvae.audio.config import AudioConfig
@@ -46,6 +47,7 @@ class TrainConfig:
   filters: int = 512
   hidden: int = 512
   pitch_classifier: bool = True
+  timbre_adversary: float = 0.0
   media_every: int = 10
   embeddings_every: int = 0
   griffin_lim_iters: int = 32
@@ -83,6 +85,9 @@ class TrainConfig:
     for name in ("patience", "media_every", "embeddings_every", "cpu_devices"):
       if getattr(self, name) < 0:
         p.append(f"--{name}={getattr(self, name)}: expected 0 or more")
+    if not (math.isfinite(self.timbre_adversary) and self.timbre_adversary >= 0):
+      p.append(f"--timbre_adversary={self.timbre_adversary}: expected a weight >= 0 (0 "
+               "turns the pitch adversary off)")
     if not self.learning_rate > 0:
       p.append(f"--learning_rate={self.learning_rate}: expected > 0")
     if self.strategy not in STRATEGIES:

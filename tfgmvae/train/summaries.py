@@ -3,7 +3,8 @@
 `SummaryCallback` writes two runs under `run_dir/summaries`:
 
 * `train`: `losses/<term>` for each term of the objective, `losses/total`, `elbo`,
-  `accuracy/instrument`, `accuracy/pitch`, `optimization/learning_rate`,
+  `accuracy/instrument`, `accuracy/pitch` (and `accuracy/pitch_from_z_t`, the pitch
+  adversary's, when it is on), `optimization/learning_rate`,
   `optimization/steps_per_second` and `progress/optimizer_step`;
 * `validation`: the same losses, ELBO and accuracies from the `val_` logs; every
   `media_every` epochs the input and reconstructed log-mel of a few validation notes as
@@ -28,11 +29,12 @@ from tfgmvae.audio.display import spectrogram_image
 
 TRAIN_RUN, VALIDATION_RUN = "train", "validation"
 LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instrument_ce",
-              "pitch_ce")
+              "pitch_ce", "adversary_ce")
 # Model tracker name -> TensorBoard tag (loss terms are added below).
 METRIC_TAGS = {"loss": "losses/total", "elbo": "elbo",
                "instrument_accuracy": "accuracy/instrument",
-               "pitch_accuracy": "accuracy/pitch"} | {t: f"losses/{t}" for t in LOSS_TERMS}
+               "pitch_accuracy": "accuracy/pitch",
+               "adversary_accuracy": "accuracy/pitch_from_z_t"} | {t: f"losses/{t}" for t in LOSS_TERMS}
 SPECTROGRAM_TAG = "spectrograms/input_vs_reconstruction"
 AUDIO_TAGS = {"input": "audio/input", "reconstruction": "audio/reconstruction"}
 METADATA_NAME = "metadata.tsv"
