@@ -73,6 +73,19 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert other.returncode == 1
   assert "records different settings" in other.stderr and "--learning_rate=0.5" in other.stderr
   assert "--epochs=3" in open(os.path.join(run, "flags.txt")).read()
+  # A run recorded before a flag existed (here --timbre_adversary) resumes when the
+  # flag is at its default, and the file then records it; another value is refused.
+  path = os.path.join(run, "flags.txt")
+  older = "".join(l for l in open(path) if not l.startswith("--timbre_adversary="))
+  with open(path, "w") as f:
+    f.write(older)
+  changed = _run([f"--flagfile={path}", "--timbre_adversary=5"], timeout=120)
+  assert changed.returncode == 1 and "+--timbre_adversary=5.0" in changed.stderr
+  assert open(path).read() == older
+  resumed = _run([f"--flagfile={path}", "--epochs=4"])
+  assert resumed.returncode == 0 and "Done: 4 epochs" in resumed.stdout, \
+      resumed.stderr[-2000:]
+  assert "--timbre_adversary=0.0" in open(path).read()
 
 
 @pytest.mark.parametrize("flag,message", [

@@ -77,14 +77,23 @@ def read_flags(run_dir: str) -> dict[str, str]:
   return out
 
 
+def _names(line: str) -> set[str]:
+  """The flag names a flagfile line may stand for (`--noX` is X or a flag noX)."""
+  name = line[2:].split("=", 1)[0]
+  return {name, name[2:]} if "=" not in line and name.startswith("no") else {name}
+
+
 def check_or_write_flags(run_dir: str, flags_text: str,
-                         may_differ=RESUME_MAY_CHANGE) -> bool:
+                         may_differ=RESUME_MAY_CHANGE, defaults=frozenset()) -> bool:
   """Writes RUN_DIR/flags.txt, or checks that an existing one matches this command.
 
   Args:
     run_dir: The run directory (created if needed).
     flags_text: The effective flags, one `--name=value` per line.
     may_differ: Flags a continued run may change.
+    defaults: Each flag at its default value, as a line. A flag that the recorded file
+      does not name at all (a run recorded before the flag existed) is accepted at its
+      default, which is what that run trained with.
 
   Returns:
     True if the file already existed (a continued run).
@@ -103,9 +112,12 @@ def check_or_write_flags(run_dir: str, flags_text: str,
   with open(path, encoding="utf-8") as f:
     old = f.read()
 
+  recorded = set().union(*(_names(line) for line in old.splitlines() if line))
+
   def relevant(text):
     return [line for line in text.splitlines()
-            if line and not any(line.startswith(f"--{n}=") for n in may_differ)]
+            if line and not any(line.startswith(f"--{n}=") for n in may_differ)
+            and not (line in defaults and not _names(line) & recorded)]
 
   if relevant(old) != relevant(flags_text):
     diff = "\n".join(difflib.unified_diff(relevant(old), relevant(flags_text),
