@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, tone, write_notes
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
-from tfgmvae.evaluate import classifiers, experiments, stats
+from tfgmvae.evaluate import classifiers, experiments, report, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, evaluate
 from tfgmvae.evaluate.reproduce import PAPER_TABLE1
 from tfgmvae.train.config import TrainConfig
@@ -139,6 +139,13 @@ def test_swap_partners_keep_one_label_and_change_the_other():
     if i >= 0:
       assert pitch[i] == pitch[j] and instrument[i] != instrument[j]
   assert by_pitch[2] == -1 and by_pitch[4] == -1
+
+
+def test_swap_section_without_partners_says_so():
+  lines = report.swap_lines({"pitch_swap": {"notes": 0}, "instrument_swap": {"notes": 0}})
+  assert lines[1].startswith("## Swapping codes") and "No validation note" in lines[-1]
+  assert not any(l.startswith("|") for l in lines)
+  assert report.swap_lines(None) == []          # evaluations from before the swaps
 
 
 def test_linear_probe_separates_separable_codes_and_not_random_labels():

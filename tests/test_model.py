@@ -330,6 +330,11 @@ def test_adversary_term_logs_and_gradients():
 
 def test_adversary_weight_is_checked_and_off_by_default():
   assert "adversary_ce" not in _tiny().term_names and _tiny().timbre_adversary is None
+  plain = ModelConfig(num_pitches=5, num_instruments=3)
+  assert "timbre_adversary" not in plain.to_dict()     # readable by older tfgmvae
+  assert ModelConfig.from_dict(plain.to_dict()) == plain
+  with_it = ModelConfig(num_pitches=5, num_instruments=3, timbre_adversary=2.0)
+  assert ModelConfig.from_dict(with_it.to_dict()) == with_it
   for bad in (-1.0, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="timbre_adversary"):
       ModelConfig(num_pitches=5, num_instruments=3, timbre_adversary=bad)

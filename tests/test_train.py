@@ -173,6 +173,19 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
   with pytest.raises(RunStateError, match="does not fit"):
     train(_config(tmp_path / "bigger", prepared_dir, warm_start=str(source), hidden=32),
           log=lambda *_: None)
+  # A run with the pitch adversary from one without it (the adversary starts afresh),
+  # and back.
+  messages = []
+  adversarial = tmp_path / "adversarial"
+  train(_config(adversarial, prepared_dir, warm_start=str(source), epochs=1,
+                timbre_adversary=10.0), log=messages.append, callbacks=[Capture()])
+  np.testing.assert_array_equal(seen["kernel"], source_weights[name])
+  assert any("timbre_adversary not in it: initialised afresh" in m for m in messages)
+  messages = []
+  train(_config(tmp_path / "plain", prepared_dir, warm_start=str(adversarial), epochs=1),
+        log=messages.append)
+  assert any(m.startswith("Warm-started") and m.endswith(".") and "afresh" not in m
+             for m in messages)
 
 
 def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):

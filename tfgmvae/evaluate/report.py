@@ -165,14 +165,18 @@ def swap_lines(swap: dict | None) -> list[str]:
   if not swap:
     return []
   p, i = swap["pitch_swap"], swap["instrument_swap"]
-  lines = ["", "## Swapping codes between notes (beyond the paper)", "",
-           "Each validation note j is decoded from one code of its own and one of a "
-           "partner note i, and judged by the CNNs. Pitch swap: z_t of a note of the same "
-           "instrument at another pitch, z_p of j. Instrument swap: z_t of j, z_p of a "
-           "note of another instrument at the same pitch. A disentangled model keeps "
-           "j's pitch (from z_p) and j's instrument (from z_t).", "",
-           "| swap | notes | heard as j (accuracy) | F1 (weighted) | heard as the "
-           "partner i | other label kept (accuracy) |", "| --- | --- | --- | --- | --- | --- |"]
+  lines = ["", "## Swapping codes between notes (beyond the paper)", ""]
+  if not (p["notes"] or i["notes"]):
+    return lines + ["No validation note has a partner (a note of the same instrument at "
+                    "another pitch, or of another instrument at the same pitch)."]
+  lines += ["Each validation note j is decoded from one code of its own and one of a "
+            "partner note i, and judged by the CNNs. Pitch swap: z_t of a note of the "
+            "same instrument at another pitch, z_p of j. Instrument swap: z_t of j, z_p "
+            "of a note of another instrument at the same pitch. A disentangled model "
+            "keeps j's pitch (from z_p) and j's instrument (from z_t).", "",
+            "| swap | notes | heard as j (accuracy) | F1 (weighted) | heard as the "
+            "partner i | other label kept (accuracy) |",
+            "| --- | --- | --- | --- | --- | --- |"]
   if p["notes"]:
     lines.append(f"| pitch | {p['notes']} | {_f(p['pitch']['accuracy'])} | "
                  f"{_f(p['pitch']['f1_weighted'])} | {_f(p['pitch_from_z_t'])} | "

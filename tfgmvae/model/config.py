@@ -74,7 +74,10 @@ class ModelConfig:
     return self.frames - 2 * (self.kernel_size - 1)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    out = dataclasses.asdict(self)
+    if not self.timbre_adversary:   # so tfgmvae before the adversary reads the file too
+      del out["timbre_adversary"]
+    return out
 
   @classmethod
   def from_dict(cls, values: dict) -> "ModelConfig":

@@ -275,16 +275,21 @@ class GMVAE(keras.Model):
   def test_step(self, data):
     return self._step(data, training=False)
 
-  def weights_checkpoint(self) -> tf.train.Checkpoint:
+  PARTS = ("pitch_encoder", "timbre_encoder", "decoder", "pitch_prior", "timbre_prior",
+           "instrument_classifier", "pitch_classifier", "timbre_adversary")
+
+  def weights_checkpoint(self, exclude=()) -> tf.train.Checkpoint:
     """A checkpoint of the networks and priors only (not the optimizer).
 
     Its children have the model's own attribute names, so it reads the model part of a
     full training checkpoint (warm starts) and writes checkpoints that export reads.
+
+    Args:
+      exclude: Parts (names in `PARTS`) to leave out.
     """
-    parts = ("pitch_encoder", "timbre_encoder", "decoder", "pitch_prior", "timbre_prior",
-             "instrument_classifier", "pitch_classifier", "timbre_adversary")
-    return tf.train.Checkpoint(**{name: getattr(self, name) for name in parts
-                                  if getattr(self, name) is not None})
+    return tf.train.Checkpoint(**{name: getattr(self, name) for name in self.PARTS
+                                  if getattr(self, name) is not None
+                                  and name not in exclude})
 
   def build(self, input_shape=None):
     """Creates every weight by running each part once on zeros."""

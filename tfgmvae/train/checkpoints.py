@@ -12,6 +12,7 @@ import os
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 FLAGS_FILE = "flags.txt"
 # Flags a resumed run may change: none of them changes the model or how it is trained.
@@ -64,6 +65,16 @@ class CheckpointCallback(keras.callbacks.Callback):
     self.manager.save(checkpoint_number=done)
 
 
+def checkpoint_parts(path: str, child: str = "model") -> set[str]:
+  """Names of the objects saved under `child` of the checkpoint at `path` (for a
+  training checkpoint, the model's parts: 'pitch_encoder', 'decoder', ...)."""
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor(
+      "_CHECKPOINTABLE_OBJECT_GRAPH"))
+  node = next((c.node_id for c in graph.nodes[0].children if c.local_name == child), None)
+  return set() if node is None else {c.local_name for c in graph.nodes[node].children}
+
+
 def read_flags(run_dir: str) -> dict[str, str]:
   """RUN_DIR/flags.txt as {flag name: value} ({} if there is none)."""
   path = os.path.join(run_dir, FLAGS_FILE)
@@ -93,7 +104,8 @@ def check_or_write_flags(run_dir: str, flags_text: str,
     may_differ: Flags a continued run may change.
     defaults: Each flag at its default value, as a line. A flag that the recorded file
       does not name at all (a run recorded before the flag existed) is accepted at its
-      default, which is what that run trained with.
+      default, which is what that run trained with. So a new flag's default must keep
+      the behaviour of the code before it (as `--timbre_adversary=0` does).
 
   Returns:
     True if the file already existed (a continued run).

@@ -15,7 +15,8 @@ from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
-from tfgmvae.train.checkpoints import CheckpointCallback, RunState, RunStateError
+from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
+                                       checkpoint_parts)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SummaryCallback
@@ -174,14 +175,18 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
       if source is None:
         raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint in its "
                             "checkpoints/ folder.")
+      # A run without the pitch adversary can warm-start one with it: the adversary
+      # then starts from its initial weights.
+      fresh = tuple(p for p in ("timbre_adversary",) if getattr(model, p) is not None
+                    and p not in checkpoint_parts(source))
       try:
-        tf.train.Checkpoint(model=model.weights_checkpoint()).restore(source) \
-            .expect_partial() \
-            .assert_existing_objects_matched()
+        tf.train.Checkpoint(model=model.weights_checkpoint(exclude=fresh)).restore(
+            source).expect_partial().assert_existing_objects_matched()
       except (AssertionError, ValueError) as e:
         raise RunStateError(f"--warm_start={config.warm_start}: its model does not fit "
                             f"this one (other sizes or vocabularies?): {e}") from e
-      log(f"Warm-started {config.run_dir} from the weights of {source}.")
+      log(f"Warm-started {config.run_dir} from the weights of {source}"
+          + (f" ({', '.join(fresh)} not in it: initialised afresh)." if fresh else "."))
     model_file = os.path.join(config.run_dir, MODEL_FILE)
     if chief and not os.path.exists(model_file):
       with open(model_file, "w", encoding="utf-8") as f:

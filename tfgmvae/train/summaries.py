@@ -34,7 +34,8 @@ LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instr
 METRIC_TAGS = {"loss": "losses/total", "elbo": "elbo",
                "instrument_accuracy": "accuracy/instrument",
                "pitch_accuracy": "accuracy/pitch",
-               "adversary_accuracy": "accuracy/pitch_from_z_t"} | {t: f"losses/{t}" for t in LOSS_TERMS}
+               "adversary_accuracy": "accuracy/pitch_from_z_t"
+              } | {t: f"losses/{t}" for t in LOSS_TERMS}
 SPECTROGRAM_TAG = "spectrograms/input_vs_reconstruction"
 AUDIO_TAGS = {"input": "audio/input", "reconstruction": "audio/reconstruction"}
 METADATA_NAME = "metadata.tsv"
