@@ -46,6 +46,12 @@ def _multi_worker(strategy) -> bool:
           and strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
 
 
+def _correct(log_probs, labels):
+  """1.0 where the most probable class is the label, else 0.0 ([B] float32)."""
+  return tf.cast(tf.equal(tf.argmax(log_probs, -1, output_type=tf.int32), labels),
+                 tf.float32)
+
+
 class GMVAE(keras.Model):
   """MGMVAE (Gaussian-mixture timbre prior) or MVAE (N(0, I) timbre prior)."""
 
@@ -238,21 +244,13 @@ class GMVAE(keras.Model):
                     if weights[name] is not None else n_local)
              for name, values in terms.items()}
     stats["elbo"] = (-tf.add_n([stats[n][0] for n in UNSUPERVISED if n in stats]), n_local)
-    inst_correct = tf.cast(tf.equal(tf.argmax(extra["instrument_log_probs"], -1,
-                                              output_type=tf.int32), extra["instrument"]),
-                           tf.float32)
+    inst_correct = _correct(extra["instrument_log_probs"], extra["instrument"])
     stats["instrument_accuracy"] = (tf.reduce_sum(inst_correct * extra["labelled"]),
                                     tf.reduce_sum(extra["labelled"]))
-    if extra["pitch_log_probs"] is not None:
-      pitch_correct = tf.cast(tf.equal(tf.argmax(extra["pitch_log_probs"], -1,
-                                                 output_type=tf.int32), extra["pitch"]),
-                              tf.float32)
-      stats["pitch_accuracy"] = (tf.reduce_sum(pitch_correct), n_local)
-    if extra["adversary_log_probs"] is not None:
-      adversary_correct = tf.cast(tf.equal(tf.argmax(
-          extra["adversary_log_probs"], -1, output_type=tf.int32), extra["pitch"]),
-                                  tf.float32)
-      stats["adversary_accuracy"] = (tf.reduce_sum(adversary_correct), n_local)
+    for name, log_probs in (("pitch_accuracy", extra["pitch_log_probs"]),
+                            ("adversary_accuracy", extra["adversary_log_probs"])):
+      if log_probs is not None:
+        stats[name] = (tf.reduce_sum(_correct(log_probs, extra["pitch"])), n_local)
     stats, global_loss, global_scaled = ctx.all_reduce(sum_, (stats, loss, scaled))
     checks = [tf.debugging.check_numerics(v, f"loss term '{n}' is NaN or Inf")
               for n, v in global_scaled.items()]
