@@ -118,7 +118,8 @@ class _MatmulWeightGrad:
 
   def _matmul_grad(self, inputs) -> bool:
     return (_plain(self) and getattr(self, "output_padding", None) is None
-            and inputs.shape[1] is not None and _use_matmul(self.weight_grad, inputs.dtype))
+            and inputs.shape[1] is not None
+            and _use_matmul(self.weight_grad, inputs.dtype))
 
 
 class Conv1D(_MatmulWeightGrad, keras.layers.Conv1D):
@@ -127,7 +128,8 @@ class Conv1D(_MatmulWeightGrad, keras.layers.Conv1D):
   def call(self, inputs):
     if not self._matmul_grad(inputs):
       return super().call(inputs)
-    return _bias_and_activation(self, _conv1d_valid(inputs, tf.convert_to_tensor(self.kernel)))
+    return _bias_and_activation(
+        self, _conv1d_valid(inputs, tf.convert_to_tensor(self.kernel)))
 
 
 class Conv1DTranspose(_MatmulWeightGrad, keras.layers.Conv1DTranspose):

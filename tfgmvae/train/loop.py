@@ -177,8 +177,8 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
                             "checkpoints/ folder.")
       # A run without the pitch adversary can warm-start one with it: the adversary
       # then starts from its initial weights.
-      fresh = tuple(p for p in ("timbre_adversary",) if getattr(model, p) is not None
-                    and p not in checkpoint_parts(source))
+      fresh = (("timbre_adversary",) if model.timbre_adversary is not None
+               and "timbre_adversary" not in checkpoint_parts(source) else ())
       try:
         tf.train.Checkpoint(model=model.weights_checkpoint(exclude=fresh)).restore(
             source).expect_partial().assert_existing_objects_matched()
