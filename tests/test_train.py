@@ -132,9 +132,22 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   interrupted_at = int(open(os.path.join(killed, "checkpoints", "checkpoint")).read()
                        .split('"')[1].rsplit("-", 1)[1])
   assert interrupted_at < 40
+  # What a kill in the middle of a save leaves (the layout TF 2.16 left in a real run
+  # killed while saving): the next start deletes it, and nothing else.
+  unfinished = [os.path.join(killed, folder, f"ckpt-{interrupted_at + 1}_temp")
+                for folder in ("checkpoints", "best")]
+  for folder in unfinished:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "part-00000-of-00001.data-00000-of-00001.tempstate1"),
+              "wb") as f:
+      f.write(b"\0" * 1000)
+  keep = os.path.join(killed, "checkpoints", "ckpt-notes")
+  os.makedirs(keep)
   again = _run([f"--run_dir={killed}"] + common)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
+  assert not any(os.path.exists(folder) for folder in unfinished)
+  assert again.stdout.count("an unfinished save") >= 2 and os.path.isdir(keep)
   a, reader_a = _weights(straight)
   b, reader_b = _weights(killed)
   assert a.keys() == b.keys() and len(a) > 10

@@ -9,6 +9,8 @@ path (`warm_start`), never taken implicitly.
 
 import difflib
 import os
+import re
+import shutil
 
 import keras
 import tensorflow as tf
@@ -63,6 +65,37 @@ class CheckpointCallback(keras.callbacks.Callback):
                  f"{waited} epochs (best {float(self.state.best_elbo.numpy()):.2f} at "
                  f"epoch {int(self.state.best_epoch.numpy())}).")
     self.manager.save(checkpoint_number=done)
+
+
+_UNFINISHED_SAVE = re.compile(r"ckpt-\d+_temp")
+
+
+def remove_unfinished_saves(directory: str, log=print) -> list[str]:
+  """Deletes what a save interrupted by a kill left behind in a checkpoint folder.
+
+  TensorFlow writes each checkpoint into `ckpt-N_temp/` and moves it into place when it
+  is complete, so a process killed while saving leaves that folder (as big as a
+  checkpoint) and nothing refers to it. Only the process that owns the folder may call
+  this, before it saves anything.
+
+  Args:
+    directory: A CheckpointManager's folder (need not exist).
+    log: Where to report each deletion.
+
+  Returns:
+    The paths deleted.
+  """
+  if not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if _UNFINISHED_SAVE.fullmatch(name) and os.path.isdir(path):
+      shutil.rmtree(path)
+      removed.append(path)
+      log(f"Removed {path}: an unfinished save of a process that was killed while "
+          "saving (not a checkpoint).")
+  return removed
 
 
 def checkpoint_parts(path: str, child: str = "model") -> set[str]:

@@ -16,7 +16,7 @@ from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
-                                       checkpoint_parts)
+                                       checkpoint_parts, remove_unfinished_saves)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SummaryCallback
@@ -156,7 +156,10 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
       optimizer.build(model.trainable_variables)
       state = RunState()
       checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
-    if not chief:
+    if chief:
+      for folder in ("checkpoints", "best"):
+        remove_unfinished_saves(os.path.join(save_dir, folder), log)
+    else:
       save_dir = tempfile.mkdtemp(prefix=f"tfgmvae-{task}-")
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(save_dir, "checkpoints"), config.keep_checkpoints)
