@@ -338,3 +338,27 @@ def test_adversary_weight_is_checked_and_off_by_default():
   for bad in (-1.0, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="timbre_adversary"):
       ModelConfig(num_pitches=5, num_instruments=3, timbre_adversary=bad)
+
+
+def test_bn_momentum_reaches_every_batchnorm_and_sets_its_update():
+  plain = ModelConfig(num_pitches=5, num_instruments=3)
+  assert plain.bn_momentum == 0.99 and "bn_momentum" not in plain.to_dict()
+  authors = ModelConfig(num_pitches=5, num_instruments=3, bn_momentum=0.9)
+  assert ModelConfig.from_dict(authors.to_dict()) == authors
+  for bad in (1.0, -0.1, float("nan")):
+    with pytest.raises(ValueError, match="bn_momentum"):
+      ModelConfig(num_pitches=5, num_instruments=3, bn_momentum=bad)
+  model = _tiny(bn_momentum=0.5).build_for()
+  norms = [l for l in model._flatten_layers()
+           if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(norms) == 9 and {l.momentum for l in norms} == {0.5}
+  # One training step moves the moving mean halfway from 0 to the batch mean of the
+  # first convolution's output (computed with the weights before the step).
+  batch = _batch(n=8)
+  conv = model.pitch_encoder.conv1(batch["mel"]).numpy()
+  bn = model.pitch_encoder.bn1
+  np.testing.assert_array_equal(bn.moving_mean.numpy(), 0.0)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+  np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5 * conv.mean(axis=(0, 1)),
+                             rtol=1e-4, atol=1e-6)

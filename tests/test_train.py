@@ -86,6 +86,11 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert resumed.returncode == 0 and "Done: 4 epochs" in resumed.stdout, \
       resumed.stderr[-2000:]
   assert "--timbre_adversary=0.0" in open(path).read()
+  # --bn_momentum changes only the inference statistics: a resumed run may change it.
+  momentum = _run([f"--flagfile={path}", "--epochs=5", "--bn_momentum=0.9"])
+  assert momentum.returncode == 0 and "Done: 5 epochs" in momentum.stdout, \
+      momentum.stderr[-2000:]
+  assert "--bn_momentum=0.9" in open(path).read()
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -96,6 +101,7 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoints/"),
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
     ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
+    ("--bn_momentum=1", "--bn_momentum=1.0: expected a number in [0, 1)"),
 ])
 def test_bad_settings_are_rejected_before_any_work(prepared_dir, tmp_path, flag, message):
   run = tmp_path / "rejected"

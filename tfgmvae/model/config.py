@@ -26,6 +26,11 @@ class ModelConfig:
     pitch_classifier: The authors' linear pitch classifier on z_p (on by default).
     aux_hidden: Width of MVAE's auxiliary classifier (128-128).
     synchronized_bn: Batch statistics across replicas (set under a multi-replica strategy).
+    bn_momentum: Keras's BatchNormalization momentum: each training step moves the
+      moving mean and variance (used in inference, so in validation too) by
+      (1 - momentum) towards the batch's. 0.99 is Keras's default; the authors' PyTorch
+      BatchNorm1d (momentum 0.1) is 0.9 here, which tracks weights that change fast
+      more closely. It changes no training step, only the inference statistics.
     timbre_adversary: Beyond the paper; 0 (the default) turns it off. Weight lambda of a
       pitch adversary on z_t: an MLP (aux_hidden-aux_hidden) learns to predict the pitch
       from the posterior mean of z_t, through a gradient-reversal layer, so the timbre
@@ -46,6 +51,7 @@ class ModelConfig:
   pitch_classifier: bool = True
   aux_hidden: int = 128
   synchronized_bn: bool = False
+  bn_momentum: float = 0.99
   timbre_adversary: float = 0.0
 
   def __post_init__(self):
@@ -62,6 +68,8 @@ class ModelConfig:
     if not (math.isfinite(self.timbre_adversary) and self.timbre_adversary >= 0):
       problems.append(f"timbre_adversary={self.timbre_adversary} (expected a finite "
                       "weight >= 0)")
+    if not 0.0 <= self.bn_momentum < 1.0:
+      problems.append(f"bn_momentum={self.bn_momentum} (expected a number in [0, 1))")
     for name in ("log_sigma_p", "log_sigma_t"):
       if not math.isfinite(getattr(self, name)):
         problems.append(f"{name}={getattr(self, name)} (expected a finite number)")
@@ -75,8 +83,12 @@ class ModelConfig:
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
-    if not self.timbre_adversary:   # so tfgmvae before the adversary reads the file too
+    # Settings at the value the code had before they existed are left out, so older
+    # tfgmvae reads the file too.
+    if not self.timbre_adversary:
       del out["timbre_adversary"]
+    if self.bn_momentum == 0.99:
+      del out["bn_momentum"]
     return out
 
   @classmethod

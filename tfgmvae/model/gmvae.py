@@ -72,11 +72,12 @@ class GMVAE(keras.Model):
     self.config = c
     self.features = features
     enc = dict(latent_dim=c.latent_dim, filters=c.filters, hidden=c.hidden,
-               kernel_size=c.kernel_size, synchronized_bn=c.synchronized_bn)
+               kernel_size=c.kernel_size, synchronized_bn=c.synchronized_bn,
+               bn_momentum=c.bn_momentum)
     self.pitch_encoder = Encoder(name="pitch_encoder", **enc)
     self.timbre_encoder = Encoder(name="timbre_encoder", **enc)
     self.decoder = Decoder(c.frames, c.n_mels, c.filters, c.hidden, c.kernel_size,
-                           c.synchronized_bn, name="decoder")
+                           c.synchronized_bn, c.bn_momentum, name="decoder")
     self.pitch_prior = MixturePrior(c.num_pitches, c.latent_dim, c.log_sigma_p,
                                     name="pitch_prior")
     if c.kind == "mgmvae":

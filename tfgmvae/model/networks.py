@@ -16,8 +16,8 @@ from tfgmvae.model import layers
 _INIT = "glorot_uniform"
 
 
-def _bn(synchronized: bool):
-  return layers.BatchNormalization(synchronized=synchronized)
+def _bn(synchronized: bool, momentum: float):
+  return layers.BatchNormalization(synchronized=synchronized, momentum=momentum)
 
 
 class Encoder(keras.layers.Layer):
@@ -30,18 +30,19 @@ class Encoder(keras.layers.Layer):
   """
 
   def __init__(self, latent_dim: int, filters: int = 512, hidden: int = 512,
-               kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
+               kernel_size: int = 3, synchronized_bn: bool = False,
+               bn_momentum: float = 0.99, **kwargs):
     super().__init__(**kwargs)
     self.conv1 = layers.Conv1D(filters, kernel_size, padding="valid",
                                kernel_initializer=_INIT, use_bias=False, name="conv1")
-    self.bn1 = _bn(synchronized_bn)
+    self.bn1 = _bn(synchronized_bn, bn_momentum)
     self.conv2 = layers.Conv1D(filters, kernel_size, padding="valid",
                                kernel_initializer=_INIT, use_bias=False, name="conv2")
-    self.bn2 = _bn(synchronized_bn)
+    self.bn2 = _bn(synchronized_bn, bn_momentum)
     self.flatten = keras.layers.Flatten()
     self.dense = keras.layers.Dense(hidden, kernel_initializer=_INIT, use_bias=False,
                                      name="dense")
-    self.bn3 = _bn(synchronized_bn)
+    self.bn3 = _bn(synchronized_bn, bn_momentum)
     self.mean = keras.layers.Dense(latent_dim, kernel_initializer=_INIT, dtype="float32",
                                    name="mean")
     self.logvar = keras.layers.Dense(latent_dim, kernel_initializer=_INIT, dtype="float32",
@@ -63,20 +64,21 @@ class Decoder(keras.layers.Layer):
   """
 
   def __init__(self, frames: int, n_mels: int, filters: int = 512, hidden: int = 512,
-               kernel_size: int = 3, synchronized_bn: bool = False, **kwargs):
+               kernel_size: int = 3, synchronized_bn: bool = False,
+               bn_momentum: float = 0.99, **kwargs):
     super().__init__(**kwargs)
     conv_frames = frames - 2 * (kernel_size - 1)
     self.dense1 = keras.layers.Dense(hidden, kernel_initializer=_INIT, use_bias=False,
                                      name="dense1")
-    self.bn1 = _bn(synchronized_bn)
+    self.bn1 = _bn(synchronized_bn, bn_momentum)
     self.dense2 = keras.layers.Dense(conv_frames * filters, kernel_initializer=_INIT,
                                      use_bias=False, name="dense2")
-    self.bn2 = _bn(synchronized_bn)
+    self.bn2 = _bn(synchronized_bn, bn_momentum)
     self.reshape = keras.layers.Reshape((conv_frames, filters))
     self.deconv1 = layers.Conv1DTranspose(filters, kernel_size, padding="valid",
                                           kernel_initializer=_INIT, use_bias=False,
                                           name="deconv1")
-    self.bn3 = _bn(synchronized_bn)
+    self.bn3 = _bn(synchronized_bn, bn_momentum)
     self.deconv2 = layers.Conv1DTranspose(n_mels, kernel_size, padding="valid",
                                           kernel_initializer=_INIT, name="deconv2")
     self.out = keras.layers.Activation("tanh", dtype="float32")

@@ -17,9 +17,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 FLAGS_FILE = "flags.txt"
-# Flags a resumed run may change: none of them changes the model or how it is trained.
+# Flags a resumed run may change: none of them changes the weights a training step
+# computes. (bn_momentum changes only the BatchNorm statistics used in inference, and so
+# the validation ELBO from the next epoch on.)
 RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
-                     "griffin_lim_iters", "keep_checkpoints")
+                     "griffin_lim_iters", "keep_checkpoints", "bn_momentum")
 
 
 class RunStateError(ValueError):

@@ -48,6 +48,7 @@ class TrainConfig:
   hidden: int = 512
   pitch_classifier: bool = True
   timbre_adversary: float = 0.0
+  bn_momentum: float = 0.99
   media_every: int = 10
   embeddings_every: int = 0
   griffin_lim_iters: int = 32
@@ -88,6 +89,9 @@ class TrainConfig:
     if not (math.isfinite(self.timbre_adversary) and self.timbre_adversary >= 0):
       p.append(f"--timbre_adversary={self.timbre_adversary}: expected a weight >= 0 (0 "
                "turns the pitch adversary off)")
+    if not 0.0 <= self.bn_momentum < 1.0:
+      p.append(f"--bn_momentum={self.bn_momentum}: expected a number in [0, 1) (0.9 is "
+               "the authors' PyTorch BatchNorm, 0.99 Keras's default)")
     if not self.learning_rate > 0:
       p.append(f"--learning_rate={self.learning_rate}: expected > 0")
     if self.strategy not in STRATEGIES:

@@ -93,7 +93,7 @@ def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> Mode
       kind=config.model, frames=prepared.audio.frames, n_mels=prepared.audio.n_mels,
       latent_dim=config.latent_dim, filters=config.filters, hidden=config.hidden,
       pitch_classifier=config.pitch_classifier, synchronized_bn=replicas > 1,
-      timbre_adversary=config.timbre_adversary)
+      timbre_adversary=config.timbre_adversary, bn_momentum=config.bn_momentum)
 
 
 def _nan_message(error: Exception, epoch: int, manager) -> str:
