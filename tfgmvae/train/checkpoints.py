@@ -75,9 +75,9 @@ _UNFINISHED_SAVE = re.compile(r"ckpt-\d+_temp")
 def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   """Deletes what a save interrupted by a kill left behind in a checkpoint folder.
 
-  TensorFlow writes each checkpoint into `ckpt-N_temp/` and moves it into place when it
-  is complete, so a process killed while saving leaves that folder (as big as a
-  checkpoint) and nothing refers to it. Only the process that owns the folder may call
+  TensorFlow writes each checkpoint's shards into `ckpt-N_temp/`, then merges them into
+  `ckpt-N.index` and `ckpt-N.data-*` and deletes the folder, so a process killed while
+  saving leaves that folder (as big as a checkpoint) and nothing refers to it. Only the process that owns the folder may call
   this, before it saves anything.
 
   Args:
