@@ -3,6 +3,7 @@ is known, bin/evaluate on a tiny trained model, and a tiny bin/reproduce grid.""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -397,14 +398,25 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
     assert (out / "eval" / name / folder / "metrics.json").is_file()
   assert sorted(os.listdir(out / "eval" / "cnn")) == [
       "instrument.json", "instrument.keras", "pitch.json", "pitch.keras"]
+  timings_path = out / "logs" / "timings.json"
+  timings = json.loads(timings_path.read_text())
   second = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
   assert second.returncode == 0, second.stdout + second.stderr
   assert second.stdout.count("reusing the evaluation") == 2
   train_log = (out / "logs" / "mgmvae_n100.train.log").read_text()
   assert "already finished (epoch 2)" in train_log
+  # Training time adds up over invocations; a reused evaluation keeps its time, and a
+  # new evaluation (here: its folder moved away) replaces it.
+  again = json.loads(timings_path.read_text())
+  assert again["mgmvae_n100.train"] > timings["mgmvae_n100.train"]
+  assert again["mgmvae_n100.evaluate"] == timings["mgmvae_n100.evaluate"]
+  timings_path.write_text(json.dumps(again | {"mgmvae_n100.evaluate": 1e6}))
+  shutil.move(str(out / "eval" / "mgmvae_n100"), str(tmp_path / "old_evaluation"))
   evaluate_only = subprocess.run(command + ["--notrain", "--fractions=0,1"],
                                  capture_output=True, text=True, env=ENV, check=False)
   assert evaluate_only.returncode == 0, evaluate_only.stdout + evaluate_only.stderr
+  assert "[mgmvae_n100] evaluating epoch" in evaluate_only.stdout
+  assert 0 < json.loads(timings_path.read_text())["mgmvae_n100.evaluate"] < 1e6
   assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
   assert not (out / "runs" / "mgmvae_n000").exists()
   assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()

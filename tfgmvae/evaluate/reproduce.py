@@ -145,8 +145,13 @@ class Grid:
       with open(self.timings_path, encoding="utf-8") as f:
         self.timings = json.load(f)
 
-  def _child(self, name: str, args: list[str]):
-    """Runs bin/<args[0]> with the rest as arguments; its output goes to logs/name.log."""
+  def _child(self, name: str, args: list[str], accumulate: bool = True):
+    """Runs bin/<args[0]> with the rest as arguments; its output goes to logs/name.log.
+
+    Its wall time is added to timings[name] (a training resumed over several
+    invocations), or replaces it with accumulate=False (an evaluation of a new
+    checkpoint: RESULTS.md shows the time of the evaluation it reports).
+    """
     path = os.path.join(self.logs, f"{name}.log")
     command = [sys.executable, os.path.join(REPO, "bin", args[0])] + args[1:]
     self.log(f"  $ {' '.join(command[1:])}   (log: {path})")
@@ -155,7 +160,8 @@ class Grid:
       f.write(f"\n$ {' '.join(command)}\n")
       f.flush()
       done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
-    self.timings[name] = self.timings.get(name, 0.0) + time.time() - start
+    self.timings[name] = (self.timings.get(name, 0.0) if accumulate else 0.0) \
+        + time.time() - start
     with open(self.timings_path, "w", encoding="utf-8") as f:
       json.dump(self.timings, f, indent=2)
     if done.returncode:
@@ -235,7 +241,7 @@ class Grid:
     self.log(f"[{name}] evaluating epoch {epoch}")
     self._child(f"{name}.evaluate", ["evaluate", f"--run_dir={run}", f"--out_dir={out}",
                                      f"--cnn_dir={os.path.join(self.out, 'eval', 'cnn')}"]
-                + args)
+                + args, accumulate=False)
     with open(record, "w", encoding="utf-8") as f:
       json.dump(args, f)
     return out
