@@ -4,8 +4,9 @@
 Usage:
   python bench/bn_statistics.py --run_dir=RUN [--checkpoint=best|latest|PATH]
 
-Computes the ELBO per note of the validation and the training split (the run's fixed
-validation noise and epoch-0 training order) twice: with the checkpoint's moving
+Computes the ELBO per note of the validation and the training split (with the run's
+seed and batch size from RUN/flags.txt: training's fixed validation batches and noise,
+and the epoch-0 training order) twice: with the checkpoint's moving
 statistics, as training validates, and after replacing every BatchNorm layer's
 statistics with their exact mean over one pass of the training split in training mode
 (the population statistics of the current weights). A large gap means the moving
@@ -26,12 +27,12 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from tfgmvae.data.prepare import Prepared  # pylint: disable=wrong-import-position
 from tfgmvae.model.gmvae import UNSUPERVISED  # pylint: disable=wrong-import-position
 from tfgmvae.serving.export import load_run  # pylint: disable=wrong-import-position
+from tfgmvae.train.checkpoints import read_flags  # pylint: disable=wrong-import-position
 from tfgmvae.train.inputs import make_inputs  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None, "A training run directory.", required=True)
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint path.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of every pass.")
 
 
 def elbo_per_note(terms_of, batches) -> float:
@@ -67,9 +68,13 @@ def main(argv):
   model, info, path = load_run(FLAGS.run_dir, FLAGS.checkpoint)
   prepared = Prepared.load(info.prepared_dir)
   latent = model.config.latent_dim
-  validation, steps = make_inputs(prepared, "validation", FLAGS.batch_size, 0, latent)
+  recorded = read_flags(FLAGS.run_dir)
+  seed, batch_size = int(recorded.get("seed", 0)), int(recorded.get("batch_size", 128))
+  count = sum(prepared.counts["validation"].values())
+  validation, steps = make_inputs(prepared, "validation", min(batch_size, count), seed,
+                                  latent)
   validation = list(validation.take(steps))
-  train, steps = make_inputs(prepared, "train", FLAGS.batch_size, 0, latent)
+  train, steps = make_inputs(prepared, "train", batch_size, seed, latent)
   train = list(train.take(steps))
   terms_of = tf.function(lambda batch: model.compute_terms(batch, training=False)[0],
                          reduce_retracing=True)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
-from tfgmvae.train.checkpoints import RunStateError
+from tfgmvae.train.checkpoints import RunStateError, run_lock
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.loop import TrainingError, train
 
@@ -91,6 +91,13 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert momentum.returncode == 0 and "Done: 5 epochs" in momentum.stdout, \
       momentum.stderr[-2000:]
   assert "--bn_momentum=0.9" in open(path).read()
+  assert "BatchNorm momentum 0.99 -> 0.9 from epoch 5" in momentum.stdout
+  with open(os.path.join(run, "model.json")) as f:
+    assert json.load(f)["model"]["bn_momentum"] == 0.9
+  from tfgmvae.serving.export import load_run  # pylint: disable=g-import-not-at-top
+  norms = [l for l in load_run(run, "latest")[0]._flatten_layers()
+           if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(norms) == 9 and {l.momentum for l in norms} == {0.9}
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -205,6 +212,15 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
         log=messages.append)
   assert any(m.startswith("Warm-started") and m.endswith(".") and "afresh" not in m
              for m in messages)
+
+
+def test_one_process_at_a_time_trains_into_a_run_directory(prepared_dir, tmp_path):
+  run = tmp_path / "locked"
+  with run_lock(str(run)):              # as a live bin/train holds it
+    with pytest.raises(RunStateError, match="in use by another training process"):
+      train(_config(run, prepared_dir, epochs=1), log=lambda *_: None)
+    assert not (run / "checkpoints").exists()
+  assert train(_config(run, prepared_dir, epochs=1), log=lambda *_: None)["epoch"] == 1
 
 
 def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):

@@ -7,7 +7,9 @@ checkpoint. Warm-starting copies another run's weights into a new run and is a s
 path (`warm_start`), never taken implicitly.
 """
 
+import contextlib
 import difflib
+import fcntl
 import os
 import re
 import shutil
@@ -77,8 +79,8 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
 
   TensorFlow writes each checkpoint's shards into `ckpt-N_temp/`, then merges them into
   `ckpt-N.index` and `ckpt-N.data-*` and deletes the folder, so a process killed while
-  saving leaves that folder (as big as a checkpoint) and nothing refers to it. Only the process that owns the folder may call
-  this, before it saves anything.
+  saving leaves that folder (as big as a checkpoint) and nothing refers to it. Only the
+  process that owns the folder (and holds `run_lock`) may call this, before it saves.
 
   Args:
     directory: A CheckpointManager's folder (need not exist).
@@ -93,11 +95,40 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
     if _UNFINISHED_SAVE.fullmatch(name) and os.path.isdir(path):
-      shutil.rmtree(path)
+      try:
+        shutil.rmtree(path)
+      except OSError as e:
+        log(f"Could not remove {path} (an unfinished save of a killed process): {e}")
+        continue
       removed.append(path)
       log(f"Removed {path}: an unfinished save of a process that was killed while "
           "saving (not a checkpoint).")
   return removed
+
+
+LOCK_FILE = ".train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str):
+  """Holds RUN_DIR/.train.lock so that one process at a time trains into a directory.
+
+  Raises:
+    RunStateError: another process holds it (a second bin/train on a live run would
+      delete its unfinished save and write checkpoints over it).
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, LOCK_FILE)
+  with open(path, "a", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise RunStateError(f"{run_dir} is in use by another training process (it holds "
+                          f"{path}); wait for it or stop it first.") from None
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def checkpoint_parts(path: str, child: str = "model") -> set[str]:

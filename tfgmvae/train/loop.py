@@ -1,5 +1,6 @@
 """`train(config)`: prepare or load the data, build the model, resume or warm-start, fit."""
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
-                                       checkpoint_parts, remove_unfinished_saves)
+                                       checkpoint_parts, remove_unfinished_saves,
+                                       run_lock)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SummaryCallback
@@ -125,19 +127,23 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
 
   Raises:
     ConfigError: impossible settings (before any work).
-    RunStateError: the run directory does not fit the command.
+    RunStateError: the run directory does not fit the command, or another process is
+      training into it.
     TrainingError: a loss term became NaN/Inf (names the term).
   """
   config.validate()
   strategy = make_strategy(config)
-  replicas = strategy.num_replicas_in_sync
-  # Only the chief writes into the run directory. The other workers of a multi-worker
-  # run take part in every step and in every save (TF's convention), but save into a
-  # private temporary folder that is deleted at the end.
+  # Only the chief writes into the run directory, and holds its lock meanwhile. The
+  # other workers of a multi-worker run take part in every step and in every save
+  # (TF's convention), but save into a private temporary folder deleted at the end.
   chief, task = worker_role(strategy)
+  with run_lock(config.run_dir) if chief else contextlib.nullcontext():
+    return _train(config, strategy, chief, task, log, callbacks)
+
+
+def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks) -> dict:
+  replicas = strategy.num_replicas_in_sync
   save_dir = config.run_dir if chief else None
-  if chief:
-    os.makedirs(config.run_dir, exist_ok=True)
   prepared = load_prepared(config, log)
   output = "mel"
   if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
@@ -201,6 +207,8 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
       return _result({}, state)
+    if chief and latest:
+      _record_bn_momentum(model_file, mconfig, start, state, log)
     train_ds, steps = inputs.make_inputs(
         prepared, "train", config.batch_size, config.seed, config.latent_dim,
         config.label_fraction, start, config.epochs, output,
@@ -228,6 +236,24 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
+                        state: RunState, log) -> None:
+  """Updates model.json when a resumed run changes --bn_momentum, and says so."""
+  with open(model_file, encoding="utf-8") as f:
+    record = json.load(f)
+  before = ModelConfig.from_dict(record["model"]).bn_momentum
+  if before == mconfig.bn_momentum:
+    return
+  record["model"] = mconfig.to_dict()
+  with open(model_file + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2)
+  os.replace(model_file + ".tmp", model_file)
+  log(f"BatchNorm momentum {before} -> {mconfig.bn_momentum} from epoch {epoch + 1} "
+      f"(recorded in {model_file}). Validation ELBOs from now on use the new moving "
+      f"statistics; the best so far ({float(state.best_elbo.numpy()):.2f} at epoch "
+      f"{int(state.best_epoch.numpy())}) was measured with the old ones.")
 
 
 def _val_count(prepared: Prepared, replicas: int) -> int:
