@@ -246,7 +246,8 @@ def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
   before = ModelConfig.from_dict(record["model"]).bn_momentum
   if before == mconfig.bn_momentum:
     return
-  record["model"] = mconfig.to_dict()
+  record["model"].pop("bn_momentum", None)     # only this setting changes
+  record["model"] |= {k: v for k, v in mconfig.to_dict().items() if k == "bn_momentum"}
   with open(model_file + ".tmp", "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   os.replace(model_file + ".tmp", model_file)
