@@ -1,6 +1,7 @@
 """`train(config)`: prepare or load the data, build the model, resume or warm-start, fit."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -243,11 +244,11 @@ def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
   """Updates model.json when a resumed run changes --bn_momentum, and says so."""
   with open(model_file, encoding="utf-8") as f:
     record = json.load(f)
-  before = ModelConfig.from_dict(record["model"]).bn_momentum
+  recorded = ModelConfig.from_dict(record["model"])
+  before = recorded.bn_momentum
   if before == mconfig.bn_momentum:
     return
-  record["model"].pop("bn_momentum", None)     # only this setting changes
-  record["model"] |= {k: v for k, v in mconfig.to_dict().items() if k == "bn_momentum"}
+  record["model"] = dataclasses.replace(recorded, bn_momentum=mconfig.bn_momentum).to_dict()
   with open(model_file + ".tmp", "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   os.replace(model_file + ".tmp", model_file)
