@@ -66,6 +66,14 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert "--epochs=2" in flags_text and f"--data_path={toy_csv}" in flags_text
   again = _run([f"--flagfile={run}/flags.txt"])
   assert again.returncode == 0 and "already finished (epoch 2)" in again.stdout
+  # Neither a finished run nor a refused command changes the record.
+  fewer = _run([f"--flagfile={run}/flags.txt", "--epochs=1", "--media_every=9"])
+  assert fewer.returncode == 0 and "already finished (epoch 2)" in fewer.stdout
+  assert open(os.path.join(run, "flags.txt")).read() == flags_text
+  with run_lock(run):                   # as a live bin/train holds it
+    busy = _run([f"--flagfile={run}/flags.txt", "--epochs=9", "--media_every=9"])
+  assert busy.returncode == 1 and "in use by another training process" in busy.stderr
+  assert open(os.path.join(run, "flags.txt")).read() == flags_text
   more = _run([f"--flagfile={run}/flags.txt", "--epochs=3", "--media_every=7"])
   assert more.returncode == 0 and "Done: 3 epochs" in more.stdout, more.stderr[-2000:]
   assert "--media_every=7" in open(os.path.join(run, "flags.txt")).read()

@@ -160,12 +160,12 @@ def _names(line: str) -> set[str]:
   return {name, name[2:]} if "=" not in line and name.startswith("no") else {name}
 
 
-def check_or_write_flags(run_dir: str, flags_text: str,
-                         may_differ=RESUME_MAY_CHANGE, defaults=frozenset()) -> bool:
-  """Writes RUN_DIR/flags.txt, or checks that an existing one matches this command.
+def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
+                defaults=frozenset()) -> bool:
+  """Checks that RUN_DIR/flags.txt, if there is one, fits this command. Writes nothing.
 
   Args:
-    run_dir: The run directory (created if needed).
+    run_dir: The run directory.
     flags_text: The effective flags, one `--name=value` per line.
     may_differ: Flags a continued run may change.
     defaults: Each flag at its default value, as a line. A flag that the recorded file
@@ -174,18 +174,13 @@ def check_or_write_flags(run_dir: str, flags_text: str,
       the behaviour of the code before it (as `--timbre_adversary=0` does).
 
   Returns:
-    True if the file already existed (a continued run).
+    True if the file exists (a continued run).
 
   Raises:
     RunStateError: the run directory belongs to a run with other settings.
   """
-  os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, FLAGS_FILE)
-  tmp = f"{path}.{os.getpid()}.tmp"   # several workers may start at once
   if not os.path.exists(path):
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(flags_text)
-    os.replace(tmp, path)
     return False
   with open(path, encoding="utf-8") as f:
     old = f.read()
@@ -205,8 +200,22 @@ def check_or_write_flags(run_dir: str, flags_text: str,
         "holds one run: use a new --run_dir, or replay it with "
         f"--flagfile={path}, or start a new run from its weights with "
         f"--warm_start={run_dir}.")
-  if old != flags_text:   # only allowed flags changed: record the new values
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(flags_text)
-    os.replace(tmp, path)
   return True
+
+
+def write_flags(run_dir: str, flags_text: str) -> None:
+  """Records the effective flags in RUN_DIR/flags.txt (atomically; unchanged if equal).
+
+  Call it after `check_flags`, only from the process that holds `run_lock` and is about
+  to train: a refused or already finished command must leave the record as it was.
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, FLAGS_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      if f.read() == flags_text:
+        return
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(flags_text)
+  os.replace(tmp, path)

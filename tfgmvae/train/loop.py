@@ -18,8 +18,8 @@ from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
-                                       checkpoint_parts, remove_unfinished_saves,
-                                       run_lock)
+                                       check_flags, checkpoint_parts,
+                                       remove_unfinished_saves, run_lock, write_flags)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SummaryCallback
@@ -108,7 +108,8 @@ def _nan_message(error: Exception, epoch: int, manager) -> str:
           f"{epoch + 1}; {where}. Try a lower --learning_rate or --precision=float32.")
 
 
-def train(config: TrainConfig, log=print, callbacks=()) -> dict:
+def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
+          flag_defaults=frozenset()) -> dict:
   """Trains (or resumes) the run in `config.run_dir`.
 
   With --strategy=multi_worker every worker runs this with the same config (and its own
@@ -121,6 +122,11 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
     config: The run's settings (validated here).
     log: Where progress messages go.
     callbacks: Extra Keras callbacks (e.g. for tests).
+    flags_text: The command's effective flags as a flagfile (bin/train's), recorded in
+      RUN_DIR/flags.txt by the chief once it holds the run's lock and knows it will
+      train; a refused or already finished command leaves the record as it was. Empty:
+      no record.
+    flag_defaults: Each flag at its default, as a line (see `check_flags`).
 
   Returns:
     {'history': fit's history dict, 'epoch': epochs done, 'best_elbo', 'best_epoch',
@@ -139,10 +145,12 @@ def train(config: TrainConfig, log=print, callbacks=()) -> dict:
   # (TF's convention), but save into a private temporary folder deleted at the end.
   chief, task = worker_role(strategy)
   with run_lock(config.run_dir) if chief else contextlib.nullcontext():
-    return _train(config, strategy, chief, task, log, callbacks)
+    return _train(config, strategy, chief, task, log, callbacks,
+                  (flags_text, frozenset(flag_defaults)))
 
 
-def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks) -> dict:
+def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks,
+           flag_record: tuple[str, frozenset]) -> dict:
   replicas = strategy.num_replicas_in_sync
   save_dir = config.run_dir if chief else None
   prepared = load_prepared(config, log)
@@ -208,6 +216,10 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
       return _result({}, state)
+    if chief and flag_record[0]:
+      # Checked again under the lock: bin/train's check ran before it was taken.
+      check_flags(config.run_dir, flag_record[0], defaults=flag_record[1])
+      write_flags(config.run_dir, flag_record[0])
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
     train_ds, steps = inputs.make_inputs(
