@@ -162,6 +162,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
     with open(os.path.join(folder, "part-00000-of-00001.data-00000-of-00001.tempstate1"),
               "wb") as f:
       f.write(b"\0" * 1000)
+  # A kill after the data file was moved into place but before the index was written
+  # (numbered past this run's epochs so that no save of the resumed run replaces it).
+  orphan = os.path.join(killed, "best", "ckpt-1000.data-00000-of-00001")
+  with open(orphan, "wb") as f:
+    f.write(b"\0" * 1000)
   keep = os.path.join(killed, "checkpoints", "ckpt-notes")
   os.makedirs(keep)
   again = _run([f"--run_dir={killed}"] + common)
@@ -169,6 +174,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
   assert not any(os.path.exists(folder) for folder in unfinished)
   assert again.stdout.count("an unfinished save") >= 2 and os.path.isdir(keep)
+  assert not os.path.exists(orphan) and "index was never written" in again.stdout
   a, reader_a = _weights(straight)
   b, reader_b = _weights(killed)
   assert a.keys() == b.keys() and len(a) > 10

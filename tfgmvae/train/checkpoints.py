@@ -72,15 +72,17 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 _UNFINISHED_SAVE = re.compile(r"ckpt-\d+_temp")
+_DATA_FILE = re.compile(r"(ckpt-\d+)\.data-\d+-of-\d+")
 
 
 def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   """Deletes what a save interrupted by a kill left behind in a checkpoint folder.
 
-  TensorFlow writes each checkpoint's shards into `ckpt-N_temp/`, then merges them into
-  `ckpt-N.index` and `ckpt-N.data-*` and deletes the folder, so a process killed while
-  saving leaves that folder (as big as a checkpoint) and nothing refers to it. Only the
-  process that owns the folder (and holds `run_lock`) may call this, before it saves.
+  TensorFlow writes each checkpoint's shards into `ckpt-N_temp/`, then moves the data
+  files to `ckpt-N.data-*`, writes `ckpt-N.index` last and deletes the folder. A process
+  killed while saving leaves that folder (as big as a checkpoint), or data files with no
+  index; nothing refers to either. Only the process that owns the folder (and holds
+  `run_lock`) may call this, before it saves.
 
   Args:
     directory: A CheckpointManager's folder (need not exist).
@@ -91,18 +93,24 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   """
   if not os.path.isdir(directory):
     return []
+  names = sorted(os.listdir(directory))
   removed = []
-  for name in sorted(os.listdir(directory)):
+  for name in names:
     path = os.path.join(directory, name)
+    data = _DATA_FILE.fullmatch(name)
     if _UNFINISHED_SAVE.fullmatch(name) and os.path.isdir(path):
-      try:
-        shutil.rmtree(path)
-      except OSError as e:
-        log(f"Could not remove {path} (an unfinished save of a killed process): {e}")
-        continue
-      removed.append(path)
-      log(f"Removed {path}: an unfinished save of a process that was killed while "
-          "saving (not a checkpoint).")
+      what = "an unfinished save of a process that was killed while saving"
+    elif data and f"{data.group(1)}.index" not in names and os.path.isfile(path):
+      what = "the data of a save whose index was never written (killed while saving)"
+    else:
+      continue
+    try:
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    except OSError as e:
+      log(f"Could not remove {path} ({what}): {e}")
+      continue
+    removed.append(path)
+    log(f"Removed {path}: {what}; not a checkpoint.")
   return removed
 
 
