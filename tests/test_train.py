@@ -162,11 +162,17 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
     with open(os.path.join(folder, "part-00000-of-00001.data-00000-of-00001.tempstate1"),
               "wb") as f:
       f.write(b"\0" * 1000)
-  # A kill after the data file was moved into place but before the index was written
-  # (numbered past this run's epochs so that no save of the resumed run replaces it).
-  orphan = os.path.join(killed, "best", "ckpt-1000.data-00000-of-00001")
-  with open(orphan, "wb") as f:
-    f.write(b"\0" * 1000)
+  # Kills after the data file was moved into place (before or while the index was
+  # written; numbered past this run's epochs, so that no save of the resumed run
+  # replaces them), and a kill while the manager deleted an old checkpoint (index
+  # first; numbered 0, below every checkpoint the run registers).
+  orphans = [os.path.join(killed, "best", "ckpt-1000.data-00000-of-00001"),
+             os.path.join(killed, "checkpoints", "ckpt-1001.data-00000-of-00001"),
+             os.path.join(killed, "checkpoints", "ckpt-1001.index"),
+             os.path.join(killed, "checkpoints", "ckpt-0.data-00000-of-00001")]
+  for orphan in orphans:
+    with open(orphan, "wb") as f:
+      f.write(b"\0" * 1000)
   keep = os.path.join(killed, "checkpoints", "ckpt-notes")
   os.makedirs(keep)
   again = _run([f"--run_dir={killed}"] + common)
@@ -174,9 +180,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
   assert not any(os.path.exists(folder) for folder in unfinished)
   assert again.stdout.count("an unfinished save") >= 2 and os.path.isdir(keep)
-  assert not os.path.exists(orphan) and "index was never written" in again.stdout
+  assert not any(os.path.exists(orphan) for orphan in orphans)
+  assert "before it was registered (the newest checkpoint registered is ckpt-" \
+      in again.stdout and "data with no index" in again.stdout
   a, reader_a = _weights(straight)
   b, reader_b = _weights(killed)
+  assert _weights(killed, "best")[0].keys() == b.keys()   # the real ones are intact
   assert a.keys() == b.keys() and len(a) > 10
   step = "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
   assert reader_a.get_tensor(step) == reader_b.get_tensor(step) == 40 * 3   # 22 notes / 8
@@ -235,6 +244,16 @@ def test_one_process_at_a_time_trains_into_a_run_directory(prepared_dir, tmp_pat
       train(_config(run, prepared_dir, epochs=1), log=lambda *_: None)
     assert not (run / "checkpoints").exists()
   assert train(_config(run, prepared_dir, epochs=1), log=lambda *_: None)["epoch"] == 1
+  # Under the lock, train() checks the flags again (they may have changed since
+  # bin/train's check), before any work.
+  other = tmp_path / "recorded"
+  other.mkdir()
+  (other / "flags.txt").write_text("--learning_rate=0.5\n")
+  with pytest.raises(RunStateError, match="records different settings"):
+    train(_config(other, prepared_dir, epochs=1), log=lambda *_: None,
+          flags_text="--learning_rate=0.1\n")
+  assert sorted(os.listdir(other)) == [".train.lock", "flags.txt"]
+  assert (other / "flags.txt").read_text() == "--learning_rate=0.5\n"
 
 
 def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):

@@ -72,17 +72,27 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 _UNFINISHED_SAVE = re.compile(r"ckpt-\d+_temp")
-_DATA_FILE = re.compile(r"(ckpt-\d+)\.data-\d+-of-\d+")
+_CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
+
+
+def _newest_registered(directory: str) -> int | None:
+  """The number N of the newest checkpoint in the folder's `checkpoint` state file."""
+  state = tf.train.get_checkpoint_state(directory)
+  found = re.search(r"ckpt-(\d+)$", state.model_checkpoint_path) if state else None
+  return int(found.group(1)) if found else None
 
 
 def remove_unfinished_saves(directory: str, log=print) -> list[str]:
-  """Deletes what a save interrupted by a kill left behind in a checkpoint folder.
+  """Deletes what a kill in the middle of a save (or of a deletion) left in a folder.
 
-  TensorFlow writes each checkpoint's shards into `ckpt-N_temp/`, then moves the data
-  files to `ckpt-N.data-*`, writes `ckpt-N.index` last and deletes the folder. A process
-  killed while saving leaves that folder (as big as a checkpoint), or data files with no
-  index; nothing refers to either. Only the process that owns the folder (and holds
-  `run_lock`) may call this, before it saves.
+  A CheckpointManager's save writes the shards into `ckpt-N_temp/`, moves the data files
+  to `ckpt-N.data-*`, writes `ckpt-N.index`, deletes the folder and only then names N
+  in the folder's `checkpoint` state file; deleting an old checkpoint removes its index
+  before its data. So a process killed at the wrong moment leaves one of: a
+  `ckpt-N_temp/` folder (as big as a checkpoint), data files with no index, or a
+  checkpoint numbered past the newest one the state file names (its index perhaps
+  half-written). Nothing restores from any of them. Only the process that owns the
+  folder (and holds `run_lock`) may call this, before it saves.
 
   Args:
     directory: A CheckpointManager's folder (need not exist).
@@ -94,14 +104,21 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   if not os.path.isdir(directory):
     return []
   names = sorted(os.listdir(directory))
+  newest = _newest_registered(directory)
   removed = []
   for name in names:
     path = os.path.join(directory, name)
-    data = _DATA_FILE.fullmatch(name)
+    part = _CHECKPOINT_FILE.fullmatch(name)
     if _UNFINISHED_SAVE.fullmatch(name) and os.path.isdir(path):
       what = "an unfinished save of a process that was killed while saving"
-    elif data and f"{data.group(1)}.index" not in names and os.path.isfile(path):
-      what = "the data of a save whose index was never written (killed while saving)"
+    elif part and os.path.isfile(path) and newest is not None \
+        and int(part.group(1)) > newest:
+      what = (f"part of a save that a kill interrupted before it was registered (the "
+              f"newest checkpoint registered is ckpt-{newest})")
+    elif part and part.group(2) != "index" and f"ckpt-{part.group(1)}.index" not in names \
+        and os.path.isfile(path):
+      what = ("data with no index, left by a process killed while saving or deleting "
+              "that checkpoint")
     else:
       continue
     try:

@@ -113,19 +113,19 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
   """Trains (or resumes) the run in `config.run_dir`.
 
   With --strategy=multi_worker every worker runs this with the same config (and its own
-  TF_CONFIG). The chief writes the run directory (model.json, checkpoints, summaries);
-  the other workers restore from the chief's checkpoints, save theirs into a temporary
-  folder that is deleted at the end, and write no summaries. The data must already be
-  prepared (--prepared_dir, or RUN_DIR/data from an earlier run).
+  TF_CONFIG). The chief writes the run directory (flags.txt, model.json, checkpoints,
+  summaries); the other workers restore from the chief's checkpoints, save theirs into
+  a temporary folder that is deleted at the end, and write no summaries. The data must
+  already be prepared (--prepared_dir, or RUN_DIR/data from an earlier run).
 
   Args:
     config: The run's settings (validated here).
     log: Where progress messages go.
     callbacks: Extra Keras callbacks (e.g. for tests).
     flags_text: The command's effective flags as a flagfile (bin/train's), recorded in
-      RUN_DIR/flags.txt by the chief once it holds the run's lock and knows it will
-      train; a refused or already finished command leaves the record as it was. Empty:
-      no record.
+      RUN_DIR/flags.txt by the chief under the run's lock: by a new run before any
+      work, by a resumed run once it knows it will train (a refused or already finished
+      command leaves the record as it was). Empty: no record.
     flag_defaults: Each flag at its default, as a line (see `check_flags`).
 
   Returns:
@@ -153,6 +153,9 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
            flag_record: tuple[str, frozenset]) -> dict:
   replicas = strategy.num_replicas_in_sync
   save_dir = config.run_dir if chief else None
+  resuming = tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints"))
+  if chief and not resuming:   # a new run records its flags before any work
+    _record_flags(config.run_dir, flag_record)
   prepared = load_prepared(config, log)
   output = "mel"
   if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
@@ -216,10 +219,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
       return _result({}, state)
-    if chief and flag_record[0]:
-      # Checked again under the lock: bin/train's check ran before it was taken.
-      check_flags(config.run_dir, flag_record[0], defaults=flag_record[1])
-      write_flags(config.run_dir, flag_record[0])
+    if chief and resuming:       # a resumed one once it knows it will train
+      _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
     train_ds, steps = inputs.make_inputs(
@@ -249,6 +250,15 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _record_flags(run_dir: str, flag_record: tuple[str, frozenset]) -> None:
+  """Checks the command's flags against RUN_DIR/flags.txt again, now under the run's
+  lock (bin/train checked before it was taken), and records them."""
+  text, defaults = flag_record
+  if text:
+    check_flags(run_dir, text, defaults=defaults)
+    write_flags(run_dir, text)
 
 
 def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
