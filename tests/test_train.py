@@ -117,6 +117,9 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
     ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
     ("--bn_momentum=1", "--bn_momentum=1.0: expected a number in [0, 1)"),
+    # The model takes its front end from the prepared data: a different one is refused.
+    ("--hop_length=512", "was prepared with other audio settings than this command's "
+     "(--hop_length: prepared 256, this command 512)"),
 ])
 def test_bad_settings_are_rejected_before_any_work(prepared_dir, tmp_path, flag, message):
   run = tmp_path / "rejected"

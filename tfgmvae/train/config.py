@@ -17,6 +17,27 @@ class ConfigError(ValueError):
   """A setting or a combination of settings is impossible; the message says which."""
 
 
+def _audio_problems(prepared_dir: str, audio: AudioConfig, name: str) -> list[str]:
+  """Why prepared data does not fit the command's audio settings ([] if it does).
+
+  The model takes its input shape and front end from the prepared data, so audio flags
+  that differ from it would be silently ignored (and recorded in flags.txt as if used).
+  """
+  path = os.path.join(prepared_dir, "prepared.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      recorded = AudioConfig.from_dict(json.load(f)["audio"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return [f"{path}: unreadable ({e}); expected the prepared.json of bin/prepare_dataset"]
+  differ = [f"--{k}: prepared {v}, this command {getattr(audio, k)}"
+            for k, v in recorded.to_dict().items() if getattr(audio, k) != v]
+  if not differ:
+    return []
+  return [f"{name} was prepared with other audio settings than this command's ("
+          + "; ".join(differ) + "): give the audio flags it was prepared with "
+          "(--audio_preset and the flags named), or prepare the data again"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Settings of one run (see bin/train for each flag's meaning).
@@ -75,6 +96,12 @@ class TrainConfig:
     elif not os.path.isfile(os.path.join(self.prepared_dir, "prepared.json")):
       p.append(f"--prepared_dir={self.prepared_dir}: no prepared.json there (expected a "
                "folder written by bin/prepare_dataset)")
+    else:
+      p += _audio_problems(self.prepared_dir, self.audio, f"--prepared_dir={self.prepared_dir}")
+    if not self.prepared_dir and self.run_dir and os.path.isfile(
+        os.path.join(self.run_dir, "data", "prepared.json")):
+      p += _audio_problems(os.path.join(self.run_dir, "data"), self.audio,
+                           f"{os.path.join(self.run_dir, 'data')} (this run's data)")
     if self.model not in KINDS:
       p.append(f"--model={self.model!r}: expected one of {', '.join(KINDS)}")
     if not 0.0 <= self.label_fraction <= 1.0:
