@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,8 +135,50 @@ def test_missing_data_is_named(tmp_path):
   run = tmp_path / "r"
   done = _run([f"--run_dir={run}", "--dataset=csv", "--data_path="] + TINY, timeout=60)
   assert done.returncode == 2 and "--data_path is required" in done.stderr
+  done = _run([f"--run_dir={run}", "--dataset=csv", "--data_path=~/no/notes.csv"] + TINY,
+              timeout=60)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "--data_path=~/no/notes.csv: no such file or folder" in done.stderr
+  assert "$HOME" in done.stderr and not run.exists()
   done = _run([f"--run_dir={run}", f"--prepared_dir={tmp_path}"] + TINY, timeout=60)
   assert done.returncode == 2 and "no prepared.json" in done.stderr
+
+
+def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
+  run = str(tmp_path / "retry")
+  flags_path = os.path.join(run, "flags.txt")
+  # Preparation fails (a missing note): nothing was prepared or trained, so the next
+  # command replaces the record.
+  broken = os.path.join(os.path.dirname(toy_csv), "broken.csv")
+  with open(toy_csv) as src, open(broken, "w") as dst:
+    dst.write(src.read() + "audio/missing.wav,sine,60\n")
+  base = [f"--run_dir={run}", "--dataset=csv", f"--data_path={broken}", "--epochs=1"] + TINY
+  failed = _run(base)
+  assert failed.returncode == 1 and "missing.wav" in failed.stderr, failed.stderr[-2000:]
+  assert os.path.exists(flags_path) and not os.path.exists(os.path.join(run, "data"))
+  # Now the data is prepared, but training fails before it starts (a warm start from a
+  # run that has no checkpoint).
+  empty = tmp_path / "empty"
+  (empty / "checkpoints").mkdir(parents=True)
+  big = _run(base + ["--on_bad_file=skip", f"--warm_start={empty}"])
+  assert big.returncode == 1 and "no checkpoint in its checkpoints/" in big.stderr, \
+      big.stderr[-2000:]
+  assert "--on_bad_file=skip" in open(flags_path).read()
+  assert os.path.exists(os.path.join(run, "data", "prepared.json"))
+  assert not os.path.exists(os.path.join(run, "checkpoints", "checkpoint"))
+  # The flags that made RUN_DIR/data now bind; the others may still change, and
+  # model.json follows them.
+  reseeded = _run(base + ["--on_bad_file=skip", "--seed=3"])
+  assert reseeded.returncode == 1 and "the run has not trained yet" in reseeded.stderr
+  assert "+--seed=3" in reseeded.stderr and f"--warm_start={empty}" not in reseeded.stderr
+  done = _run(base + ["--on_bad_file=skip", "--hidden=12"])
+  assert done.returncode == 0 and "Done: 1 epochs" in done.stdout, done.stderr[-2000:]
+  assert "--hidden=12" in open(flags_path).read()
+  with open(os.path.join(run, "model.json")) as f:
+    assert json.load(f)["model"]["hidden"] == 12
+  # Once it has trained, only the flags a resumed run may change do.
+  again = _run(base + ["--on_bad_file=skip", "--hidden=16", "--epochs=2"])
+  assert again.returncode == 1 and "+--hidden=16" in again.stderr
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
@@ -249,14 +292,16 @@ def test_one_process_at_a_time_trains_into_a_run_directory(prepared_dir, tmp_pat
   assert train(_config(run, prepared_dir, epochs=1), log=lambda *_: None)["epoch"] == 1
   # Under the lock, train() checks the flags again (they may have changed since
   # bin/train's check), before any work.
+  # (A run that prepared its data binds its data flags, here --seed.)
   other = tmp_path / "recorded"
-  other.mkdir()
-  (other / "flags.txt").write_text("--learning_rate=0.5\n")
-  with pytest.raises(RunStateError, match="records different settings"):
+  (other / "data").mkdir(parents=True)
+  shutil.copy(os.path.join(prepared_dir, "prepared.json"), other / "data")
+  (other / "flags.txt").write_text("--seed=5\n")
+  with pytest.raises(RunStateError, match="records different data settings"):
     train(_config(other, prepared_dir, epochs=1), log=lambda *_: None,
-          flags_text="--learning_rate=0.1\n")
-  assert sorted(os.listdir(other)) == [".train.lock", "flags.txt"]
-  assert (other / "flags.txt").read_text() == "--learning_rate=0.5\n"
+          flags_text="--seed=0\n")
+  assert sorted(os.listdir(other)) == [".train.lock", "data", "flags.txt"]
+  assert (other / "flags.txt").read_text() == "--seed=5\n"
 
 
 def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):

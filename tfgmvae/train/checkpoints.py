@@ -8,6 +8,7 @@ path (`warm_start`), never taken implicitly.
 """
 
 import contextlib
+import dataclasses
 import difflib
 import fcntl
 import os
@@ -18,12 +19,20 @@ import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tfgmvae.audio.config import AudioConfig
+
 FLAGS_FILE = "flags.txt"
 # Flags a resumed run may change: none of them changes the weights a training step
 # computes. (bn_momentum changes only the BatchNorm statistics used in inference, and so
 # the validation ELBO from the next epoch on.)
 RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
                      "griffin_lim_iters", "keep_checkpoints", "bn_momentum")
+
+
+# Flags that decide the data a run prepares into RUN_DIR/data.
+DATA_FLAGS = ("dataset", "data_path", "prepared_dir", "validation_fraction", "seed",
+              "on_bad_file", "nsynth_instrument_field", "audio_preset") + tuple(
+                  field.name for field in dataclasses.fields(AudioConfig))
 
 
 class RunStateError(ValueError):
@@ -189,6 +198,11 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
                 defaults=frozenset()) -> bool:
   """Checks that RUN_DIR/flags.txt, if there is one, fits this command. Writes nothing.
 
+  What binds depends on how far the recorded run got: once it has a checkpoint, every
+  flag but `may_differ`; before that, if it prepared its own data (RUN_DIR/data), only
+  the flags that made that data (`DATA_FLAGS`); if it did neither (it failed before any
+  work, say on a wrong --data_path), nothing, and the command replaces the record.
+
   Args:
     run_dir: The run directory.
     flags_text: The effective flags, one `--name=value` per line.
@@ -199,7 +213,7 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
       the behaviour of the code before it (as `--timbre_adversary=0` does).
 
   Returns:
-    True if the file exists (a continued run).
+    True if the record binds this command (a continued run).
 
   Raises:
     RunStateError: the run directory belongs to a run with other settings.
@@ -207,22 +221,34 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
   path = os.path.join(run_dir, FLAGS_FILE)
   if not os.path.exists(path):
     return False
+  trained = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+  prepared = os.path.isfile(os.path.join(run_dir, "data", "prepared.json"))
+  if not trained and not prepared:
+    return False
   with open(path, encoding="utf-8") as f:
     old = f.read()
 
   recorded = set().union(*(_names(line) for line in old.splitlines() if line))
 
   def relevant(text):
-    return [line for line in text.splitlines()
-            if line and not any(line.startswith(f"--{n}=") for n in may_differ)
-            and not (line in defaults and not _names(line) & recorded)]
+    lines = [line for line in text.splitlines()
+             if line and not (line in defaults and not _names(line) & recorded)]
+    if not trained:
+      return [line for line in lines if _names(line) & set(DATA_FLAGS)]
+    return [line for line in lines if not any(line.startswith(f"--{n}=")
+                                              for n in may_differ)]
 
   if relevant(old) != relevant(flags_text):
     diff = "\n".join(difflib.unified_diff(relevant(old), relevant(flags_text),
                                           "recorded", "this command", lineterm="", n=0))
+    if not trained:
+      raise RunStateError(
+          f"{path} records different data settings from this command (the run has not "
+          f"trained yet, but {os.path.join(run_dir, 'data')} was prepared with them):\n"
+          f"{diff}\nGive the recorded data settings, or use a new --run_dir.")
     raise RunStateError(
-        f"{path} records different settings from this command:\n{diff}\nA run directory "
-        "holds one run: use a new --run_dir, or replay it with "
+        f"{path} records different settings from this command:\n{diff}\nA run "
+        "directory holds one run: use a new --run_dir, or replay it with "
         f"--flagfile={path}, or start a new run from its weights with "
         f"--warm_start={run_dir}.")
   return True

@@ -1,6 +1,7 @@
 """What a training run does: one frozen dataclass, built from bin/train's flags."""
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -15,6 +16,14 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 class ConfigError(ValueError):
   """A setting or a combination of settings is impossible; the message says which."""
+
+
+def _source_may_exist(path: str) -> bool:
+  """False only for a local path (or glob) that names nothing; URLs are checked when the
+  data is prepared."""
+  if "://" in path or os.path.exists(path):
+    return True
+  return any(c in path for c in "*?[") and bool(glob.glob(path))
 
 
 def _audio_problems(prepared_dir: str, audio: AudioConfig, name: str) -> list[str]:
@@ -93,6 +102,11 @@ class TrainConfig:
         p.append(f"--dataset={self.dataset!r}: expected one of {', '.join(DATASETS)}")
       if not self.data_path:
         p.append("--data_path is required unless --prepared_dir names prepared data")
+      elif not _source_may_exist(self.data_path) and not (self.run_dir and os.path.isfile(
+          os.path.join(self.run_dir, "data", "prepared.json"))):
+        p.append(f"--data_path={self.data_path}: no such file or folder" + (
+            " (the shell does not expand ~ after --flag=; write $HOME/ instead)"
+            if self.data_path.startswith("~") else ""))
     elif not os.path.isfile(os.path.join(self.prepared_dir, "prepared.json")):
       p.append(f"--prepared_dir={self.prepared_dir}: no prepared.json there (expected a "
                "folder written by bin/prepare_dataset)")

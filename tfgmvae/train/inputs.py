@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import Prepared
+from tfgmvae.train.config import ConfigError
 
 _NOISE_SALT = 7919
 
@@ -83,11 +84,11 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
       label_fraction=label_fraction, output=output, cache="memory"))
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   if replicas > 1 and batch_size % replicas:
-    raise ValueError(f"--batch_size={batch_size} must be a multiple of the "
-                     f"{replicas} replicas")
+    raise ConfigError(f"--batch_size={batch_size} must be a multiple of the "
+                      f"{replicas} replicas")
   steps = steps_per_epoch(count, batch_size, replicas)
   if steps < 1:
-    raise ValueError(f"the {split} split has {count} notes, fewer than one batch of "
+    raise ConfigError(f"the {split} split has {count} notes, fewer than one batch of "
                      f"{batch_size} across {replicas} replicas; lower --batch_size")
   training = split == "train"
 

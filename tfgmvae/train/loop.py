@@ -140,6 +140,10 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
   """
   config.validate()
   strategy = make_strategy(config)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ConfigError(f"--batch_size={config.batch_size}: expected a multiple of the "
+                      f"{replicas} replicas of --strategy={config.strategy}")
   # Only the chief writes into the run directory, and holds its lock meanwhile. The
   # other workers of a multi-worker run take part in every step and in every save
   # (TF's convention), but save into a private temporary folder deleted at the end.
@@ -209,7 +213,9 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       log(f"Warm-started {config.run_dir} from the weights of {source}"
           + (f" ({', '.join(fresh)} not in it: initialised afresh)." if fresh else "."))
     model_file = os.path.join(config.run_dir, MODEL_FILE)
-    if chief and not os.path.exists(model_file):
+    if chief and (not latest or not os.path.exists(model_file)):   # (re)written until
+      # the first checkpoint: a command that replaced a run that never trained may
+      # have other model settings.
       with open(model_file, "w", encoding="utf-8") as f:
         json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
             prepared.directory), "label_fraction": config.label_fraction}
