@@ -162,8 +162,8 @@ def test_instrument_with_a_single_note_is_named(tmp_path):
     _prepare(csv_path, tmp_path / "prep")
 
 
-def test_tinysol_layout(tmp_path):
-  root = tmp_path / "TinySOL"
+def _tinysol_tree(root):
+  """A small TinySOL download (metadata CSV and audio in its layout) under `root`."""
   header = ("Path,Fold,Family,Instrument (abbr.),Instrument (in full),Technique (abbr.),"
             "Technique (in full),Pitch,Pitch ID,Dynamics,Dynamics ID,Instance ID,"
             "String ID (if applicable),Needed digital retuning")
@@ -177,6 +177,11 @@ def test_tinysol_layout(tmp_path):
         lines.append(f"{rel},0,{family},{inst},{full},ord,ordinario,{name},{midi},{dyn},"
                      "0,0,,FALSE")
   (root / "TinySOL_metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_tinysol_layout(tmp_path):
+  root = tmp_path / "TinySOL"
+  _tinysol_tree(root)
   p = _prepare(root, tmp_path / "prep", dataset="tinysol")
   assert p.instruments == ("Fl", "Vc") and p.pitches == (60, 62, 64)
 
@@ -225,3 +230,48 @@ def test_unknown_dataset_and_missing_paths_are_named(tmp_path):
     open_source("tinysol", str(tmp_path))
   with pytest.raises(SourceError, match="no such CSV"):
     open_source("csv", str(tmp_path / "x.csv"))
+
+
+@pytest.fixture
+def http_root(tmp_path):
+  """A real HTTP server on localhost serving tmp_path/www; yields (folder, base URL)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import http.server  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+
+  class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+  folder = tmp_path / "www"
+  folder.mkdir()
+  server = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+  server.server_close()
+
+
+def test_sources_read_over_http_like_local_files(http_root, tmp_path):
+  # tensorflow-io's http file system (registered on first use), against a real server.
+  folder, base = http_root
+  csv_path = write_notes(str(folder / "notes"), toy_specs())
+  local = _prepare(csv_path, tmp_path / "local")
+  remote = _prepare(f"{base}/notes/labels.csv", tmp_path / "remote")
+  assert remote.counts == local.counts and remote.pitches == local.pitches
+  assert remote.log_mel_min == pytest.approx(local.log_mel_min, abs=1e-6)
+  assert remote.log_mel_max == pytest.approx(local.log_mel_max, abs=1e-6)
+  assert {r["path"] for r in remote.index()} == {
+      f"{base}/notes/{r['key']}" for r in local.index()}
+  # A folder URL means its labels.csv; a note missing on the server is named.
+  with open(csv_path, "a") as f:
+    f.write("audio/gone.wav,sine,60\n")
+  with pytest.raises(PrepareError, match=f"{base}/notes/audio/gone.wav does not exist"):
+    _prepare(f"{base}/notes", tmp_path / "remote2")
+  with pytest.raises(SourceError, match="no such CSV"):
+    open_source("csv", f"{base}/nothing/labels.csv")
+  _tinysol_tree(folder / "TinySOL")
+  tinysol = _prepare(f"{base}/TinySOL", tmp_path / "tinysol", dataset="tinysol")
+  assert tinysol.instruments == ("Fl", "Vc") and tinysol.pitches == (60, 62, 64)

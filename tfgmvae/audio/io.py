@@ -2,8 +2,8 @@
 
 One decoder, libsndfile through `soundfile`, reads wav (8/16/24/32-bit integer and float),
 flac, ogg/vorbis and mp3. Paths may be local files or any URL a TensorFlow file system
-understands (gs://, and s3:// or http(s):// once `tensorflow_io` is imported); those are
-read through `tf.io.gfile`.
+understands (gs://, and s3://, http(s):// and others through tensorflow-io, imported when
+such a URL is first opened); those are read through `tf.io.gfile`.
 """
 
 import io as _io
@@ -28,6 +28,8 @@ def _open(path: str) -> soundfile.SoundFile:
   try:
     if _is_url(path):
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      from tfgmvae.data.paths import ensure_filesystem  # pylint: disable=g-import-not-at-top
+      ensure_filesystem(path)
       with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
       if not data:

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import os
 
+from tfgmvae.data import paths
 from tfgmvae.data.labels import parse_pitch
 
 DATASETS = ("csv", "tinysol", "nsynth", "rendered")
@@ -60,7 +61,8 @@ class FileSource:
   kind = "files"
 
   def describe(self) -> dict:
-    return {"dataset": self.name, "csv": os.path.abspath(self.csv_path),
+    return {"dataset": self.name, "csv": (self.csv_path if paths.is_url(self.csv_path)
+                                             else os.path.abspath(self.csv_path)),
             "notes": len(self.notes)}
 
 
@@ -82,10 +84,10 @@ class NSynthSource:
 
 
 def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], list[str]]:
-  if not os.path.isfile(csv_path):
+  if not paths.isfile(csv_path):
     raise SourceError(f"{csv_path}: no such CSV file (expected a label file with columns "
                       f"{', '.join(required)}).")
-  with open(csv_path, newline="", encoding="utf-8-sig") as f:
+  with paths.open_text(csv_path) as f:
     reader = csv.DictReader(f)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
@@ -127,8 +129,8 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
                                      "each note once", rel))
       continue
     seen[rel] = i
-    path = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(audio_root, rel))
-    if not os.path.isfile(path):
+    path = paths.resolve(audio_root, rel)
+    if not paths.isfile(path):
       problems.append(Problem(where, f"{rel}: audio file {path} does not exist", rel))
       continue
     notes.append(Note(rel, path, instrument, pitch))
@@ -147,25 +149,25 @@ def read_csv_source(csv_path: str, name: str = "csv", path_column: str = "path",
   """
   rows, _ = _read_rows(csv_path, (path_column, instrument_column, pitch_column))
   notes, problems = _notes_from_rows(csv_path, rows, path_column, instrument_column,
-                                     pitch_column, os.path.dirname(os.path.abspath(csv_path)))
+                                     pitch_column, paths.folder_of(csv_path))
   return FileSource(name, csv_path, tuple(notes), tuple(problems))
 
 
 def _tinysol_paths(root: str) -> tuple[str, str]:
   """(metadata csv, audio root) of a TinySOL download under `root`."""
-  candidates = [os.path.join(root, "TinySOL_metadata.csv"),
-                os.path.join(root, "annotation", "TinySOL_metadata.csv")]
-  meta = next((c for c in candidates if os.path.isfile(c)), None)
+  candidates = [paths.join(root, "TinySOL_metadata.csv"),
+                paths.join(root, "annotation", "TinySOL_metadata.csv")]
+  meta = next((c for c in candidates if paths.isfile(c)), None)
   if meta is None:
     raise SourceError(f"{root}: no TinySOL_metadata.csv found (looked at "
                       f"{', '.join(candidates)}); expected TinySOL's metadata CSV.")
-  with open(meta, newline="", encoding="utf-8-sig") as f:
+  with paths.open_text(meta) as f:
     first = next(csv.DictReader(f), None)
   rel = (first or {}).get("Path", "").strip()
-  roots = [root, os.path.join(root, "TinySOL"), os.path.join(root, "audio"),
-           os.path.join(root, "audio", "TinySOL")]
+  roots = [root, paths.join(root, "TinySOL"), paths.join(root, "audio"),
+           paths.join(root, "audio", "TinySOL")]
   for audio_root in roots:
-    if rel and os.path.isfile(os.path.join(audio_root, rel)):
+    if rel and paths.isfile(paths.resolve(audio_root, rel)):
       return meta, audio_root
   raise SourceError(f"{root}: cannot find TinySOL's audio (the first row's file {rel!r} "
                     f"is in none of {', '.join(roots)}); expected the extracted "
@@ -179,7 +181,7 @@ def read_tinysol(root: str) -> FileSource:
   pitch 'Pitch ID' (MIDI) or else 'Pitch' (note name).
   """
   meta, audio_root = _tinysol_paths(root)
-  with open(meta, newline="", encoding="utf-8-sig") as f:
+  with paths.open_text(meta) as f:
     header = [h.strip() for h in (csv.DictReader(f).fieldnames or [])]
   instrument_col = next((c for c in ("Instrument (abbr.)", "Instrument") if c in header),
                         "Instrument (abbr.)")
@@ -193,8 +195,9 @@ def read_tinysol(root: str) -> FileSource:
 def find_nsynth_files(data_path: str) -> tuple[str, ...]:
   """TFRecord files named by `data_path`: one file, a glob, or a folder of *.tfrecord*."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  paths.ensure_filesystem(data_path)
   if tf.io.gfile.isdir(data_path):
-    files = sorted(tf.io.gfile.glob(os.path.join(data_path, "*.tfrecord*")))
+    files = sorted(tf.io.gfile.glob(paths.join(data_path, "*.tfrecord*")))
   elif any(ch in data_path for ch in "*?["):
     files = sorted(tf.io.gfile.glob(data_path))
   elif tf.io.gfile.exists(data_path):
@@ -226,11 +229,11 @@ def open_source(dataset: str, data_path: str,
   """
   if dataset in ("csv", "rendered"):
     path = data_path
-    if os.path.isdir(path):
-      path = os.path.join(path, "labels.csv")
+    if paths.isdir(path) or (paths.is_url(path) and not path.lower().endswith(".csv")):
+      path = paths.join(path, "labels.csv")
     return read_csv_source(path, name=dataset)
   if dataset == "tinysol":
-    if not os.path.isdir(data_path):
+    if not paths.isdir(data_path) and not paths.is_url(data_path):
       raise SourceError(f"--data_path={data_path}: not a folder; expected the folder "
                         "holding TinySOL_metadata.csv and TinySOL's audio.")
     return read_tinysol(data_path)
