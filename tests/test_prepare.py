@@ -230,6 +230,8 @@ def test_unknown_dataset_and_missing_paths_are_named(tmp_path):
     open_source("tinysol", str(tmp_path))
   with pytest.raises(SourceError, match="no such CSV"):
     open_source("csv", str(tmp_path / "x.csv"))
+  with pytest.raises(SourceError, match=r"not a folder.*expand ~ after --flag=; write \$HOME"):
+    open_source("tinysol", "~/no-such-TinySOL")
 
 
 @pytest.fixture

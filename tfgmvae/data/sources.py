@@ -227,6 +227,16 @@ def open_source(dataset: str, data_path: str,
   Raises:
     SourceError: unknown dataset name, or the data cannot be found or read.
   """
+  try:
+    return _open_source(dataset, data_path, nsynth_instrument_field)
+  except SourceError as e:
+    if data_path.startswith("~") and not os.path.exists(data_path):
+      raise SourceError(f"{e} (The shell does not expand ~ after --flag=; write $HOME/ "
+                        "instead.)") from None
+    raise
+
+
+def _open_source(dataset: str, data_path: str, nsynth_instrument_field: str):
   if dataset in ("csv", "rendered"):
     path = data_path
     if paths.isdir(path) or (paths.is_url(path) and not path.lower().endswith(".csv")):
