@@ -25,6 +25,14 @@ EPOCHS = 2
 SCALARS = ("losses/total", "losses/reconstruction", "losses/kl_pitch", "losses/kl_timbre",
            "losses/kl_instrument", "losses/instrument_ce", "losses/pitch_ce", "elbo",
            "accuracy/instrument", "accuracy/pitch")
+# Each tag and the name fit()'s history gives the same value (written out here, not
+# taken from tfgmvae, so that a swapped tag fails).
+HISTORY_KEYS = {"losses/total": "loss", "losses/reconstruction": "reconstruction",
+                "losses/kl_pitch": "kl_pitch", "losses/kl_timbre": "kl_timbre",
+                "losses/kl_instrument": "kl_instrument",
+                "losses/instrument_ce": "instrument_ce", "losses/pitch_ce": "pitch_ce",
+                "elbo": "elbo", "accuracy/instrument": "instrument_accuracy",
+                "accuracy/pitch": "pitch_accuracy"}
 TRAIN_ONLY = ("optimization/learning_rate", "optimization/steps_per_second",
               "progress/optimizer_step")
 
@@ -82,12 +90,14 @@ def test_scalars_match_the_fit_history(run):
       assert not set(TRAIN_ONLY) & tags
     for tag in expected:
       assert [s for s, _ in _scalars(acc, tag)] == [1, 2], tag
-    logged = [v for _, v in _scalars(acc, "losses/reconstruction")]
-    np.testing.assert_allclose(logged, hist[prefix + "reconstruction"], rtol=1e-5)
-    logged = [v for _, v in _scalars(acc, "losses/total")]
-    np.testing.assert_allclose(logged, hist[prefix + "loss"], rtol=1e-5)
-    logged = [v for _, v in _scalars(acc, "accuracy/pitch")]
-    np.testing.assert_allclose(logged, hist[prefix + "pitch_accuracy"], rtol=1e-5)
+    logged = {tag: np.array([v for _, v in _scalars(acc, tag)]) for tag in SCALARS}
+    for tag, key in HISTORY_KEYS.items():   # each under its own tag, with its own value
+      np.testing.assert_allclose(logged[tag], hist[prefix + key], rtol=1e-5, err_msg=tag)
+    # The ELBO is minus the first four terms, as logged (not only as fit returned it).
+    np.testing.assert_allclose(
+        logged["elbo"], -(logged["losses/reconstruction"] + logged["losses/kl_pitch"]
+                          + logged["losses/kl_timbre"] + logged["losses/kl_instrument"]),
+        rtol=1e-5)
   acc = _events(run["run_dir"], "train")
   np.testing.assert_allclose([v for _, v in _scalars(acc, "optimization/learning_rate")],
                              [1e-3, 1e-3], rtol=1e-6)

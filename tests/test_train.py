@@ -1,5 +1,6 @@
 """bin/train end to end: flags, replay, rejection, resume after kill -9, warm start, NaN."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -317,3 +318,41 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
   message = str(info.value)
   assert "'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
+
+
+def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_dir,
+                                                                       tmp_path):
+  run = tmp_path / "patience"
+  lines = []
+  # A large learning rate makes the validation ELBO fall back soon, so patience 2 stops.
+  config = _config(run, prepared_dir, epochs=30, patience=2, learning_rate=0.03)
+  result = train(config, log=lines.append)
+  elbos = result["history"]["val_elbo"]
+  best = int(np.argmax(elbos)) + 1
+  assert result["stopped_early"] and result["best_epoch"] == best
+  assert result["best_elbo"] == pytest.approx(max(elbos), rel=1e-6)
+  assert len(elbos) == result["epoch"] == best + 2 < 30     # stopped exactly then
+  assert all(e < max(elbos) for e in elbos[best:])
+  assert any(f"Early stop after epoch {best + 2}" in l for l in lines)
+  # The best/ folder holds that epoch's weights, and they are not the last epoch's.
+  assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best}")
+  best_weights, _ = _weights(str(run), "best")
+  last_weights, _ = _weights(str(run))
+  assert any(not np.allclose(best_weights[k], last_weights[k]) for k in best_weights)
+  # Started again, a stopped run stays stopped.
+  again = train(dataclasses.replace(config, epochs=40), log=lines.append)
+  assert again["epoch"] == result["epoch"] and again["history"] == {}
+  assert "already finished" in lines[-1] and "stopped early" in lines[-1]
+
+
+def test_unlabelled_notes_add_no_instrument_loss_in_training(prepared_dir, tmp_path):
+  # N = 0: no note keeps its label, so the instrument cross-entropy is exactly 0 in
+  # every training epoch, while the unsupervised terms still train. (Validation keeps
+  # every label, so its cross-entropy is measured.)
+  hist = train(_config(tmp_path / "n0", prepared_dir, epochs=2, label_fraction=0.0),
+               log=lambda *_: None)["history"]
+  assert hist["instrument_ce"] == [0.0, 0.0]
+  assert all(v > 0 for v in hist["reconstruction"] + hist["val_instrument_ce"])
+  half = train(_config(tmp_path / "n50", prepared_dir, epochs=2, label_fraction=0.5),
+               log=lambda *_: None)["history"]
+  assert all(v > 0 for v in half["instrument_ce"])
