@@ -214,11 +214,23 @@ def test_nsynth_tfrecords_stream_with_labels(tmp_path):
   assert p.counts["validation"] == {"brass": 1, "guitar": 1}
   row = p.index()[0]
   assert row["path"] == "" and row["key"].startswith("brass_acoustic_000-")
-  # The log-mel of a streamed note equals the one of the same audio loaded from a file.
+  # The log-mel of a streamed note equals the one computed directly from its audio.
+  from tfgmvae.data.dataset import PipelineConfig, make_dataset  # pylint: disable=g-import-not-at-top
   wave = tone(60, 16000, 4.0, harmonics=9)
-  expected = audio.log_mel(audio.resample(wave, 16000, 22050)).numpy()
-  lo = float(expected.min())
-  assert p.log_mel_min <= lo + 1e-4
+  segment = audio.resample(wave, 16000, 22050)[:audio.PAPER.segment_samples]
+  expected = audio.normalise(audio.log_mel(segment), p.log_mel_min, p.log_mel_max).numpy()
+  split = next(r["split"] for r in p.index() if r["key"] == "brass_acoustic_000-060-075")
+  mels = {}
+  for batch in make_dataset(p, split, PipelineConfig(shuffle=False)).as_numpy_iterator():
+    mels.update(zip((k.decode() for k in batch["key"]), batch["mel"]))
+  np.testing.assert_allclose(mels["brass_acoustic_000-060-075"], expected, atol=1e-5)
+  # The normalisation constants are the training notes' own extremes.
+  train = [audio.log_mel(audio.resample(tone(pitch, 16000, 4.0, harmonics=h), 16000,
+                                        22050)[:audio.PAPER.segment_samples]).numpy()
+           for r in p.index() if r["split"] == "train"
+           for pitch, h in [(int(r["key"][-7:-4]), 9 if r["key"].startswith("brass") else 1)]]
+  assert p.log_mel_min == pytest.approx(min(t.min() for t in train), abs=1e-3)
+  assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-3)
 
 
 def test_unknown_dataset_and_missing_paths_are_named(tmp_path):
