@@ -178,6 +178,18 @@ def test_terms_match_a_hand_computation():
   mq, lq = post["z_pitch_mean"].numpy(), post["z_pitch_logvar"].numpy()
   kl_p = 0.5 * (-4.0 - lq + (np.exp(lq) + (mq - means_p) ** 2) / np.exp(-4.0) - 1).sum(1)
   np.testing.assert_allclose(terms["kl_pitch"].numpy(), kl_p, rtol=1e-4)
+  # E_q(y)[KL(q(z_t|x) || N(mu_k, I))], each Gaussian KL in closed form.
+  mt, lt = post["z_timbre_mean"].numpy(), post["z_timbre_logvar"].numpy()
+  kl_k = 0.5 * (-lt[:, None] + np.exp(lt[:, None]) + (mt[:, None] - means_t[None]) ** 2
+                - 1).sum(-1)
+  np.testing.assert_allclose(terms["kl_timbre"].numpy(), (q_y * kl_k).sum(1), rtol=1e-4)
+  # The linear pitch classifier on the sampled z_p.
+  dense = model.pitch_classifier.logits
+  logits = zp @ dense.kernel.numpy() + dense.bias.numpy()
+  log_z = logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+  np.testing.assert_allclose(terms["pitch_ce"].numpy(),
+                             log_z - logits[np.arange(6), batch["pitch"].numpy()],
+                             rtol=1e-4, atol=1e-6)
 
 
 def test_unlabelled_notes_do_not_touch_the_instrument_loss():
