@@ -280,6 +280,19 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   wave, rate = soundfile.read(out)
   assert rate == 22050 and wave.shape == (43 * 256,) and np.abs(wave).max() > 0
+  # The file holds what the export's signature gives for that request, at the model's
+  # level (scaled down only if it would clip), to 16-bit precision.
+  assert os.listdir(export_base) == [os.path.basename(runs["mgmvae_export"])]
+  model_audio = _synth(tf.saved_model.load(runs["mgmvae_export"]).signatures["synthesize"],
+                       ["Vc"], [60], [0.0], [0])["audio"].numpy()[0]
+  peak = np.abs(model_audio).max()
+  expected = model_audio * (0.99 / peak if peak > 1 else 1.0)
+  np.testing.assert_allclose(wave, expected, atol=1.5 / 32768)
+  loud = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=C4",
+              "--normalize", f"--out={tmp_path}/loud.wav")
+  assert loud.returncode == 0, loud.stderr[-2000:]
+  louder, _ = soundfile.read(f"{tmp_path}/loud.wav")
+  np.testing.assert_allclose(louder, model_audio * 0.99 / peak, atol=1.5 / 32768)
   png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "n.png"))).numpy()
   assert png.shape == (256, 43 * 4, 3)
   again = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60",
