@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.projector import ProjectorConfig
 
 from conftest import toy_specs, write_notes
+from tfgmvae import audio as audio_lib
 from tfgmvae.audio import display
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
 from tfgmvae.data.prepare import PrepareConfig, prepare
@@ -127,22 +128,34 @@ def test_spectrogram_images_and_audio(run):
   assert (int(width), int(height)) == (2 * 43 + display.GAP, 256) and len(pngs) == k
   image = tf.io.decode_png(pngs[0]).numpy()
   assert image.shape == (256, 2 * 43 + display.GAP, 3)
-  expected = display.spectrogram_image(
-      run["val_batch"]["mel"][0],
-      run["model"](run["val_batch"]["mel"][:1], training=False)["reconstruction"][0].numpy())
+  recon = run["model"](run["val_batch"]["mel"][:k], training=False)["reconstruction"]
+  recon = recon.numpy()   # the last write is at the end of the last epoch: these weights
+  expected = display.spectrogram_image(run["val_batch"]["mel"][0], recon[0])
   np.testing.assert_array_equal(image[:, :43], expected[:, :43])   # the input half
+  # The reconstruction half (colour-mapped to uint8: one level of rounding allowed).
+  assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+  assert np.abs(image[:, 43 + display.GAP:].astype(int)
+                - image[:, :43].astype(int)).max() > 0   # not the input again
   description = acc.SummaryMetadata(summaries.SPECTROGRAM_TAG).summary_description
   assert run["val_batch"]["key"][0].decode() in description
-  for tag in summaries.AUDIO_TAGS.values():
+  # The audio is Griffin-Lim (2 iterations, deterministic) of those log-mels.
+  p = run["prepared"]
+  mels = {"input": run["val_batch"]["mel"][:k], "reconstruction": recon}
+  for name, tag in summaries.AUDIO_TAGS.items():
     events = acc.Tensors(tag)
     assert [e.step for e in events] == [1, 2]
     clips = tf.make_ndarray(events[-1].tensor_proto)
     assert clips.shape == (k, 2)
-    for encoded in clips[:, 0]:
+    expected = summaries.peak_normalise(audio_lib.log_mel_to_audio(
+        audio_lib.denormalise(mels[name].astype(np.float32), p.log_mel_min, p.log_mel_max),
+        p.audio, n_iter=2))
+    for i, encoded in enumerate(clips[:, 0]):
       wave, rate = tf.audio.decode_wav(encoded)
-      assert int(rate) == run["prepared"].audio.sample_rate == 22050
+      assert int(rate) == p.audio.sample_rate == 22050
       assert wave.shape == (43 * 256, 1)
       assert 0.9 < float(tf.reduce_max(tf.abs(wave))) <= 0.99 + 1e-4
+      np.testing.assert_allclose(wave.numpy()[:, 0], expected[i], atol=2 / 32768,
+                                 err_msg=name)
 
 
 def test_projector_config_matches_checkpoint_and_metadata(run):
