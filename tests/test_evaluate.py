@@ -264,6 +264,47 @@ def evaluated(toy):
   return out
 
 
+def test_table1_and_clusters_match_an_independent_recomputation(toy, evaluated):
+  """The wiring behind the numbers: which code, which labels, which split."""
+  from sklearn.metrics import f1_score  # pylint: disable=g-import-not-at-top
+  from tfgmvae.data.dataset import PipelineConfig, make_dataset  # pylint: disable=g-import-not-at-top
+  from tfgmvae.serving.export import load_run  # pylint: disable=g-import-not-at-top
+  metrics, _ = evaluated["mgmvae"]
+  model, _, _ = load_run(toy["mgmvae"], "best")
+  prepared = Prepared.load(toy["prepared"])
+
+  def codes(split):
+    out = {"z_timbre": [], "z_pitch": [], "instrument": [], "pitch": []}
+    for batch in make_dataset(prepared, split, PipelineConfig(
+        batch_size=128, shuffle=False, cache="")).as_numpy_iterator():
+      post = model.encode(batch["mel"], training=False)
+      out["z_timbre"].append(post["z_timbre_mean"].numpy())
+      out["z_pitch"].append(post["z_pitch_mean"].numpy())
+      out["instrument"].append(batch["instrument"])
+      out["pitch"].append(batch["pitch"])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+  train_codes, val = codes("train"), codes("validation")
+  for code in ("z_timbre", "z_pitch"):
+    for task, classes in (("instrument", prepared.num_instruments),
+                          ("pitch", prepared.num_pitches)):
+      probe = classifiers.LinearProbe(classes).fit(train_codes[code], train_codes[task])
+      f1 = f1_score(val[task], probe.predict(val[code]), average="weighted",
+                    zero_division=0)
+      assert metrics["table1"]["linear"][code][task]["f1_weighted"] == pytest.approx(
+          f1, abs=1e-6), (code, task)
+  table = metrics["table1"]["linear"]
+  assert table["z_timbre"]["instrument"]["f1_weighted"] != table["z_pitch"]["instrument"][
+      "f1_weighted"]   # so that swapped codes could not pass
+  # Components as clusters: each note to its nearest timbre mean (the uniform mixture's
+  # most responsible component, sigma_t = 1); purity by counting.
+  means = model.timbre_prior.means.numpy()
+  assigned = ((val["z_timbre"][:, None] - means[None]) ** 2).sum(-1).argmin(1)
+  purity = sum(np.bincount(val["instrument"][assigned == c]).max()
+               for c in np.unique(assigned)) / len(assigned)
+  assert metrics["clusters"]["purity"] == pytest.approx(purity, abs=1e-9)
+
+
 def test_evaluate_writes_every_metric_in_range(evaluated):
   metrics, out_dir = evaluated["mgmvae"]
   for name in ("metrics.json", "report.md", "fig2_tsne.png", "fig3_synthesis.png",
