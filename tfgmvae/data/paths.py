@@ -18,6 +18,13 @@ def is_url(path: str) -> bool:
   return "://" in path
 
 
+def tilde_hint(path: str) -> str:
+  """A hint for a path that starts with an unexpanded ~ and names nothing, else ''."""
+  if path.startswith("~") and not os.path.exists(path):
+    return " (the shell does not expand ~ after --flag=; write $HOME/ instead)"
+  return ""
+
+
 def ensure_filesystem(path: str) -> None:
   """Makes TensorFlow able to open `path`: imports tensorflow-io for the URL schemes it
   registers (TensorFlow itself knows only local files and gs://)."""

@@ -230,9 +230,8 @@ def open_source(dataset: str, data_path: str,
   try:
     return _open_source(dataset, data_path, nsynth_instrument_field)
   except SourceError as e:
-    if data_path.startswith("~") and not os.path.exists(data_path):
-      raise SourceError(f"{e} (The shell does not expand ~ after --flag=; write $HOME/ "
-                        "instead.)") from None
+    if paths.tilde_hint(data_path):
+      raise SourceError(f"{e}{paths.tilde_hint(data_path)}") from None
     raise
 
 

@@ -30,9 +30,9 @@ RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
 
 
 # Flags that decide the data a run prepares into RUN_DIR/data.
-DATA_FLAGS = ("dataset", "data_path", "prepared_dir", "validation_fraction", "seed",
-              "on_bad_file", "nsynth_instrument_field", "audio_preset") + tuple(
-                  field.name for field in dataclasses.fields(AudioConfig))
+DATA_FLAGS = frozenset(("dataset", "data_path", "prepared_dir", "validation_fraction",
+                        "seed", "on_bad_file", "nsynth_instrument_field", "audio_preset")
+                       + tuple(field.name for field in dataclasses.fields(AudioConfig)))
 
 
 class RunStateError(ValueError):
@@ -234,7 +234,7 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
     lines = [line for line in text.splitlines()
              if line and not (line in defaults and not _names(line) & recorded)]
     if not trained:
-      return [line for line in lines if _names(line) & set(DATA_FLAGS)]
+      return [line for line in lines if _names(line) & DATA_FLAGS]
     return [line for line in lines if not any(line.startswith(f"--{n}=")
                                               for n in may_differ)]
 

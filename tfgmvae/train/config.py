@@ -7,6 +7,7 @@ import math
 import os
 
 from tfgmvae.audio.config import AudioConfig
+from tfgmvae.data import paths
 from tfgmvae.data.sources import DATASETS, NSYNTH_INSTRUMENT_FIELDS
 from tfgmvae.model.config import KINDS
 
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
 def _source_may_exist(path: str) -> bool:
   """False only for a local path (or glob) that names nothing; URLs are checked when the
   data is prepared."""
-  if "://" in path or os.path.exists(path):
+  if paths.is_url(path) or os.path.exists(path):
     return True
   return any(c in path for c in "*?[") and bool(glob.glob(path))
 
@@ -104,9 +105,8 @@ class TrainConfig:
         p.append("--data_path is required unless --prepared_dir names prepared data")
       elif not _source_may_exist(self.data_path) and not (self.run_dir and os.path.isfile(
           os.path.join(self.run_dir, "data", "prepared.json"))):
-        p.append(f"--data_path={self.data_path}: no such file or folder" + (
-            " (the shell does not expand ~ after --flag=; write $HOME/ instead)"
-            if self.data_path.startswith("~") else ""))
+        p.append(f"--data_path={self.data_path}: no such file or folder"
+                 + paths.tilde_hint(self.data_path))
     elif not os.path.isfile(os.path.join(self.prepared_dir, "prepared.json")):
       p.append(f"--prepared_dir={self.prepared_dir}: no prepared.json there (expected a "
                "folder written by bin/prepare_dataset)")

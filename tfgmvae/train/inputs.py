@@ -89,7 +89,7 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
   steps = steps_per_epoch(count, batch_size, replicas)
   if steps < 1:
     raise ConfigError(f"the {split} split has {count} notes, fewer than one batch of "
-                     f"{batch_size} across {replicas} replicas; lower --batch_size")
+                      f"{batch_size} across {replicas} replicas; lower --batch_size")
   training = split == "train"
 
   def one_epoch(epoch):

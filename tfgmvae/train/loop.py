@@ -30,16 +30,15 @@ class TrainingError(RuntimeError):
 
 
 def load_prepared(config: TrainConfig, log=print) -> Prepared:
-  """The run's prepared data: --prepared_dir, RUN_DIR/data, or prepared now into it."""
+  """The run's prepared data: --prepared_dir, RUN_DIR/data, or prepared now into it.
+
+  `config.validate()` has checked that existing data fits the command's audio settings.
+  """
   if config.prepared_dir:
     return Prepared.load(config.prepared_dir)
   data_dir = os.path.join(config.run_dir, "data")
   if os.path.isfile(os.path.join(data_dir, "prepared.json")):
-    prepared = Prepared.load(data_dir)
-    if prepared.audio != config.audio:
-      raise RunStateError(f"{data_dir} was prepared with other audio settings than this "
-                          "command's; use a new --run_dir.")
-    return prepared
+    return Prepared.load(data_dir)
   return prepare(PrepareConfig(
       dataset=config.dataset, data_path=config.data_path, out_dir=data_dir,
       audio=config.audio, validation_fraction=config.validation_fraction,
