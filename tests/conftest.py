@@ -64,6 +64,34 @@ def toy_specs(instruments=("sine", "square"), pitches=range(60, 66), velocities=
   return specs
 
 
+def write_nsynth(path, families=(("guitar", 1), ("brass", 9)), pitches=range(60, 70)):
+  """A TFRecord file in NSynth's schema: 4 s notes at 16 kHz, one per family and pitch,
+  keyed `<family>_acoustic_000-<pitch>-075`; returns its path."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def feature(kind, value):
+    if kind == "bytes":
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+    if kind == "int":
+      return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=value.tolist()))
+
+  with tf.io.TFRecordWriter(path) as w:
+    for family, harmonics in families:
+      for pitch in pitches:
+        example = {
+            "note_str": feature("bytes", f"{family}_acoustic_000-{pitch:03d}-075"),
+            "pitch": feature("int", pitch), "velocity": feature("int", 75),
+            "sample_rate": feature("int", 16000),
+            "instrument_family_str": feature("bytes", family),
+            "instrument_str": feature("bytes", f"{family}_acoustic_000"),
+            "audio": feature("float", tone(pitch, 16000, 4.0, harmonics=harmonics)),
+        }
+        w.write(tf.train.Example(features=tf.train.Features(feature=example))
+                .SerializeToString())
+  return path
+
+
 @pytest.fixture
 def toy_csv(tmp_path):
   """A folder of 24 toy notes with labels.csv; returns the CSV path."""

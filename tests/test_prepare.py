@@ -15,7 +15,7 @@ from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare
                                   stratified_split)
 from tfgmvae.data.sources import Note, SourceError, open_source, read_csv_source
 
-from conftest import tone, toy_specs, write_notes
+from conftest import tone, toy_specs, write_notes, write_nsynth
 
 
 def _prepare(data_path, out_dir, dataset="csv", **kw):
@@ -186,29 +186,8 @@ def test_tinysol_layout(tmp_path):
   assert p.instruments == ("Fl", "Vc") and p.pitches == (60, 62, 64)
 
 
-def _nsynth_example(note_str, pitch, family, wave):
-  feature = {
-      "note_str": tf.train.Feature(bytes_list=tf.train.BytesList(value=[note_str.encode()])),
-      "pitch": tf.train.Feature(int64_list=tf.train.Int64List(value=[pitch])),
-      "velocity": tf.train.Feature(int64_list=tf.train.Int64List(value=[75])),
-      "sample_rate": tf.train.Feature(int64_list=tf.train.Int64List(value=[16000])),
-      "instrument_family_str": tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[family.encode()])),
-      "instrument_str": tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[f"{family}_acoustic_000".encode()])),
-      "audio": tf.train.Feature(float_list=tf.train.FloatList(value=wave.tolist())),
-  }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def test_nsynth_tfrecords_stream_with_labels(tmp_path):
-  path = str(tmp_path / "nsynth-train.tfrecord")
-  with tf.io.TFRecordWriter(path) as w:
-    for family, harmonics in (("guitar", 1), ("brass", 9)):
-      for pitch in range(60, 70):
-        wave = tone(pitch, 16000, 4.0, harmonics=harmonics)   # NSynth: 4 s at 16 kHz
-        w.write(_nsynth_example(f"{family}_acoustic_000-{pitch:03d}-075", pitch, family,
-                                wave))
+  path = write_nsynth(str(tmp_path / "nsynth-train.tfrecord"))
   p = _prepare(path, tmp_path / "prep", dataset="nsynth")
   assert p.instruments == ("brass", "guitar")
   assert p.counts["validation"] == {"brass": 1, "guitar": 1}

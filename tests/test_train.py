@@ -222,9 +222,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
       f.write(b"\0" * 1000)
   keep = os.path.join(killed, "checkpoints", "ckpt-notes")
   os.makedirs(keep)
-  again = _run([f"--run_dir={killed}"] + common)
+  # The resumed run keeps its notes on disk (a flag a resumed run may change): the
+  # batches, hence the weights, are those of the in-memory run.
+  again = _run([f"--run_dir={killed}", "--cache=disk"] + common)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
+  assert "Keeping the 24 notes" in again.stdout
+  assert sorted(os.listdir(os.path.join(killed, "cache"))) == ["train-mel", "validation-mel"]
   assert not any(os.path.exists(folder) for folder in unfinished)
   assert again.stdout.count("an unfinished save") >= 2 and os.path.isdir(keep)
   assert not any(os.path.exists(orphan) for orphan in orphans)

@@ -26,7 +26,7 @@ FLAGS_FILE = "flags.txt"
 # computes. (bn_momentum changes only the BatchNorm statistics used in inference, and so
 # the validation ELBO from the next epoch on.)
 RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
-                     "griffin_lim_iters", "keep_checkpoints", "bn_momentum")
+                     "griffin_lim_iters", "keep_checkpoints", "bn_momentum", "cache")
 
 
 # Flags that decide the data a run prepares into RUN_DIR/data.

@@ -13,6 +13,7 @@ from tfgmvae.model.config import KINDS
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CACHES = ("auto", "memory", "disk")
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,7 @@ class TrainConfig:
   validation_fraction: float = 0.1
   on_bad_file: str = "error"
   nsynth_instrument_field: str = "instrument_family_str"
+  cache: str = "auto"
   audio: AudioConfig = AudioConfig()
   verbose: int = 1
 
@@ -170,6 +172,8 @@ class TrainConfig:
                f"of {', '.join(NSYNTH_INSTRUMENT_FIELDS)}")
     if not 0.0 < self.validation_fraction < 1.0:
       p.append(f"--validation_fraction={self.validation_fraction}: expected (0, 1)")
+    if self.cache not in CACHES:
+      p.append(f"--cache={self.cache!r}: expected one of {', '.join(CACHES)}")
     if p:
       raise ConfigError("Invalid training settings:\n  - " + "\n  - ".join(p))
     return self

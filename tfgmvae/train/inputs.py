@@ -5,10 +5,13 @@ Epoch e of a run always sees the same order and the same noise, whatever happene
 one device and several replicas see the same numbers.
 """
 
+import os
+
 import tensorflow as tf
 
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import Prepared
+from tfgmvae.data.store import note_bytes, open_store
 from tfgmvae.train.config import ConfigError
 
 _NOISE_SALT = 7919
@@ -45,6 +48,51 @@ def _epoch_shuffle(ds: tf.data.Dataset, count: int, op_seed) -> tf.data.Dataset:
     graph.seed = saved
 
 
+def available_memory() -> int | None:
+  """Bytes of memory available to new allocations (Linux's MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def store_dir_for(cache: str, prepared: Prepared, output: str, directory: str,
+                  available: int | None, log=print) -> str | None:
+  """Where the notes are kept between epochs: None for memory, else `directory`.
+
+  Args:
+    cache: 'memory', 'disk' or 'auto' (memory when both splits take under half of the
+      available memory).
+    prepared: The prepared data.
+    output: 'mel' or 'audio'.
+    directory: The folder for the stores on disk.
+    available: Bytes of available memory (None: unknown, taken as enough).
+    log: Where the choice of disk is reported.
+
+  Raises:
+    ConfigError: --cache=memory for notes that would not fit in memory.
+  """
+  notes = sum(sum(prepared.counts[split].values()) for split in ("train", "validation"))
+  need = notes * note_bytes(prepared, output)
+  fits = available is None or need <= available // 2
+  if cache == "memory" and available is not None and need > 0.9 * available:
+    raise ConfigError(f"--cache=memory: the {notes:,} notes take {need / 1e9:.1f} GB "
+                      f"and {available / 1e9:.1f} GB of memory is available; use "
+                      f"--cache=disk (or auto) to keep them in {directory}")
+  if cache == "memory" or (cache == "auto" and fits):
+    return None
+  log(f"Keeping the {notes:,} notes ({need / 1e9:.2f} GB) on disk in {directory}"
+      + (f" ({available / 1e9:.1f} GB of memory available)." if available else "."))
+  return directory
+
+
 def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
   """Batches per epoch: partial last batch kept on one replica, dropped on several."""
   return count // batch_size if replicas > 1 else -(-count // batch_size)
@@ -52,7 +100,8 @@ def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
 
 def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
                 latent_dim: int, label_fraction: float = 1.0, start_epoch: int = 0,
-                epochs: int = 1, output: str = "mel", strategy=None):
+                epochs: int = 1, output: str = "mel", strategy=None,
+                store_dir: str | None = None, log=print):
   """Dataset of global batches for fit() (training: epochs start_epoch..epochs-1 back to
   back) and its steps per epoch.
 
@@ -76,12 +125,21 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
     start_epoch, epochs: Epoch range (training only).
     output: 'mel' or 'audio' (see tfgmvae.data.dataset).
     strategy: The tf.distribute strategy of the run, or None.
+    store_dir: None to cache the notes in memory, else a folder for the split's store
+      on disk (tfgmvae.data.store; the batches are identical).
+    log: Progress messages (writing a store).
 
   Returns:
     (tf.data.Dataset of global batches, steps per epoch).
   """
-  notes, count = note_dataset(prepared, split, PipelineConfig(
-      label_fraction=label_fraction, output=output, cache="memory"))
+  if store_dir is None:
+    notes, count = note_dataset(prepared, split, PipelineConfig(
+        label_fraction=label_fraction, output=output, cache="memory"))
+    gather = None
+  else:   # shuffle and batch note indices, then read those notes from the store
+    store = open_store(prepared, split, output, label_fraction, store_dir, log)
+    count = len(store)
+    notes, gather = tf.data.Dataset.range(count), store.gather
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   if replicas > 1 and batch_size % replicas:
     raise ConfigError(f"--batch_size={batch_size} must be a multiple of the "
@@ -97,6 +155,8 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
     if training:
       ds = _epoch_shuffle(ds, count, tf.cast(seed, tf.int64) * 100_003 + epoch)
     ds = ds.batch(batch_size, drop_remainder=replicas > 1)
+    if gather is not None:
+      ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_noise(ds, seed, epoch, latent_dim)
 
   if training:

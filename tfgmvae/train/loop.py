@@ -228,14 +228,17 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
+    store_dir = inputs.store_dir_for(config.cache, prepared, output,
+                                     os.path.join(save_dir, "cache"),
+                                     inputs.available_memory(), log)
     train_ds, steps = inputs.make_inputs(
         prepared, "train", config.batch_size, config.seed, config.latent_dim,
         config.label_fraction, start, config.epochs, output,
-        strategy if replicas > 1 else None)
+        strategy if replicas > 1 else None, store_dir=store_dir, log=log)
     val_ds, val_steps = inputs.make_inputs(
         prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
         config.seed, config.latent_dim, 1.0, output=output,
-        strategy=strategy if replicas > 1 else None)
+        strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
     all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience, log)]
     if chief:
       all_callbacks += _summary_callbacks(config, prepared)

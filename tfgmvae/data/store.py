@@ -1,0 +1,167 @@
+"""A split's pipeline output written once to disk and read back by index.
+
+Training caches the normalised log-mels (or, with an accelerator, the segments) of every
+note in memory, which is what SOL-sized data wants. NSynth's training split holds 289,205
+notes, about 12 GB of log-mels, so for data that does not fit, `open_store` writes the
+split once (in `note_dataset`'s order) to `DIR/<split>-<output>/features.npy`, a float32
+array the operating system pages in as it is read, beside `labels.npz` (key, instrument,
+pitch, labelled) and `meta.json`. A store is complete only once its folder has been
+renamed into place, so a killed write leaves nothing that is mistaken for a store, and a
+store made from other prepared data or another label fraction is rebuilt.
+
+`Store.gather` turns a batch of indices into the same batch `note_dataset` would give,
+so the training pipeline shuffles indices instead of notes: with the same seed the two
+paths give identical batches (tests/test_store.py).
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from tfgmvae.data.dataset import PipelineConfig, note_dataset
+from tfgmvae.data.prepare import INDEX_NAME, JSON_NAME, Prepared, PrepareError
+
+FORMAT = 1
+_FEATURES, _LABELS, _META = "features.npy", "labels.npz", "meta.json"
+
+
+def note_bytes(prepared: Prepared, output: str) -> int:
+  """Bytes one note takes in the cache: its log-mel or its segment, float32."""
+  frames, mels = prepared.audio.shape
+  return 4 * (frames * mels if output == "mel" else prepared.audio.segment_samples)
+
+
+def _identity(prepared: Prepared, split: str, output: str, label_fraction: float) -> dict:
+  digest = hashlib.sha256()
+  for name in (JSON_NAME, INDEX_NAME):
+    with open(os.path.join(prepared.directory, name), "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return {"format": FORMAT, "prepared_dir": os.path.abspath(prepared.directory),
+          "prepared_sha256": digest.hexdigest(), "split": split, "output": output,
+          "label_fraction": label_fraction}
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+  """A written store: labels in memory, features memory-mapped.
+
+  Attributes:
+    directory: The store's folder.
+    output: 'mel' or 'audio', the name of the feature in each batch.
+    labels: key (bytes), instrument, pitch (int32) and labelled (bool), one row a note.
+    features: float32 [notes, ...], memory-mapped read-only.
+  """
+  directory: str
+  output: str
+  labels: dict
+  features: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.features)
+
+  def gather(self, index: tf.Tensor) -> dict:
+    """A batch of `note_dataset` elements from a vector of int64 note indices."""
+    features = self.features
+
+    def read(i):
+      return np.ascontiguousarray(features[i])
+
+    batch = {k: tf.gather(tf.constant(v), index) for k, v in self.labels.items()}
+    values = tf.numpy_function(read, [index], tf.float32, stateful=False)
+    values.set_shape(index.shape.concatenate(features.shape[1:]))
+    return batch | {self.output: values}
+
+
+def _load(folder: str, output: str) -> Store:
+  with np.load(os.path.join(folder, _LABELS)) as f:
+    labels = {"key": f["key"], "instrument": f["instrument"].astype(np.int32),
+              "pitch": f["pitch"].astype(np.int32), "labelled": f["labelled"].astype(bool)}
+  features = np.load(os.path.join(folder, _FEATURES), mmap_mode="r")
+  if len(features) != len(labels["key"]):
+    raise PrepareError(f"{folder}: {len(features)} feature rows for "
+                       f"{len(labels['key'])} notes; delete the folder to rebuild it.")
+  return Store(folder, output, labels, features)
+
+
+def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
+           folder: str, identity: dict, log) -> None:
+  tmp = f"{folder}.tmp-{os.getpid()}"
+  os.makedirs(tmp)
+  try:
+    notes, count = note_dataset(prepared, split, PipelineConfig(
+        label_fraction=label_fraction, output=output, cache=""))
+    shape = (count,) + tuple(notes.element_spec[output].shape)
+    need = 4 * int(np.prod(shape))
+    free = shutil.disk_usage(tmp).free
+    if need > free:
+      raise PrepareError(f"{folder}: the {split} split's {count} notes need "
+                         f"{need / 1e9:.1f} GB on disk and only {free / 1e9:.1f} GB are "
+                         "free there.")
+    log(f"Writing the {split} split ({count} notes, {need / 1e9:.2f} GB) to {folder}.")
+    features = np.lib.format.open_memmap(os.path.join(tmp, _FEATURES), mode="w+",
+                                         dtype=np.float32, shape=shape)
+    labels = {k: [] for k in ("key", "instrument", "pitch", "labelled")}
+    row = 0
+    for batch in notes.batch(256).as_numpy_iterator():
+      n = len(batch["key"])
+      if row + n > count:
+        break
+      features[row:row + n] = batch[output]
+      for k, v in labels.items():
+        v.append(batch[k])
+      row += n
+    if row != count:
+      raise PrepareError(f"{prepared.directory}: the {split} split gave {row} notes "
+                         f"where index.csv lists {count}.")
+    features.flush()
+    del features
+    arrays = {k: np.concatenate(v) for k, v in labels.items()}
+    arrays["key"] = arrays["key"].astype(np.bytes_)   # fixed width: no pickled objects
+    np.savez(os.path.join(tmp, _LABELS), **arrays)
+    with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
+      json.dump(identity | {"notes": count}, f, indent=2)
+    if os.path.exists(folder):
+      shutil.rmtree(folder)
+    os.rename(tmp, folder)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def open_store(prepared: Prepared, split: str, output: str, label_fraction: float,
+               directory: str, log=print) -> Store:
+  """The split's store under `directory`, written first if missing or stale.
+
+  Args:
+    prepared: The prepared data.
+    split: 'train' or 'validation'.
+    output: 'mel' or 'audio' (see tfgmvae.data.dataset).
+    label_fraction: Share of instrument labels kept (decides 'labelled').
+    directory: Folder of the stores (created).
+    log: Progress messages.
+
+  Raises:
+    PrepareError: the data cannot be read, or the disk is too small.
+  """
+  folder = os.path.join(directory, f"{split}-{output}")
+  for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):   # from a killed write
+    shutil.rmtree(leftover, ignore_errors=True)
+  identity = _identity(prepared, split, output, label_fraction)
+  try:
+    with open(os.path.join(folder, _META), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    meta = None
+  if meta is None or {k: meta.get(k) for k in identity} != identity:
+    if meta is not None:
+      log(f"{folder} was written from other data or settings; writing it again.")
+    os.makedirs(directory, exist_ok=True)
+    _write(prepared, split, output, label_fraction, folder, identity, log)
+  return _load(folder, output)
