@@ -386,6 +386,23 @@ def test_evaluate_summaries_reach_tensorboard(toy, evaluated):
   assert 1 <= evaluated["mgmvae"][0]["run"]["epoch"] <= 3   # the best checkpoint's epoch
 
 
+def test_an_evaluated_step_is_not_summarised_twice(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  picture = str(tmp_path / "p.png")
+  tf.io.write_file(picture, tf.io.encode_png(tf.zeros([4, 4, 3], tf.uint8)))
+  logdir = str(tmp_path / "evaluation")
+  assert report.write_summaries(logdir, {"a": {"b": 1.0}}, {"fig": picture}, 7)
+  assert not report.write_summaries(logdir, {"a": {"b": 2.0}}, {"fig": picture}, 7)
+  assert report.write_summaries(logdir, {"a": {"b": 3.0}}, {"fig": picture}, 9)
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0})
+  acc.Reload()
+  points = [(e.step, float(tf.make_ndarray(e.tensor_proto)))
+            for e in acc.Tensors("evaluation/a/b")]
+  assert points == [(7, 1.0), (9, 3.0)]
+  assert [e.step for e in acc.Tensors("evaluation/fig")] == [7, 9]
+  assert report.summarised_steps(logdir) == {7, 9}
+
+
 def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
   _, out_dir = evaluated["mgmvae"]
   before = os.path.getmtime(os.path.join(out_dir, "metrics.json"))

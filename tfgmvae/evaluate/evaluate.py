@@ -5,7 +5,8 @@ figures and TensorBoard summaries.
 encodes its prepared data, trains or reuses the CNN baselines, runs every experiment and
 writes OUT_DIR (first into a temporary folder beside it, then renamed, so OUT_DIR is
 complete or absent and an existing one is never overwritten). It also writes the scalar
-metrics and the figures to RUN_DIR/summaries/evaluation at the checkpoint's epoch.
+metrics and the figures to RUN_DIR/summaries/evaluation at the checkpoint's epoch, once:
+evaluating the same checkpoint again leaves them as they are.
 """
 
 import dataclasses
@@ -248,9 +249,11 @@ def evaluate(config: EvalConfig, log=print) -> dict:
       shutil.rmtree(tmp, ignore_errors=True)
     raise
   if config.summaries:
-    report.write_summaries(os.path.join(config.run_dir, "summaries", "evaluation"),
-                           metrics, {k: os.path.join(out_dir, v)
-                                     for k, v in pictures.items()}, epoch)
+    logdir = os.path.join(config.run_dir, "summaries", "evaluation")
+    if not report.write_summaries(logdir, metrics, {k: os.path.join(out_dir, v)
+                                                    for k, v in pictures.items()}, epoch):
+      log(f"{logdir} already holds an evaluation of epoch {epoch}; this one is in "
+          f"{out_dir} only (TensorBoard keeps the first).")
   stage(f"Wrote {out_dir}")
   return metrics
 

@@ -188,8 +188,29 @@ def swap_lines(swap: dict | None) -> list[str]:
   return lines
 
 
-def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str], step: int):
-  """Every scalar metric as `evaluation/<key>` and every figure as an image."""
+def summarised_steps(logdir: str) -> set[int]:
+  """Steps at which `logdir`'s event files already hold evaluation summaries."""
+  steps = set()
+  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        if any(v.tag.startswith("evaluation/") for v in event.summary.value):
+          steps.add(int(event.step))
+    except tf.errors.DataLossError:   # a file cut short by a kill: its whole records count
+      continue
+  return steps
+
+
+def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
+                    step: int) -> bool:
+  """Every scalar metric as `evaluation/<key>` and every figure as an image, at `step`.
+
+  Returns:
+    False, writing nothing, when `logdir` already holds an evaluation at `step` (the same
+    checkpoint evaluated again): TensorBoard would show both as one jagged point.
+  """
+  if step in summarised_steps(logdir):
+    return False
   writer = tf.summary.create_file_writer(logdir)
   with writer.as_default(step=step):
     for key, value in scalar_items({k: v for k, v in metrics.items() if k != "run"}):
@@ -201,6 +222,7 @@ def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str], step: 
       tf.summary.image(f"evaluation/{key}", image[tf.newaxis])
   writer.flush()
   writer.close()
+  return True
 
 
 def scalar_items(metrics, prefix: str = ""):
