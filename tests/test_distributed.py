@@ -256,7 +256,10 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
   worker_tmp = tmp_path / "worker_tmp"
   worker_tmp.mkdir()
   cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-  config = dict(TINY, prepared_dir=prepared_dir, run_dir=run_dir, strategy="multi_worker")
+  # The notes on disk (the one-device reference keeps them in memory): every worker
+  # reads its batches from its own store.
+  config = dict(TINY, prepared_dir=prepared_dir, run_dir=run_dir, strategy="multi_worker",
+                cache="disk")
   chief, other = _finish(*[
       _start(str(tmp_path), f"worker{i}", config,
              tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
@@ -270,8 +273,14 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
                                err_msg=path)
   for name, values in chief["history"].items():
     np.testing.assert_allclose(other["history"][name], values, rtol=1e-6, err_msg=name)
-  # Only the chief wrote into the run directory; the other worker saved its checkpoints
-  # into a temporary folder (under its TMPDIR) and deleted it.
+  # Only the chief wrote into the run directory, but for the other worker's store in
+  # RUN_DIR/cache/worker1; that worker saved its checkpoints into a temporary folder
+  # (under its TMPDIR) and deleted it.
+  cache = os.path.join(run_dir, "cache")
+  assert sorted(os.listdir(cache)) == ["train-mel", "validation-mel", "worker1"]
+  assert sorted(os.listdir(os.path.join(cache, "worker1"))) == ["train-mel",
+                                                                "validation-mel"]
+  stamp = os.stat(os.path.join(cache, "worker1", "train-mel", "features.npy")).st_mtime_ns
   assert os.path.isfile(os.path.join(run_dir, "model.json"))
   assert os.path.isfile(os.path.join(run_dir, "checkpoints", f"ckpt-{EPOCHS}.index"))
   assert os.path.isfile(os.path.join(run_dir, "best", "checkpoint"))
@@ -303,6 +312,9 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
     assert list(run["history"]["loss"]) == list(chief2["history"]["loss"])
   assert os.path.isfile(os.path.join(run_dir, "checkpoints", f"ckpt-{EPOCHS + 1}.index"))
   assert not os.listdir(worker_tmp)
+  # The resumed workers read the stores they wrote before.
+  assert os.stat(os.path.join(cache, "worker1", "train-mel",
+                              "features.npy")).st_mtime_ns == stamp
 
 
 def test_mixed_bfloat16_trains_with_float32_priors_and_losses(prepared_dir, tmp_path):

@@ -84,6 +84,25 @@ def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
   assert 0 < store.labels["labelled"].sum() < 22
   with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
     assert json.load(f)["label_fraction"] == 0.25
+  # Prepared data that changed (any byte of prepared.json or index.csv), or a damaged
+  # store, is written again too.
+  path = os.path.join(prepared.directory, "prepared.json")
+  with open(path, encoding="utf-8") as f:
+    record = json.load(f)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=4)
+  messages.clear()
+  open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert "written from other data or settings" in messages[0]
+  os.remove(os.path.join(folder, "labels.npz"))
+  messages.clear()
+  store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert "is damaged" in messages[0] and len(store) == 22
+  np.save(os.path.join(folder, "features.npy"), np.zeros([21, 43, 256], np.float32))
+  messages.clear()
+  store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert "is damaged (21 float32 feature rows" in messages[0]
+  assert store.features.shape == (22, 43, 256)
 
 
 def test_a_killed_write_leaves_no_store(prepared, tmp_path, monkeypatch):

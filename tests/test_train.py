@@ -228,7 +228,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
   assert "Keeping the 24 notes" in again.stdout
-  assert sorted(os.listdir(os.path.join(killed, "cache"))) == ["train-mel", "validation-mel"]
+  assert sorted(os.listdir(os.path.join(killed, "cache"))) in (
+      ["train-mel", "validation-mel"], ["train-audio", "validation-audio"])   # no GPU / GPU
   assert not any(os.path.exists(folder) for folder in unfinished)
   assert again.stdout.count("an unfinished save") >= 2 and os.path.isdir(keep)
   assert not any(os.path.exists(orphan) for orphan in orphans)
@@ -360,3 +361,23 @@ def test_unlabelled_notes_add_no_instrument_loss_in_training(prepared_dir, tmp_p
   half = train(_config(tmp_path / "n50", prepared_dir, epochs=2, label_fraction=0.5),
                log=lambda *_: None)["history"]
   assert all(v > 0 for v in half["instrument_ce"])
+
+
+def test_a_refused_cache_leaves_the_recorded_flags(prepared_dir, tmp_path, monkeypatch):
+  from tfgmvae.train import inputs  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  config = _config(run, prepared_dir, epochs=1)
+  train(config, log=lambda *_: None, flags_text="--epochs=1\n")
+  before = (run / "flags.txt").read_text()
+  monkeypatch.setattr(inputs, "available_memory", lambda: 1000)   # a 1 kB machine
+  with pytest.raises(ConfigError, match=r"--cache=memory: the 24 notes take 0.0 GB and "
+                                        r"0.0 GB of memory is available; use --cache=disk"):
+    train(dataclasses.replace(config, epochs=2, cache="memory"), log=lambda *_: None,
+          flags_text="--cache=memory\n--epochs=2\n")
+  assert (run / "flags.txt").read_text() == before
+  # --cache=auto then keeps the notes on disk, and the run goes on.
+  messages = []
+  done = train(dataclasses.replace(config, epochs=2), log=messages.append,
+               flags_text="--epochs=2\n")
+  assert done["epoch"] == 2 and any("on disk in" in m for m in messages)
+  assert (run / "flags.txt").read_text() == "--epochs=2\n"

@@ -1,13 +1,14 @@
 """A split's pipeline output written once to disk and read back by index.
 
 Training caches the normalised log-mels (or, with an accelerator, the segments) of every
-note in memory, which is what SOL-sized data wants. NSynth's training split holds 289,205
-notes, about 12 GB of log-mels, so for data that does not fit, `open_store` writes the
-split once (in `note_dataset`'s order) to `DIR/<split>-<output>/features.npy`, a float32
-array the operating system pages in as it is read, beside `labels.npz` (key, instrument,
-pitch, labelled) and `meta.json`. A store is complete only once its folder has been
-renamed into place, so a killed write leaves nothing that is mistaken for a store, and a
-store made from other prepared data or another label fraction is rebuilt.
+note in memory, which is what SOL-sized data wants. nsynth-train holds 289,205 notes,
+12.7 GB of log-mels (11.5 GB in its 90 % training split), so for data that does not
+fit, `open_store` writes each split once (in `note_dataset`'s order) to
+`DIR/<split>-<output>/features.npy`, a float32 array the operating system pages in as it
+is read, beside `labels.npz` (key, instrument, pitch, labelled) and `meta.json`. A store
+is complete only once its folder has been renamed into place, so a killed write leaves
+nothing that is mistaken for a store; a store made from other prepared data or another
+label fraction, or a damaged one, is written again.
 
 `Store.gather` turns a batch of indices into the same batch `note_dataset` would give,
 so the training pipeline shuffles indices instead of notes: with the same seed the two
@@ -27,6 +28,8 @@ import tensorflow as tf
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import INDEX_NAME, JSON_NAME, Prepared, PrepareError
 
+# Bump when the pipeline's output for the same prepared data changes (normalisation,
+# front end, element layout): stores of an older format are then written again.
 FORMAT = 1
 _FEATURES, _LABELS, _META = "features.npy", "labels.npz", "meta.json"
 
@@ -79,14 +82,15 @@ class Store:
     return batch | {self.output: values}
 
 
-def _load(folder: str, output: str) -> Store:
+def _load(folder: str, output: str, notes: int) -> Store:
+  """The store in `folder`; ValueError (or OSError) when it is damaged."""
   with np.load(os.path.join(folder, _LABELS)) as f:
     labels = {"key": f["key"], "instrument": f["instrument"].astype(np.int32),
               "pitch": f["pitch"].astype(np.int32), "labelled": f["labelled"].astype(bool)}
   features = np.load(os.path.join(folder, _FEATURES), mmap_mode="r")
-  if len(features) != len(labels["key"]):
-    raise PrepareError(f"{folder}: {len(features)} feature rows for "
-                       f"{len(labels['key'])} notes; delete the folder to rebuild it.")
+  if not len(features) == notes == len(labels["key"]) or features.dtype != np.float32:
+    raise ValueError(f"{len(features)} {features.dtype} feature rows and "
+                     f"{len(labels['key'])} labels where {notes} notes were expected")
   return Store(folder, output, labels, features)
 
 
@@ -97,7 +101,10 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
   try:
     notes, count = note_dataset(prepared, split, PipelineConfig(
         label_fraction=label_fraction, output=output, cache=""))
-    shape = (count,) + tuple(notes.element_spec[output].shape)
+    spec = notes.element_spec[output]
+    if spec.dtype != tf.float32:
+      raise ValueError(f"internal: the pipeline's {output} is {spec.dtype}, not float32")
+    shape = (count,) + tuple(spec.shape)
     need = 4 * int(np.prod(shape))
     free = shutil.disk_usage(tmp).free
     if need > free:
@@ -111,11 +118,10 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
     row = 0
     for batch in notes.batch(256).as_numpy_iterator():
       n = len(batch["key"])
-      if row + n > count:
-        break
-      features[row:row + n] = batch[output]
-      for k, v in labels.items():
-        v.append(batch[k])
+      if row + n <= count:
+        features[row:row + n] = batch[output]
+        for k, v in labels.items():
+          v.append(batch[k])
       row += n
     if row != count:
       raise PrepareError(f"{prepared.directory}: the {split} split gave {row} notes "
@@ -127,8 +133,6 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
     np.savez(os.path.join(tmp, _LABELS), **arrays)
     with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
       json.dump(identity | {"notes": count}, f, indent=2)
-    if os.path.exists(folder):
-      shutil.rmtree(folder)
     os.rename(tmp, folder)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -154,14 +158,21 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
   for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):   # from a killed write
     shutil.rmtree(leftover, ignore_errors=True)
   identity = _identity(prepared, split, output, label_fraction)
+  notes = sum(prepared.counts[split].values())
   try:
     with open(os.path.join(folder, _META), encoding="utf-8") as f:
       meta = json.load(f)
   except (OSError, ValueError):
     meta = None
-  if meta is None or {k: meta.get(k) for k in identity} != identity:
-    if meta is not None:
-      log(f"{folder} was written from other data or settings; writing it again.")
-    os.makedirs(directory, exist_ok=True)
-    _write(prepared, split, output, label_fraction, folder, identity, log)
-  return _load(folder, output)
+  if meta is not None and {k: meta.get(k) for k in identity} == identity:
+    try:
+      return _load(folder, output, notes)
+    except (OSError, ValueError, KeyError) as e:   # also a damaged labels.npz (zip)
+      log(f"{folder} is damaged ({e}); writing it again.")
+  elif meta is not None:
+    log(f"{folder} was written from other data or settings; writing it again.")
+  if os.path.exists(folder):   # stale or damaged: free its space before the new write
+    shutil.rmtree(folder)
+  os.makedirs(directory, exist_ok=True)
+  _write(prepared, split, output, label_fraction, folder, identity, log)
+  return _load(folder, output, notes)

@@ -114,7 +114,8 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
   With --strategy=multi_worker every worker runs this with the same config (and its own
   TF_CONFIG). The chief writes the run directory (flags.txt, model.json, checkpoints,
   summaries); the other workers restore from the chief's checkpoints, save theirs into
-  a temporary folder that is deleted at the end, and write no summaries. The data must
+  a temporary folder that is deleted at the end, and write no summaries; only their
+  notes, when kept on disk (--cache), go to RUN_DIR/cache/<task>. The data must
   already be prepared (--prepared_dir, or RUN_DIR/data from an earlier run).
 
   Args:
@@ -132,7 +133,8 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
      'stopped_early'}.
 
   Raises:
-    ConfigError: impossible settings (before any work).
+    ConfigError: impossible settings: before any work, or, for --cache=memory and notes
+      that would not fit in memory, once the data is prepared (before training).
     RunStateError: the run directory does not fit the command, or another process is
       training into it.
     TrainingError: a loss term became NaN/Inf (names the term).
@@ -224,13 +226,17 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
       return _result({}, state)
+    # Every worker keeps its own notes: the chief in RUN_DIR/cache, the others in a
+    # folder of their own in it, which outlives their temporary save_dir, so a resume
+    # reuses it. (Chosen before flags.txt is recorded: --cache=memory may be refused.)
+    store_dir = inputs.store_dir_for(
+        config.cache, prepared, output,
+        os.path.join(config.run_dir, "cache", *(() if chief else (task,))),
+        inputs.available_memory(), log)
     if chief and resuming:       # a resumed one once it knows it will train
       _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
-    store_dir = inputs.store_dir_for(config.cache, prepared, output,
-                                     os.path.join(save_dir, "cache"),
-                                     inputs.available_memory(), log)
     train_ds, steps = inputs.make_inputs(
         prepared, "train", config.batch_size, config.seed, config.latent_dim,
         config.label_fraction, start, config.epochs, output,
