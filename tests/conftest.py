@@ -92,6 +92,24 @@ def write_nsynth(path, families=(("guitar", 1), ("brass", 9)), pitches=range(60,
   return path
 
 
+def write_tinysol(root):
+  """A small TinySOL download under `root` (a pathlib.Path): its metadata CSV and 12
+  notes in its audio layout (Vc and Fl at C4, D4, E4, pp and ff)."""
+  header = ("Path,Fold,Family,Instrument (abbr.),Instrument (in full),Technique (abbr.),"
+            "Technique (in full),Pitch,Pitch ID,Dynamics,Dynamics ID,Instance ID,"
+            "String ID (if applicable),Needed digital retuning")
+  lines = [header]
+  for inst, family, full in (("Vc", "Strings", "Violoncello"), ("Fl", "Winds", "Flute")):
+    for midi, name in ((60, "C4"), (62, "D4"), (64, "E4")):
+      for dyn in ("pp", "ff"):
+        rel = f"{family}/{full}/ordinario/{inst}-ord-{name}-{dyn}-N-N.wav"
+        os.makedirs(root / "TinySOL" / os.path.dirname(rel), exist_ok=True)
+        soundfile.write(str(root / "TinySOL" / rel), tone(midi, 44100, 0.6), 44100)
+        lines.append(f"{rel},0,{family},{inst},{full},ord,ordinario,{name},{midi},{dyn},"
+                     "0,0,,FALSE")
+  (root / "TinySOL_metadata.csv").write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture
 def toy_csv(tmp_path):
   """A folder of 24 toy notes with labels.csv; returns the CSV path."""

@@ -14,7 +14,7 @@ from tfgmvae.audio.config import AudioConfig
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.train.config import TrainConfig
 
-from conftest import REPO, write_nsynth
+from conftest import REPO, write_nsynth, write_tinysol
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
 
@@ -86,3 +86,30 @@ def test_every_config_passes_bin_trains_checks_given_its_data(configs, toy_csv, 
     else:
       c = dataclasses.replace(c, data_path=data[c.dataset], run_dir=run_dir)
     c.validate()   # raises ConfigError naming every problem
+
+
+@pytest.mark.parametrize("name", ["tinysol_mgmvae.flags", "nsynth_mgmvae.flags"])
+def test_dataset_configs_train_as_the_readme_says(name, tmp_path):
+  """The README's command for the config with the user's --data_path (here a toy copy of
+  the source), at a tiny size and for one epoch."""
+  if name.startswith("tinysol"):
+    write_tinysol(tmp_path / "TinySOL")
+    data_path, notes = str(tmp_path / "TinySOL"), 12
+  else:
+    data_path, notes = write_nsynth(str(tmp_path / "nsynth-train.tfrecord")), 20
+  run_dir = str(tmp_path / "run")
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bin", "train"), f"--flagfile=configs/{name}",
+       f"--data_path={data_path}", f"--run_dir={run_dir}", "--epochs=1", "--filters=8",
+       "--hidden=16", "--latent_dim=4", "--batch_size=8", "--media_every=0",
+       "--embeddings_every=0", "--verbose=0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Done: 1 epochs" in done.stdout
+  with open(os.path.join(run_dir, "data", "prepared.json"), encoding="utf-8") as f:
+    prepared = json.load(f)
+  assert prepared["source"]["dataset"] == name.split("_")[0]
+  assert prepared["num_train"] + prepared["num_validation"] == notes
+  flags = open(os.path.join(run_dir, "flags.txt"), encoding="utf-8").read().splitlines()
+  assert f"--data_path={data_path}" in flags and "--learning_rate=0.0001" in flags

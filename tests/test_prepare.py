@@ -15,7 +15,7 @@ from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare
                                   stratified_split)
 from tfgmvae.data.sources import Note, SourceError, open_source, read_csv_source
 
-from conftest import tone, toy_specs, write_notes, write_nsynth
+from conftest import tone, toy_specs, write_notes, write_nsynth, write_tinysol
 
 
 def _prepare(data_path, out_dir, dataset="csv", **kw):
@@ -162,26 +162,9 @@ def test_instrument_with_a_single_note_is_named(tmp_path):
     _prepare(csv_path, tmp_path / "prep")
 
 
-def _tinysol_tree(root):
-  """A small TinySOL download (metadata CSV and audio in its layout) under `root`."""
-  header = ("Path,Fold,Family,Instrument (abbr.),Instrument (in full),Technique (abbr.),"
-            "Technique (in full),Pitch,Pitch ID,Dynamics,Dynamics ID,Instance ID,"
-            "String ID (if applicable),Needed digital retuning")
-  lines = [header]
-  for inst, family, full in (("Vc", "Strings", "Violoncello"), ("Fl", "Winds", "Flute")):
-    for midi, name in ((60, "C4"), (62, "D4"), (64, "E4")):
-      for dyn in ("pp", "ff"):
-        rel = f"{family}/{full}/ordinario/{inst}-ord-{name}-{dyn}-N-N.wav"
-        os.makedirs(root / "TinySOL" / os.path.dirname(rel), exist_ok=True)
-        soundfile.write(str(root / "TinySOL" / rel), tone(midi, 44100, 0.6), 44100)
-        lines.append(f"{rel},0,{family},{inst},{full},ord,ordinario,{name},{midi},{dyn},"
-                     "0,0,,FALSE")
-  (root / "TinySOL_metadata.csv").write_text("\n".join(lines) + "\n")
-
-
 def test_tinysol_layout(tmp_path):
   root = tmp_path / "TinySOL"
-  _tinysol_tree(root)
+  write_tinysol(root)
   p = _prepare(root, tmp_path / "prep", dataset="tinysol")
   assert p.instruments == ("Fl", "Vc") and p.pitches == (60, 62, 64)
 
@@ -265,6 +248,6 @@ def test_sources_read_over_http_like_local_files(http_root, tmp_path):
     _prepare(f"{base}/notes", tmp_path / "remote2")
   with pytest.raises(SourceError, match="no such CSV"):
     open_source("csv", f"{base}/nothing/labels.csv")
-  _tinysol_tree(folder / "TinySOL")
+  write_tinysol(folder / "TinySOL")
   tinysol = _prepare(f"{base}/TinySOL", tmp_path / "tinysol", dataset="tinysol")
   assert tinysol.instruments == ("Fl", "Vc") and tinysol.pitches == (60, 62, 64)
