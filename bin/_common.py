@@ -19,6 +19,22 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 
 
 
+def run(main):
+  """`app.run(main)`, except that a UsageError raised by `main` (a bad flag value) prints
+  one line, `ERROR: <message>` and where to find the usage, instead of absl's whole
+  usage text with the message at its end. Exits with the error's code (1)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def checked(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      print(f"ERROR: {e} (usage: {os.path.basename(sys.argv[0])} --help)", file=sys.stderr)
+      return e.exitcode
+
+  app.run(checked)
+
+
 def quiet():
   """Logs warnings and errors only (TensorFlow's checkpoint chatter is INFO), unless the
   user passed --verbosity. Call at the start of main()."""

@@ -75,3 +75,23 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   assert os.listdir(tmp_path / "export") == ["1"]
   assert {n: (out / n).read_bytes() for n in wavs} == written
   assert {n: os.stat(out / n).st_mtime_ns for n in wavs} == mtimes
+
+  # The README's Python API section runs as written against what quickstart wrote (its
+  # example paths pointed at this test's files).
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  code = readme.split("## Python API")[1].split("```python\n")[1].split("```")[0]
+  note = next(os.path.join(root, n) for root, _, names in os.walk(tmp_path / "data" / "corpus")
+              for n in sorted(names) if n.endswith(".flac"))
+  for example, real in (('"note.flac"', repr(note)),
+                        ('"export/quickstart"', repr(str(tmp_path / "export")))):
+    assert example in code, example
+    code = code.replace(example, real)
+  code = (f"import sys\nsys.path.insert(0, {REPO!r})\n" + code
+          + "\nassert x.shape == (43, 256) and y.ndim == 1 and len(y) > 0"
+            "\nassert codes['z_pitch_mean'].shape[1] == 16"
+            "\nassert prior.batch_shape == [] and prior.event_shape == [16]"
+            "\nassert notes[0]['audio'].shape == (11008,) and notes[0]['mel'].shape == (43, 256)"
+            "\nprint('README python ok')\n")
+  api = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, env=ENV, timeout=600, check=False)
+  assert api.returncode == 0 and "README python ok" in api.stdout, api.stderr[-3000:]

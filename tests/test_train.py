@@ -143,6 +143,10 @@ def test_missing_data_is_named(tmp_path):
   assert "$HOME" in done.stderr and not run.exists()
   done = _run([f"--run_dir={run}", f"--prepared_dir={tmp_path}"] + TINY, timeout=60)
   assert done.returncode == 2 and "no prepared.json" in done.stderr
+  # A flagfile without --run_dir (configs/small_*.flags leave it to bin/reproduce).
+  done = _run([f"--prepared_dir={tmp_path}"] + TINY, timeout=60)
+  assert done.returncode == 2 and "--run_dir is required: the folder this run writes " \
+      "into" in done.stderr and "no prepared.json" in done.stderr
 
 
 def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from tfgmvae.evaluate import figures
 
@@ -193,7 +194,8 @@ def summarised_steps(logdir: str) -> set[int]:
   steps = set()
   for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
     try:
-      for event in tf.compat.v1.train.summary_iterator(path):
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
         if any(v.tag.startswith("evaluation/") for v in event.summary.value):
           steps.add(int(event.step))
     except tf.errors.DataLossError:   # a file cut short by a kill: its whole records count

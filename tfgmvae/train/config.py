@@ -99,7 +99,8 @@ class TrainConfig:
     """
     p = []
     if not self.run_dir:
-      p.append("--run_dir is required")
+      p.append("--run_dir is required: the folder this run writes into (created, or "
+               "resumed when it exists)")
     if not self.prepared_dir:
       if self.dataset not in DATASETS:
         p.append(f"--dataset={self.dataset!r}: expected one of {', '.join(DATASETS)}")
@@ -160,7 +161,7 @@ class TrainConfig:
       if not os.path.isdir(os.path.join(self.warm_start, "checkpoints")):
         p.append(f"--warm_start={self.warm_start}: no checkpoints/ folder there (expected "
                  "the run directory of another run)")
-      if os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir):
+      if self.run_dir and os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir):
         p.append("--warm_start names this run itself; to continue a run, run the same "
                  "command again without --warm_start")
     if self.model == "mvae" and self.label_fraction == 0.0:

@@ -6,8 +6,9 @@
   `accuracy/instrument`, `accuracy/pitch` (and `accuracy/pitch_from_z_t`, the pitch
   adversary's, when it is on), `optimization/learning_rate`,
   `optimization/steps_per_second` and `progress/optimizer_step`;
-* `validation`: the same losses, ELBO and accuracies from the `val_` logs; every
-  `media_every` epochs the input and reconstructed log-mel of a few validation notes as
+* `validation`: the same losses, ELBO and accuracies from the `val_` logs; after the
+  first epoch, every `media_every` epochs and when training ends (so the last model is
+  always shown) the input and reconstructed log-mel of a few validation notes as
   images (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio
   (`audio/input`, `audio/reconstruction`); and Embedding Projector data for the posterior
   means of z_t and z_p (a checkpoint `embeddings-<epoch>`, `metadata.tsv` and
@@ -117,8 +118,8 @@ class SummaryCallback(keras.callbacks.Callback):
       prepared: The `Prepared` dataset (vocabularies, log-mel range, audio settings).
       val_batch: Numpy arrays of validation notes: `mel` [N, T, F] normalised, `pitch`
         and `instrument` (indices into the vocabularies) and `key` (bytes or str).
-      media_every: Spectrograms and audio every this many epochs and after the first;
-        0 disables them.
+      media_every: Spectrograms and audio after the first epoch, every this many epochs
+        (epochs 10, 20, ... for 10) and after the last; 0 disables them.
       num_audio: Notes shown as spectrograms and audio (the first of `val_batch`).
       griffin_lim_iters: Griffin-Lim iterations of the audio summaries.
       embeddings_every: Projector data every this many epochs; it is always written when
@@ -135,6 +136,7 @@ class SummaryCallback(keras.callbacks.Callback):
     self.train_writer = self.validation_writer = None
     self._epoch = -1
     self._embedded_epoch = None
+    self._media_step = None
     self._epoch_start = self._last_batch_end = None
     self._start_iterations = 0
     self._batches = 0
@@ -201,14 +203,20 @@ class SummaryCallback(keras.callbacks.Callback):
     with self.validation_writer.as_default(step=step):
       for tag, value in scalar_summaries(logs, "val_").items():
         tf.summary.scalar(tag, value)
-      if self.media_every > 0 and epoch % self.media_every == 0 and self.num_audio:
+      if self._media_on and (step == 1 or step % self.media_every == 0):
         self.write_media(step)
     if self.embeddings_every > 0 and step % self.embeddings_every == 0:
       self.write_embeddings(step)
     self.train_writer.flush()
     self.validation_writer.flush()
 
+  @property
+  def _media_on(self) -> bool:
+    return self.media_every > 0 and self.num_audio > 0
+
   def on_train_end(self, logs=None):
+    if self._epoch >= 0 and self._media_on and self._media_step != self._epoch + 1:
+      self.write_media(self._epoch + 1)
     if self._embedded_epoch is None or self._embedded_epoch != self._epoch + 1:
       self.write_embeddings(self._epoch + 1)
     for writer in (self.train_writer, self.validation_writer):
@@ -220,6 +228,8 @@ class SummaryCallback(keras.callbacks.Callback):
 
   def write_media(self, step: int):
     """Spectrogram images and Griffin-Lim audio of the first `num_audio` notes."""
+    self._open()
+    self._media_step = step
     k = self.num_audio
     mel = self.val_batch["mel"][:k].astype(np.float32)
     recon = keras.ops.convert_to_numpy(self.model(mel, training=False)["reconstruction"])

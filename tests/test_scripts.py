@@ -1,0 +1,37 @@
+"""The bin/ scripts: each opens with a usage block that absl prints intact, and reports a
+bad flag value in one line."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+BIN = os.path.join(REPO, "bin")
+SCRIPTS = sorted(n for n in os.listdir(BIN) if not n.endswith(".py") and n != "__pycache__")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_opens_with_a_usage_block_and_runs_through_common(name):
+  source = open(os.path.join(BIN, name), encoding="utf-8").read()
+  doc = ast.get_docstring(ast.parse(source), clean=False)
+  assert doc and "Usage:" in doc and f"bin/{name}" in doc
+  # absl's usage text %-formats the docstring with the program's name: a lone % in it
+  # would print that name in the middle of a sentence.
+  assert doc.count("%") == 2 * doc.count("%%"), name
+  assert "_common.run(main)" in source and "app.run(main)" not in source
+
+
+def test_a_bad_flag_value_is_one_error_line():
+  done = subprocess.run([sys.executable, os.path.join(BIN, "transfer"), "--model=m",
+                         "--input=x.wav", "--target=Pno", "--alpha=1.5", "--out=o.wav"],
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert done.returncode == 1
+  lines = [l for l in done.stderr.splitlines() if l.strip()]
+  assert lines[-1] == ("ERROR: --alpha=1.5: expected numbers in [0, 1]. "
+                       "(usage: transfer --help)")
+  assert "Usage:" not in done.stderr   # not absl's whole usage text
