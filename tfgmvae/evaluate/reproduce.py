@@ -137,8 +137,7 @@ class Grid:
     self.config = config.validate()
     self.log = log
     self.out = os.path.abspath(config.out_dir)
-    self.logs = os.path.join(self.out, "logs")
-    os.makedirs(self.logs, exist_ok=True)
+    self.logs = os.path.join(self.out, "logs")   # made by the first child process
     self.timings_path = os.path.join(self.logs, "timings.json")
     self.timings = {}
     if os.path.isfile(self.timings_path):
@@ -152,6 +151,7 @@ class Grid:
     invocations), or replaces it with accumulate=False (an evaluation of a new
     checkpoint: RESULTS.md shows the time of the evaluation it reports).
     """
+    os.makedirs(self.logs, exist_ok=True)
     path = os.path.join(self.logs, f"{name}.log")
     command = [sys.executable, os.path.join(REPO, "bin", args[0])] + args[1:]
     self.log(f"  $ {' '.join(command[1:])}   (log: {path})")
