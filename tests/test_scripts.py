@@ -22,6 +22,10 @@ def test_script_opens_with_a_usage_block_and_runs_through_common(name):
   # absl's usage text %-formats the docstring with the program's name: a lone % in it
   # would print that name in the middle of a sentence.
   assert doc.count("%") == 2 * doc.count("%%"), name
+  # A shell line continuation in the usage stays one (the docstring is raw), instead of
+  # joining two lines with a run of spaces.
+  head = source.split('"""')[1]
+  assert doc.count("\\\n") == head.count("\\\n"), name
   assert "_common.run(main)" in source and "app.run(main)" not in source
 
 
