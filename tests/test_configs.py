@@ -68,7 +68,18 @@ def test_paper_configs_carry_the_papers_settings(configs, name, dataset, model):
       (1e-4, 128, 16, 512, 512)
   assert (c.epochs, c.patience, c.label_fraction) == (10000, 1000, 1.0)
   assert c.pitch_classifier and c.precision == "float32" and c.timbre_adversary == 0.0
+  assert c.bn_momentum == 0.9   # the authors' PyTorch BatchNorm (BENCHMARKS.md)
   assert c.audio == AudioConfig()   # SPEC section 1: [43, 256] Slaney log-mel
+
+
+def test_nsynth_config_is_the_papers_network_with_fewer_epochs(configs):
+  c, paper = configs["nsynth_mgmvae.flags"], configs["paper_mgmvae.flags"]
+  assert (c.dataset, c.nsynth_instrument_field) == ("nsynth", "instrument_family_str")
+  assert (c.epochs, c.patience) == (200, 20)
+  same = ("model", "label_fraction", "batch_size", "learning_rate", "latent_dim",
+          "filters", "hidden", "pitch_classifier", "bn_momentum", "precision", "audio",
+          "seed", "cache")
+  assert {k: getattr(c, k) for k in same} == {k: getattr(paper, k) for k in same}
 
 
 def test_every_config_passes_bin_trains_checks_given_its_data(configs, toy_csv, tmp_path):

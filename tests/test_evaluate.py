@@ -401,6 +401,12 @@ def test_an_evaluated_step_is_not_summarised_twice(tmp_path):
   assert points == [(7, 1.0), (9, 3.0)]
   assert sorted(e.step for e in acc.Tensors("evaluation/fig")) == [7, 9]
   assert report.summarised_steps(logdir) == {7, 9}
+  # Event files cut short (a kill while writing): their whole records still count.
+  for name in os.listdir(logdir):
+    path = os.path.join(logdir, name)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) - 10)   # into each file's last record (the image)
+  assert report.summarised_steps(logdir) == {7, 9}
 
 
 def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
@@ -477,6 +483,12 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert 0 < json.loads(timings_path.read_text())["mgmvae_n100.evaluate"] < 1e6
   assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
   assert not (out / "runs" / "mgmvae_n000").exists()
+  nothing = tmp_path / "nothing"   # nothing to evaluate: refused, and nothing written
+  empty = subprocess.run([a.replace(str(out), str(nothing)) for a in command]
+                         + ["--notrain"], capture_output=True, text=True, env=ENV,
+                         check=False)
+  assert empty.returncode == 1 and "no cell has a trained run" in empty.stderr
+  assert not nothing.exists()
   assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()
   other = subprocess.run([a for a in command if a != "--evaluate_arg=--draws=2"]
                          + ["--evaluate_arg=--draws=3", "--models=mvae"],

@@ -3,16 +3,19 @@ stale, never half-written."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tfgmvae.data.prepare import PrepareConfig, prepare
+from tfgmvae.data.prepare import PrepareConfig, PrepareError, prepare
 from tfgmvae.data.store import note_bytes, open_store
 from tfgmvae.train.config import ConfigError
-from tfgmvae.train.inputs import make_inputs, store_dir_for
+from tfgmvae.train.inputs import available_memory, make_inputs, store_dir_for
 
-from conftest import write_nsynth
+from conftest import REPO, write_nsynth
 
 
 def _quiet(*_):
@@ -64,6 +67,20 @@ def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   memory, steps = make_inputs(p, "train", **common)
   disk, _ = make_inputs(p, "train", store_dir=str(tmp_path / "store"), **common)
   _assert_same(_batches(memory, 2 * steps), _batches(disk, 2 * steps))
+  # Records that lost a note since the preparation: the store is not written.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  gone = p.index("validation")[0]["key"].encode()
+  kept = [r for r in tf.data.TFRecordDataset(path).as_numpy_iterator()
+          if tf.train.Example.FromString(r).features.feature["note_str"].bytes_list.value[0]
+          != gone]
+  assert len(kept) == 19
+  with tf.io.TFRecordWriter(path) as w:
+    for record in kept:
+      w.write(record)
+  with pytest.raises(PrepareError, match=r"the validation split gave 1 notes where "
+                                         r"index.csv lists 2"):
+    open_store(p, "validation", "mel", 1.0, str(tmp_path / "store"), log=_quiet)
+  assert sorted(os.listdir(tmp_path / "store")) == ["train-mel"]
 
 
 def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
@@ -103,21 +120,33 @@ def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
   store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
   assert "is damaged (21 float32 feature rows" in messages[0]
   assert store.features.shape == (22, 43, 256)
+  np.save(os.path.join(folder, "features.npy"), np.zeros([22, 43, 256], np.float64))
+  messages.clear()
+  store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert "is damaged (22 float64 feature rows" in messages[0]
+  assert store.features.dtype == np.float32
 
 
-def test_a_killed_write_leaves_no_store(prepared, tmp_path, monkeypatch):
+def test_a_killed_write_leaves_no_store(prepared, tmp_path):
   directory = str(tmp_path / "store")
-
-  def killed(*_, **__):
-    raise KeyboardInterrupt   # stands for a kill in the middle of the write
-  monkeypatch.setattr(np, "savez", killed)
-  with pytest.raises(KeyboardInterrupt):
-    open_store(prepared, "validation", "mel", 1.0, directory, log=_quiet)
-  assert os.listdir(directory) == []
-  monkeypatch.undo()
-  # A leftover of a process that died before it could clean up is removed, and the store
-  # is then written whole.
-  os.makedirs(os.path.join(directory, "validation-mel.tmp-99999"))
+  # A process killed (SIGKILL) while it writes the labels, after the features.
+  code = f"""
+import os, signal, sys
+sys.path.insert(0, {REPO!r})
+import numpy as np
+from tfgmvae.data.prepare import Prepared
+from tfgmvae.data import store
+np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+store.open_store(Prepared.load({prepared.directory!r}), "validation", "mel", 1.0,
+                 {directory!r}, log=lambda *_: None)
+"""
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+  (left,) = os.listdir(directory)
+  assert left.startswith("validation-mel.tmp-")   # only the temporary folder
+  assert os.path.isfile(os.path.join(directory, left, "features.npy"))
+  # The next start removes it and writes the store whole.
   store = open_store(prepared, "validation", "mel", 1.0, directory, log=_quiet)
   assert os.listdir(directory) == ["validation-mel"] and len(store) == 2
 
@@ -136,3 +165,22 @@ def test_the_cache_goes_to_disk_when_memory_would_not_hold_it(prepared):
   with pytest.raises(ConfigError, match=r"--cache=memory: the 24 notes take .* GB and .* "
                                         r"GB of memory is available; use --cache=disk"):
     store_dir_for("memory", prepared, "mel", "D", need, _quiet)
+
+
+def test_available_memory_is_the_smaller_of_the_machine_and_the_container(tmp_path):
+  meminfo = tmp_path / "meminfo"
+  meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n")
+  v2 = tmp_path / "v2"
+  v2.mkdir()
+  assert available_memory(str(meminfo), str(v2)) == 20000000 * 1024   # no cgroup files
+  (v2 / "memory.max").write_text("max\n")
+  assert available_memory(str(meminfo), str(v2)) == 20000000 * 1024   # no limit
+  (v2 / "memory.max").write_text("8000000000\n")
+  (v2 / "memory.current").write_text("3000000000\n")
+  assert available_memory(str(meminfo), str(v2)) == 5_000_000_000     # the container's
+  v1 = tmp_path / "v1"
+  (v1 / "memory").mkdir(parents=True)
+  (v1 / "memory" / "memory.limit_in_bytes").write_text("30000000000\n")
+  (v1 / "memory" / "memory.usage_in_bytes").write_text("1000000000\n")
+  assert available_memory(str(meminfo), str(v1)) == 20000000 * 1024   # the machine's
+  assert available_memory(str(tmp_path / "none"), str(v2)) == 5_000_000_000

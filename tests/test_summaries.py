@@ -159,6 +159,21 @@ def test_spectrogram_images_and_audio(run):
                                  err_msg=name)
 
 
+def test_media_after_the_first_every_n_and_the_last_epoch_once(run, tmp_path):
+  callback = SummaryCallback(str(tmp_path / "r"), run["prepared"], run["val_batch"],
+                             media_every=2, num_audio=1, griffin_lim_iters=1)
+  callback.set_model(run["model"])
+  callback.on_train_begin()
+  for epoch in range(4):
+    callback.on_epoch_begin(epoch)
+    callback.on_epoch_end(epoch, {})
+  callback.on_train_end()
+  acc = _events(str(tmp_path / "r"), "validation")
+  assert [e.step for e in acc.Tensors(summaries.SPECTROGRAM_TAG)] == [1, 2, 4]
+  for tag in summaries.AUDIO_TAGS.values():
+    assert [e.step for e in acc.Tensors(tag)] == [1, 2, 4]
+
+
 def test_projector_config_matches_checkpoint_and_metadata(run):
   directory = os.path.join(run["run_dir"], "summaries", "validation")
   config = ProjectorConfig()

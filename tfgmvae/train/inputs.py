@@ -48,29 +48,29 @@ def _epoch_shuffle(ds: tf.data.Dataset, count: int, op_seed) -> tf.data.Dataset:
     graph.seed = saved
 
 
-def _cgroup_headroom() -> int | None:
+def _cgroup_headroom(root: str = "/sys/fs/cgroup") -> int | None:
   """Bytes this process's cgroup may still allocate (a container's limit), or None."""
-  for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                       ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                        "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+  for limit, usage in (("memory.max", "memory.current"),                     # cgroup v2
+                       ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
     try:
-      with open(limit, encoding="ascii") as f:
+      with open(os.path.join(root, limit), encoding="ascii") as f:
         text = f.read().strip()
       if text == "max":
         return None
-      with open(usage, encoding="ascii") as f:
+      with open(os.path.join(root, usage), encoding="ascii") as f:
         return max(0, int(text) - int(f.read().strip()))
     except (OSError, ValueError):
       continue
   return None
 
 
-def available_memory() -> int | None:
+def available_memory(meminfo: str = "/proc/meminfo",
+                     cgroup_root: str = "/sys/fs/cgroup") -> int | None:
   """Bytes of memory available to new allocations, or None when unknown: Linux's
   MemAvailable, or less when a container's memory limit leaves less."""
   found = None
   try:
-    with open("/proc/meminfo", encoding="ascii") as f:
+    with open(meminfo, encoding="ascii") as f:
       for line in f:
         if line.startswith("MemAvailable:"):
           found = int(line.split()[1]) * 1024
@@ -82,7 +82,7 @@ def available_memory() -> int | None:
       found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
       pass
-  headroom = _cgroup_headroom()
+  headroom = _cgroup_headroom(cgroup_root)
   if headroom is not None:
     found = headroom if found is None else min(found, headroom)
   return found
