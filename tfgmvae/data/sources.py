@@ -230,8 +230,9 @@ def open_source(dataset: str, data_path: str,
   try:
     return _open_source(dataset, data_path, nsynth_instrument_field)
   except SourceError as e:
-    if paths.tilde_hint(data_path):
-      raise SourceError(f"{e}{paths.tilde_hint(data_path)}") from None
+    hint = paths.tilde_hint(data_path)
+    if hint:
+      raise SourceError(f"{e}{hint}") from None
     raise
 
 

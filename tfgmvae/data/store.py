@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
-from tfgmvae.data.prepare import INDEX_NAME, JSON_NAME, Prepared, PrepareError
+from tfgmvae.data.prepare import JSON_NAME, Prepared, PrepareError
 
 # Bump when the pipeline's output for the same prepared data changes (normalisation,
 # front end, element layout): stores of an older format are then written again.
@@ -41,11 +41,10 @@ def note_bytes(prepared: Prepared, output: str) -> int:
 
 
 def _identity(prepared: Prepared, split: str, output: str, label_fraction: float) -> dict:
-  digest = hashlib.sha256()
-  for name in (JSON_NAME, INDEX_NAME):
-    with open(os.path.join(prepared.directory, name), "rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
+  # prepared.json records index.csv's checksum, which Prepared.load has verified: its
+  # hash stands for both files.
+  with open(os.path.join(prepared.directory, JSON_NAME), "rb") as f:
+    digest = hashlib.sha256(f.read())
   return {"format": FORMAT, "prepared_dir": os.path.abspath(prepared.directory),
           "prepared_sha256": digest.hexdigest(), "split": split, "output": output,
           "label_fraction": label_fraction}

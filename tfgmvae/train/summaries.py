@@ -228,7 +228,6 @@ class SummaryCallback(keras.callbacks.Callback):
 
   def write_media(self, step: int):
     """Spectrogram images and Griffin-Lim audio of the first `num_audio` notes."""
-    self._open()
     self._media_step = step
     k = self.num_audio
     mel = self.val_batch["mel"][:k].astype(np.float32)
