@@ -22,7 +22,10 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 def run(main):
   """`app.run(main)`, except that a UsageError raised by `main` (a bad flag value) prints
   one line, `ERROR: <message>` and where to find the usage, instead of absl's whole
-  usage text with the message at its end. Exits with the error's code (1)."""
+  usage text with the message at its end. Exits with the error's code (1).
+
+  A note that cannot be read (the data pipeline's DataError, or its failed assertion
+  inside TensorFlow) also ends in one `ERROR:` line naming the file, exit code 1."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
   def checked(argv):
@@ -31,8 +34,24 @@ def run(main):
     except app.UsageError as e:
       print(f"ERROR: {e} (usage: {os.path.basename(sys.argv[0])} --help)", file=sys.stderr)
       return e.exitcode
+    except Exception as e:  # pylint: disable=broad-except
+      message = _data_error(e)
+      if message is None:
+        raise
+      print(f"ERROR: {message}", file=sys.stderr)
+      return 1
 
   app.run(checked)
+
+
+def _data_error(error: Exception) -> str | None:
+  """The message of a data error from the tfgmvae pipeline, else None."""
+  if "tfgmvae.data.dataset" not in sys.modules:
+    return None
+  from tfgmvae.data import dataset, pipeline  # pylint: disable=g-import-not-at-top
+  if isinstance(error, dataset.DataError):
+    return str(error)
+  return pipeline.data_error(error)
 
 
 def quiet():

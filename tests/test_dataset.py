@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tfgmvae import audio
-from tfgmvae.data.dataset import PipelineConfig, PreparedFeatures, make_dataset
+from tfgmvae.data import pipeline
+from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures, data_errors,
+                                    make_dataset)
 from tfgmvae.data.prepare import PrepareConfig, prepare
 
 from conftest import REPO
@@ -89,6 +91,32 @@ def test_a_file_broken_after_preparation_stops_with_its_name(prepared):
   with pytest.raises(tf.errors.InvalidArgumentError) as info:
     _all(ds)
   assert victim in str(info.value)
+  with pytest.raises(DataError) as info:   # the message alone, and what to do
+    with data_errors("Reading: "):
+      _all(ds)
+  assert str(info.value).startswith(f"Reading: {victim}: cannot be decoded")
+  assert str(info.value).endswith(
+      f"(the data prepared in {prepared.directory} no longer matches its source: "
+      "restore the source, or prepare the data again with bin/prepare_dataset)")
+
+
+def test_data_error_messages_keep_their_characters_and_other_errors_pass():
+  name = "/données/x \"y\" ['z'].wav: no such file."
+
+  def check(errors):
+    with tf.control_dependencies([pipeline.check_errors(errors, " (hint)")]):
+      return tf.identity(errors)
+
+  ds = tf.data.Dataset.from_tensors(tf.constant(["", name, "second"])).map(check)
+  with pytest.raises(DataError) as info:
+    with data_errors():
+      _all(ds)
+  assert str(info.value) == name + " (hint)"
+  other = tf.data.Dataset.from_tensors(tf.constant([1.0])).map(
+      lambda x: tf.debugging.assert_all_finite(x / 0.0, "not a data error"))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="not a data error"):
+    with data_errors():
+      _all(other)
 
 
 def test_prepare_dataset_cli(toy_csv, tmp_path):

@@ -39,3 +39,40 @@ def test_a_bad_flag_value_is_one_error_line():
   assert lines[-1] == ("ERROR: --alpha=1.5: expected numbers in [0, 1]. "
                        "(usage: transfer --help)")
   assert "Usage:" not in done.stderr   # not absl's whole usage text
+
+
+def test_a_note_that_cannot_be_read_is_one_error_line(tmp_path):
+  # What bin/evaluate, bin/export, ... print when the pipeline finds a note gone since
+  # the preparation: the DataError, or the pipeline's failed assertion inside TF.
+  script = tmp_path / "script"
+  script.write_text(f"""import sys
+sys.path.insert(0, {BIN!r})
+import _common
+import tensorflow as tf
+from tfgmvae.data import pipeline
+from tfgmvae.data.dataset import DataError
+
+def checked(errors):
+  with tf.control_dependencies([pipeline.check_errors(errors)]):
+    return tf.identity(errors)
+
+def main(argv):
+  if argv[1] == "library":
+    raise DataError("/x.wav: no such file.")
+  if argv[1] == "pipeline":
+    list(tf.data.Dataset.from_tensors(tf.constant(["/y.wav: no such file."])).map(checked))
+  raise RuntimeError("another error")
+
+_common.run(main)
+""")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  for case, line in (("library", "ERROR: /x.wav: no such file."),
+                     ("pipeline", "ERROR: /y.wav: no such file.")):
+    done = subprocess.run([sys.executable, str(script), case], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 1, done.stderr
+    assert [l for l in done.stderr.splitlines() if l.strip()][-1] == line
+    assert "Traceback" not in done.stderr
+  done = subprocess.run([sys.executable, str(script), "other"], capture_output=True,
+                        text=True, timeout=120, env=env)
+  assert done.returncode == 1 and "RuntimeError: another error" in done.stderr

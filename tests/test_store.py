@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from tfgmvae.data.dataset import DataError, data_errors
 from tfgmvae.data.prepare import PrepareConfig, PrepareError, prepare
 from tfgmvae.data.store import note_bytes, open_store
 from tfgmvae.train.config import ConfigError
@@ -77,10 +78,16 @@ def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   with tf.io.TFRecordWriter(path) as w:
     for record in kept:
       w.write(record)
-  with pytest.raises(PrepareError, match=r"the validation split gave 1 notes where "
-                                         r"index.csv lists 2"):
+  with pytest.raises(DataError, match=r"validation-mel: the NSynth records of the "
+                     r"validation split \(.*nsynth-train.tfrecord\) gave 1 notes where 2 "
+                     r"were prepared \(the data prepared in .*prep no longer matches"):
     open_store(p, "validation", "mel", 1.0, str(tmp_path / "store"), log=_quiet)
   assert sorted(os.listdir(tmp_path / "store")) == ["train-mel"]
+  # The in-memory path refuses them as well, at the end of the first pass.
+  memory, steps = make_inputs(p, "validation", **common)
+  with pytest.raises(DataError, match="gave 1 notes where 2 were prepared"):
+    with data_errors():
+      _batches(memory, steps + 1)
 
 
 def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfgmvae.data.dataset import DataError
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.train.checkpoints import RunStateError, run_lock
@@ -327,6 +328,24 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
   message = str(info.value)
   assert "'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_a_note_gone_since_preparation_stops_the_run_naming_it(toy_csv, tmp_path, cache):
+  prepared = prepare(PrepareConfig("csv", toy_csv, str(tmp_path / "prep")),
+                     log=lambda *_: None)
+  gone = prepared.index("train")[5]["path"]
+  os.remove(gone)
+  with pytest.raises(DataError) as info:
+    train(_config(tmp_path / "run", prepared.directory, cache=cache), log=lambda *_: None)
+  where = ("Training stopped during epoch 1 (no checkpoint was written yet): "
+           if cache == "memory" else f"Writing {tmp_path / 'run' / 'cache' / 'train-mel'}: ")
+  assert str(info.value).startswith(where), str(info.value)
+  assert f"{gone}: no such file. (the data prepared in {prepared.directory} no longer " \
+      "matches its source: restore the source, or prepare the data again with " \
+      "bin/prepare_dataset)" in str(info.value)
+  if cache == "disk":   # the half-written store is gone
+    assert os.listdir(tmp_path / "run" / "cache") == []
 
 
 def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_dir,

@@ -16,6 +16,7 @@ accelerator, `output='audio'` caches the (same-sized) segments and the log-mel r
 accelerator inside the model's step.
 """
 
+import contextlib
 import dataclasses
 
 import tensorflow as tf
@@ -23,6 +24,54 @@ import tensorflow as tf
 from tfgmvae import audio
 from tfgmvae.data import pipeline
 from tfgmvae.data.prepare import Prepared, PrepareError, TRAIN, VALIDATION
+
+
+class DataError(PrepareError):
+  """A note of prepared data could not be read, or its source changed since then."""
+
+
+@contextlib.contextmanager
+def data_errors(context: str = ""):
+  """Turns a failed data assertion of the pipeline inside the block (a note that cannot
+  be read, NSynth records that changed) into a DataError with its message, prefixed by
+  `context`; other errors pass unchanged."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    message = pipeline.data_error(e)
+    if message is None:
+      raise
+    raise DataError(context + message) from None
+
+
+def _stale_hint(prepared: Prepared) -> str:
+  return (f" (the data prepared in {prepared.directory} no longer matches its source: "
+          "restore the source, or prepare the data again with bin/prepare_dataset)")
+
+
+def _expect_count(ds: tf.data.Dataset, count: int, what: str,
+                  hint: str) -> tf.data.Dataset:
+  """`ds`, failing at the end of each pass that did not give exactly `count` elements:
+  a marked end element is counted by a scan and dropped."""
+  def blank(spec):
+    shape = [d or 0 for d in spec.shape] if spec.shape.rank is not None else []
+    return tf.zeros(shape, spec.dtype)
+  end = tf.data.Dataset.from_tensors(
+      (tf.constant(True), tf.nest.map_structure(blank, ds.element_spec)))
+  marked = ds.map(lambda e: (tf.constant(False), e)).concatenate(end)
+
+  def step(seen, item):
+    last, elem = item
+    message = tf.strings.join([pipeline.DATA_ERROR, what, " gave ",
+                               tf.strings.as_string(seen), f" notes where {count} were "
+                               "prepared", hint])
+    check = tf.debugging.Assert(tf.logical_or(tf.logical_not(last),
+                                              tf.equal(seen, count)), [message])
+    with tf.control_dependencies([check]):
+      return seen + 1, (tf.identity(last), elem)
+
+  return (marked.scan(tf.constant(0, tf.int64), step)
+          .filter(lambda last, _: tf.logical_not(last)).map(lambda _, elem: elem))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +132,10 @@ def note_dataset(prepared: Prepared, split: str,
                  config: PipelineConfig = PipelineConfig()) -> tuple[tf.data.Dataset, int]:
   """Unbatched, cached notes of one split, and how many there are.
 
-  Only `label_fraction`, `output` and `cache` of `config` apply here.
+  Only `label_fraction`, `output` and `cache` of `config` apply here. Iterating the
+  dataset stops with a data assertion (wrap it in `data_errors`) on a note that cannot
+  be read and, for NSynth, at the end of a pass whose records gave another number of
+  notes than were prepared.
 
   Raises:
     PrepareError: unknown split, or the split is empty.
@@ -125,9 +177,11 @@ def note_dataset(prepared: Prepared, split: str,
     })
     ds = pipeline.decode_files(ds, acfg)
 
+  hint = _stale_hint(prepared)
+
   def finish(batch):
     """Stops on a note that fails to decode; else labels plus normalised mel or audio."""
-    with tf.control_dependencies([pipeline.check_errors(batch["error"])]):
+    with tf.control_dependencies([pipeline.check_errors(batch["error"], hint)]):
       out = {k: tf.identity(batch[k]) for k in ("key", "instrument", "pitch", "labelled")}
       if config.output == "mel":
         out["mel"] = audio.normalise(audio.log_mel(batch["segment"], acfg),
@@ -137,6 +191,9 @@ def note_dataset(prepared: Prepared, split: str,
     return out
 
   ds = pipeline.batched_map(ds, finish)
+  if prepared.source["dataset"] == "nsynth":   # records may have lost or gained notes
+    ds = _expect_count(ds, len(rows), f"the NSynth records of the {split} split "
+                       f"({', '.join(prepared.source['files'])})", hint)
   if config.cache == "memory":
     ds = ds.cache()
   elif config.cache:

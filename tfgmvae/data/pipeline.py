@@ -7,6 +7,9 @@ naming the file, so preparation can list every bad file at once and the training
 pipeline can stop on the first one with that message.
 """
 
+import codecs
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -156,7 +159,27 @@ def with_log_mel(ds: tf.data.Dataset, config: AudioConfig, batch: int = 64,
   return batched_map(ds, add, batch, parallel)
 
 
-def check_errors(errors):
-  """An assert op that fails with the first non-empty message of a batch of errors."""
+# Every data assertion of the pipelines carries this prefix, so the InvalidArgumentError
+# that a failed one raises (inside fit(), an iterator, ...) can be told from other op
+# errors and turned into its message alone (`data_error`).
+DATA_ERROR = "tfgmvae data error: "
+
+
+def check_errors(errors, hint: str = ""):
+  """An assert op that fails with the first non-empty message of a batch of errors,
+  followed by `hint` (see `data_error`)."""
   bad = tf.boolean_mask(errors, tf.strings.length(errors) > 0)
-  return tf.debugging.Assert(tf.equal(tf.size(bad), 0), [bad], summarize=3)
+  first = tf.strings.reduce_join(bad[:1])
+  return tf.debugging.Assert(tf.equal(tf.size(bad), 0),
+                             [tf.strings.join([DATA_ERROR, first, hint])])
+
+
+def data_error(error: Exception) -> str | None:
+  """The message of a pipeline's failed data assertion (`check_errors`, a count check),
+  or None when `error` is something else."""
+  match = re.search(re.escape(DATA_ERROR) + r"(.*)\]$", str(error), re.MULTILINE)
+  if not match:
+    return None
+  # tf.debugging.Assert prints strings C-escaped (quotes, octal bytes of UTF-8).
+  raw = codecs.escape_decode(match.group(1).encode("utf-8"))[0]
+  return raw.decode("utf-8", errors="replace")

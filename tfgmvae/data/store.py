@@ -25,7 +25,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import PipelineConfig, note_dataset
+from tfgmvae.data.dataset import PipelineConfig, data_errors, note_dataset
 from tfgmvae.data.prepare import JSON_NAME, Prepared, PrepareError
 
 # Bump when the pipeline's output for the same prepared data changes (normalisation,
@@ -115,14 +115,15 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
                                          dtype=np.float32, shape=shape)
     labels = {k: [] for k in ("key", "instrument", "pitch", "labelled")}
     row = 0
-    for batch in notes.batch(256).as_numpy_iterator():
-      n = len(batch["key"])
-      if row + n <= count:
-        features[row:row + n] = batch[output]
-        for k, v in labels.items():
-          v.append(batch[k])
-      row += n
-    if row != count:
+    with data_errors(f"Writing {folder}: "):
+      for batch in notes.batch(256).as_numpy_iterator():
+        n = len(batch["key"])
+        if row + n <= count:
+          features[row:row + n] = batch[output]
+          for k, v in labels.items():
+            v.append(batch[k])
+        row += n
+    if row != count:   # (note_dataset checks NSynth's count itself)
       raise PrepareError(f"{prepared.directory}: the {split} split gave {row} notes "
                          f"where index.csv lists {count}.")
     features.flush()

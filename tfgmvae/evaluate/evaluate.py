@@ -17,6 +17,7 @@ import time
 
 import tensorflow as tf
 
+from tfgmvae.data.dataset import data_errors
 from tfgmvae.data.prepare import Prepared, PrepareError
 from tfgmvae.evaluate import classifiers, experiments, figures, report
 from tfgmvae.serving.export import ExportError, load_run
@@ -143,6 +144,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
 
   Raises:
     EvaluationError: a bad setting, or a run or data that cannot be read.
+    DataError: a prepared note cannot be read any more (names it).
   """
   config.validate()
   figures.require()
@@ -171,12 +173,13 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     log(f"[{time.time() - clock:6.0f} s] {name}")
 
   try:
-    stage(f"Encoding {prepared.directory} with {path} (epoch {epoch})")
-    train = experiments.encode_split(model, prepared, "train")
-    val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
+    with data_errors():   # the only stages that read notes
+      stage(f"Encoding {prepared.directory} with {path} (epoch {epoch})")
+      train = experiments.encode_split(model, prepared, "train")
+      val = experiments.encode_split(model, prepared, "validation", keep_mel=True)
 
-    stage("CNN baselines")
-    cnns, cnn_records = _cnns(prepared, info, fraction, cnn_dir, config, log)
+      stage("CNN baselines")
+      cnns, cnn_records = _cnns(prepared, info, fraction, cnn_dir, config, log)
 
     stage("Table 1: linear probes and CNNs")
     metrics = {"format": FORMAT,

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfgmvae.audio import spectral
 from tfgmvae.audio.config import AudioConfig
-from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.dataset import DataError, PipelineConfig, data_errors, make_dataset
 from tfgmvae.data.prepare import Prepared, PrepareError
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.module import ServingModule
@@ -141,9 +141,14 @@ def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
   ds = make_dataset(prepared, "train", PipelineConfig(batch_size=batch_size, shuffle=False,
                                                       cache=""))
   codes, labels = [], []
-  for batch in ds:
-    codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
-    labels.append(batch["instrument"].numpy())
+  try:
+    with data_errors():
+      for batch in ds:
+        codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
+        labels.append(batch["instrument"].numpy())
+  except DataError as e:
+    raise ExportError(f"an MVAE's per-instrument timbre centres come from its training "
+                      f"data: {e}") from None
   return centres_from_codes(np.concatenate(codes), np.concatenate(labels),
                             info.model.num_instruments)
 

@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import PipelineConfig, PreparedFeatures, make_dataset
+from tfgmvae.data import pipeline
+from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures,
+                                    data_errors, make_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
@@ -98,13 +100,17 @@ def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> Mode
       timbre_adversary=config.timbre_adversary, bn_momentum=config.bn_momentum)
 
 
+def _last_checkpoint(manager) -> str:
+  return (f"the last good checkpoint is {manager.latest_checkpoint}"
+          if manager.latest_checkpoint else "no checkpoint was written yet")
+
+
 def _nan_message(error: Exception, epoch: int, manager) -> str:
   match = re.search(r"loss term '([a-z_]+)' is NaN or Inf", str(error))
   term = match.group(1) if match else "unknown"
-  where = (f"the last good checkpoint is {manager.latest_checkpoint}"
-           if manager.latest_checkpoint else "no checkpoint was written yet")
   return (f"Training stopped: the loss term '{term}' became NaN or Inf during epoch "
-          f"{epoch + 1}; {where}. Try a lower --learning_rate or --precision=float32.")
+          f"{epoch + 1}; {_last_checkpoint(manager)}. Try a lower --learning_rate or "
+          "--precision=float32.")
 
 
 def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
@@ -138,6 +144,8 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
     RunStateError: the run directory does not fit the command, or another process is
       training into it.
     TrainingError: a loss term became NaN/Inf (names the term).
+    DataError: a prepared note could not be read, or NSynth records changed since the
+      preparation (names the file; checkpoints written before stay).
   """
   config.validate()
   strategy = make_strategy(config)
@@ -237,17 +245,19 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
-    train_ds, steps = inputs.make_inputs(
-        prepared, "train", config.batch_size, config.seed, config.latent_dim,
-        config.label_fraction, start, config.epochs, output,
-        strategy if replicas > 1 else None, store_dir=store_dir, log=log)
-    val_ds, val_steps = inputs.make_inputs(
-        prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
-        config.seed, config.latent_dim, 1.0, output=output,
-        strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
-    all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience, log)]
-    if chief:
-      all_callbacks += _summary_callbacks(config, prepared)
+    with data_errors("Reading the notes for training: "):   # (a store is written here)
+      train_ds, steps = inputs.make_inputs(
+          prepared, "train", config.batch_size, config.seed, config.latent_dim,
+          config.label_fraction, start, config.epochs, output,
+          strategy if replicas > 1 else None, store_dir=store_dir, log=log)
+      val_ds, val_steps = inputs.make_inputs(
+          prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
+          config.seed, config.latent_dim, 1.0, output=output,
+          strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
+      all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience,
+                                          log)]
+      if chief:
+        all_callbacks += _summary_callbacks(config, prepared)
     all_callbacks += list(callbacks)
     try:
       history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
@@ -258,6 +268,10 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     except tf.errors.InvalidArgumentError as e:
       if "is NaN or Inf" in str(e):
         raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager)) from None
+      message = pipeline.data_error(e)
+      if message is not None:   # a note of the in-memory path, read in the first epoch
+        raise DataError(f"Training stopped during epoch {int(state.epoch.numpy()) + 1} "
+                        f"({_last_checkpoint(manager)}): {message}") from None
       raise
     return _result(history.history, state)
   finally:
