@@ -348,6 +348,34 @@ def test_a_note_gone_since_preparation_stops_the_run_naming_it(toy_csv, tmp_path
     assert os.listdir(tmp_path / "run" / "cache") == []
 
 
+def test_a_run_kept_on_disk_resumes_without_its_sources(toy_csv, tmp_path):
+  from tfgmvae.data.prepare import Prepared  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train import loop  # pylint: disable=g-import-not-at-top
+  prepared = prepare(PrepareConfig("csv", toy_csv, str(tmp_path / "prep")),
+                     log=lambda *_: None)
+  config = _config(tmp_path / "run", prepared.directory, cache="disk", epochs=1)
+  train(config, log=lambda *_: None)
+  store_dir = str(tmp_path / "run" / "cache")
+  for output in ("mel", "audio"):   # the summaries' notes: the store's = the source's
+    if output == "audio":
+      from tfgmvae.data.store import open_store  # pylint: disable=g-import-not-at-top
+      open_store(prepared, "validation", "audio", 1.0, store_dir, log=lambda _: None)
+    (kept,) = loop._summary_callbacks(config, prepared, store_dir, output)  # pylint: disable=protected-access
+    (read,) = loop._summary_callbacks(config, prepared, None, output)  # pylint: disable=protected-access
+    assert kept.val_batch.keys() == read.val_batch.keys()
+    for k, v in read.val_batch.items():
+      if k == "mel" and output == "audio":   # mel computed from the kept segments
+        np.testing.assert_allclose(kept.val_batch[k], v, atol=1e-5)
+      else:
+        np.testing.assert_array_equal(kept.val_batch[k], v, err_msg=k)
+  shutil.rmtree(os.path.dirname(toy_csv))   # every note gone: the stores suffice
+  result = train(dataclasses.replace(config, epochs=2), log=lambda *_: None)
+  assert result["epoch"] == 2
+  with pytest.raises(DataError, match="no such file"):   # (not so in memory)
+    train(dataclasses.replace(config, epochs=3, cache="memory"), log=lambda *_: None)
+  assert Prepared.load(prepared.directory).counts == prepared.counts
+
+
 def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_dir,
                                                                        tmp_path):
   run = tmp_path / "patience"

@@ -16,6 +16,7 @@ from tfgmvae.data import pipeline
 from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures,
                                     data_errors, make_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
+from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs
@@ -257,7 +258,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience,
                                           log)]
       if chief:
-        all_callbacks += _summary_callbacks(config, prepared)
+        all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     all_callbacks += list(callbacks)
     try:
       history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
@@ -313,10 +314,21 @@ def _val_count(prepared: Prepared, replicas: int) -> int:
   return max(replicas, count - count % replicas)
 
 
-def _summary_callbacks(config: TrainConfig, prepared: Prepared) -> list:
-  val = make_dataset(prepared, "validation", PipelineConfig(
-      batch_size=64, shuffle=False, cache=""))
-  batch = {k: np.asarray(v) for k, v in next(val.as_numpy_iterator()).items()}
+def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str | None,
+                       output: str, size: int = 64) -> list:
+  """The summaries' callback, with the first `size` validation notes as its batch: read
+  from the validation store when the notes are kept on disk (so a resume reads no
+  source), else from the source."""
+  if store_dir is None:
+    val = make_dataset(prepared, "validation", PipelineConfig(
+        batch_size=size, shuffle=False, cache=""))
+    batch = next(val.as_numpy_iterator())
+  else:   # the store make_inputs has written: opening it reads only its labels
+    store = open_store(prepared, "validation", output, 1.0, store_dir, log=lambda _: None)
+    batch = store.gather(tf.range(min(size, len(store)), dtype=tf.int64))
+    if output == "audio":
+      batch["mel"] = PreparedFeatures(prepared)(batch.pop("audio"))
+  batch = {k: np.asarray(v) for k, v in batch.items()}
   return [SummaryCallback(config.run_dir, prepared, batch, media_every=config.media_every,
                           griffin_lim_iters=config.griffin_lim_iters,
                           embeddings_every=config.embeddings_every)]
