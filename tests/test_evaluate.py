@@ -480,6 +480,9 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
                                  capture_output=True, text=True, env=ENV, check=False)
   assert evaluate_only.returncode == 0, evaluate_only.stdout + evaluate_only.stderr
   assert "[mgmvae_n100] evaluating epoch" in evaluate_only.stdout
+  # The same checkpoint evaluated again: TensorBoard keeps the first evaluation's points.
+  evaluate_log = (out / "logs" / "mgmvae_n100.evaluate.log").read_text()
+  assert evaluate_log.count("already holds an evaluation of epoch") == 1, evaluate_log
   assert 0 < json.loads(timings_path.read_text())["mgmvae_n100.evaluate"] < 1e6
   assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
   assert not (out / "runs" / "mgmvae_n000").exists()

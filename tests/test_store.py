@@ -12,6 +12,7 @@ import pytest
 
 from tfgmvae.data.dataset import DataError, data_errors
 from tfgmvae.data.prepare import PrepareConfig, PrepareError, prepare
+from tfgmvae.data import store
 from tfgmvae.data.store import note_bytes, open_store
 from tfgmvae.train.config import ConfigError
 from tfgmvae.train.inputs import available_memory, make_inputs, store_dir_for
@@ -191,3 +192,25 @@ def test_available_memory_is_the_smaller_of_the_machine_and_the_container(tmp_pa
   (v1 / "memory" / "memory.usage_in_bytes").write_text("1000000000\n")
   assert available_memory(str(meminfo), str(v1)) == 20000000 * 1024   # the machine's
   assert available_memory(str(tmp_path / "none"), str(v2)) == 5_000_000_000
+
+
+def test_read_rows_equals_indexing_the_array(tmp_path, monkeypatch):
+  path = str(tmp_path / "features.npy")
+  array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(50, 3, 5))
+  array[:] = np.random.default_rng(0).normal(size=array.shape)
+  array.flush()
+  features = np.load(path, mmap_mode="r")
+  for index in ([], [7], [49, 0, 3, 3, 17], list(range(50))[::-1] * 2):
+    got = store.read_rows(features, np.array(index, np.int64))
+    np.testing.assert_array_equal(got, np.asarray(features)[index])
+    assert got.shape == (len(index), 3, 5) and got.dtype == np.float32
+  with pytest.raises(IndexError, match=r"features.npy: rows \[50\] outside \[0, 50\)"):
+    store.read_rows(features, np.array([1, 50]))
+  # A file cut short after it was opened (the load checks its size) is named.
+  with open(path, "r+b") as f:
+    f.truncate(features.offset + 40 * 15 * 4 + 8)
+  with pytest.raises(OSError, match="ends inside row 40"):
+    store.read_rows(features, np.array([2, 40]))
+  monkeypatch.delattr(store.os, "preadv")   # elsewhere: the memory map
+  np.testing.assert_array_equal(store.read_rows(features, np.array([1, 2])),
+                                np.asarray(features)[[1, 2]])

@@ -4,8 +4,9 @@ Training caches the normalised log-mels (or, with an accelerator, the segments) 
 note in memory, which is what SOL-sized data wants. nsynth-train holds 289,205 notes,
 12.7 GB of log-mels (11.5 GB in its 90 % training split), so for data that does not
 fit, `open_store` writes each split once (in `note_dataset`'s order) to
-`DIR/<split>-<output>/features.npy`, a float32 array the operating system pages in as it
-is read, beside `labels.npz` (key, instrument, pitch, labelled) and `meta.json`. A store
+`DIR/<split>-<output>/features.npy`, a float32 .npy array whose rows each batch reads
+with parallel `preadv` calls, beside `labels.npz` (key, instrument, pitch, labelled)
+and `meta.json`. A store
 is complete only once its folder has been renamed into place, so a killed write leaves
 nothing that is mistaken for a store; a store made from other prepared data or another
 label fraction, or a damaged one, is written again.
@@ -15,6 +16,7 @@ so the training pipeline shuffles indices instead of notes: with the same seed t
 paths give identical batches (tests/test_store.py).
 """
 
+import concurrent.futures
 import dataclasses
 import glob
 import hashlib
@@ -50,6 +52,54 @@ def _identity(prepared: Prepared, split: str, output: str, label_fraction: float
           "label_fraction": label_fraction}
 
 
+_READ_THREADS = 16
+_readers = None
+
+
+def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
+  global _readers  # pylint: disable=global-statement
+  if _readers is None:
+    _readers = concurrent.futures.ThreadPoolExecutor(_READ_THREADS,
+                                                     thread_name_prefix="tfgmvae-store")
+  return _readers
+
+
+def read_rows(features: np.ndarray, index: np.ndarray) -> np.ndarray:
+  """Rows `index` of a memory-mapped .npy array, as a new array.
+
+  The rows are read with `preadv` by a pool of threads (which release the GIL while
+  they wait), so a batch keeps many reads in flight: for a store larger than the page
+  cache that is about 50x faster than indexing the memory map, whose page faults come
+  one at a time (BENCHMARKS.md). Without `os.preadv`, indexes the map.
+  """
+  index = np.asarray(index, np.int64)
+  if not hasattr(os, "preadv") or not len(index):
+    return np.ascontiguousarray(features[index])
+  out = np.empty((len(index),) + features.shape[1:], features.dtype)
+  rows = out.reshape(len(index), -1).view(np.uint8)
+  size = rows.shape[1]
+  outside = index[(index < 0) | (index >= len(features))]
+  if len(outside):
+    raise IndexError(f"{features.filename}: rows {outside[:3].tolist()} outside "
+                     f"[0, {len(features)})")
+  fd = os.open(features.filename, os.O_RDONLY)
+  try:
+    def read(rows_of_thread):   # every _READ_THREADS-th row: few tasks, reads in flight
+      for j in rows_of_thread:
+        start, done = features.offset + int(index[j]) * size, 0
+        while done < size:
+          got = os.preadv(fd, [rows[j, done:]], start + done)
+          if got <= 0:
+            raise OSError(f"{features.filename}: ends inside row {index[j]}")
+          done += got
+    parts = [range(k, len(index), _READ_THREADS) for k in range(_READ_THREADS)]
+    for future in [_reader_pool().submit(read, part) for part in parts if part]:
+      future.result()
+  finally:
+    os.close(fd)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Store:
   """A written store: labels in memory, features memory-mapped.
@@ -71,12 +121,9 @@ class Store:
   def gather(self, index: tf.Tensor) -> dict:
     """A batch of `note_dataset` elements from a vector of int64 note indices."""
     features = self.features
-
-    def read(i):
-      return np.ascontiguousarray(features[i])
-
     batch = {k: tf.gather(tf.constant(v), index) for k, v in self.labels.items()}
-    values = tf.numpy_function(read, [index], tf.float32, stateful=False)
+    values = tf.numpy_function(lambda i: read_rows(features, i), [index], tf.float32,
+                               stateful=False)
     values.set_shape(index.shape.concatenate(features.shape[1:]))
     return batch | {self.output: values}
 
