@@ -91,8 +91,11 @@ def test_a_file_broken_after_preparation_stops_with_its_name(prepared):
   with pytest.raises(tf.errors.InvalidArgumentError) as info:
     _all(ds)
   assert victim in str(info.value)
-  with pytest.raises(DataError) as info:   # the message alone, and what to do
-    with data_errors("Reading: "):
+  # The message alone, and what to do. (A dataset built afresh: after an error, the
+  # memory cache of the failed pass may hold part of the notes.)
+  ds = make_dataset(prepared, "train", PipelineConfig(batch_size=4))
+  with pytest.raises(DataError) as info:
+    with data_errors(prepared, "Reading: "):
       _all(ds)
   assert str(info.value).startswith(f"Reading: {victim}: cannot be decoded")
   assert str(info.value).endswith(

@@ -265,6 +265,19 @@ def test_mvae_export_uses_class_centres(runs):
   loaded = tf.saved_model.load(runs["mvae_export"])
   out = _synth(loaded.signatures["synthesize"], ["Vc", "Pno"], [60, 61], [0.0, 1.0], [0, 0])
   assert out["audio"].shape == (2, 43 * 256) and np.all(np.isfinite(out["audio"].numpy()))
+  # A training note gone since the preparation: the export says which, and what to do.
+  model, info, _ = export_lib.load_run(runs["mvae"])
+  gone = prepared.index("train")[3]["path"]
+  os.rename(gone, gone + ".away")
+  try:
+    with pytest.raises(export_lib.ExportError) as error:
+      export_lib.class_centres(model, info)
+  finally:
+    os.rename(gone + ".away", gone)
+  assert str(error.value) == (
+      "an MVAE's per-instrument timbre centres come from its training data: "
+      f"{gone}: no such file. (the data prepared in {runs['prepared']} no longer matches "
+      "its source: restore the source, or prepare the data again with bin/prepare_dataset)")
 
 
 def _cli(name, *args):

@@ -62,6 +62,21 @@ def test_store_gives_the_batches_of_the_memory_cache(prepared, tmp_path, output)
   assert features.nbytes == 22 * note_bytes(prepared, output)
 
 
+def _rewrite(path, keep, repeat=None) -> int:
+  """Rewrites a TFRecord file of NSynth notes with those whose key `keep` accepts, then
+  the one keyed `repeat` again; returns the number of records written."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+  def key(record):
+    return tf.train.Example.FromString(record).features.feature["note_str"] \
+        .bytes_list.value[0]
+  kept = [r for r in records if keep(key(r))] + [r for r in records if key(r) == repeat]
+  with tf.io.TFRecordWriter(path) as w:
+    for record in kept:
+      w.write(record)
+  return len(kept)
+
+
 def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   path = write_nsynth(str(tmp_path / "nsynth-train.tfrecord"))
   p = prepare(PrepareConfig("nsynth", path, str(tmp_path / "prep")), log=_quiet)
@@ -70,15 +85,8 @@ def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   disk, _ = make_inputs(p, "train", store_dir=str(tmp_path / "store"), **common)
   _assert_same(_batches(memory, 2 * steps), _batches(disk, 2 * steps))
   # Records that lost a note since the preparation: the store is not written.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   gone = p.index("validation")[0]["key"].encode()
-  kept = [r for r in tf.data.TFRecordDataset(path).as_numpy_iterator()
-          if tf.train.Example.FromString(r).features.feature["note_str"].bytes_list.value[0]
-          != gone]
-  assert len(kept) == 19
-  with tf.io.TFRecordWriter(path) as w:
-    for record in kept:
-      w.write(record)
+  assert _rewrite(path, lambda key: key != gone) == 19
   with pytest.raises(DataError, match=r"validation-mel: the NSynth records of the "
                      r"validation split \(.*nsynth-train.tfrecord\) gave 1 notes where 2 "
                      r"were prepared \(the data prepared in .*prep no longer matches"):
@@ -87,8 +95,29 @@ def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   # The in-memory path refuses them as well, at the end of the first pass.
   memory, steps = make_inputs(p, "validation", **common)
   with pytest.raises(DataError, match="gave 1 notes where 2 were prepared"):
-    with data_errors():
+    with data_errors(p):
       _batches(memory, steps + 1)
+  # A lost training note and a repeated one: the count holds, the notes do not.
+  train_keys = [r["key"].encode() for r in p.index("train")]
+  _rewrite(path, lambda key: key != train_keys[3], repeat=train_keys[0])
+  memory, steps = make_inputs(p, "train", **common)
+  with pytest.raises(DataError, match=r"the NSynth records of the train split \(.*\) gave "
+                     r"18 notes, but not the 18 prepared ones \(some are missing, others "
+                     r"repeated\) \(the data prepared in"):
+    with data_errors(p):
+      _batches(memory, 2 * steps)
+  # The records' file cut short, or gone.
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  memory, steps = make_inputs(p, "train", **common)
+  with pytest.raises(DataError, match=r"reading the NSynth records \(.*nsynth-train."
+                     r"tfrecord\): .*truncated record .*\(the data prepared in"):
+    with data_errors(p):
+      _batches(memory, steps)
+  os.remove(path)
+  with pytest.raises(DataError, match=r"nsynth-train.tfrecord: no such file \(the data "
+                     "prepared in"):
+    make_inputs(p, "train", **common)
 
 
 def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
@@ -159,7 +188,7 @@ store.open_store(Prepared.load({prepared.directory!r}), "validation", "mel", 1.0
   assert os.listdir(directory) == ["validation-mel"] and len(store) == 2
 
 
-def test_the_cache_goes_to_disk_when_memory_would_not_hold_it(prepared):
+def test_the_cache_goes_to_disk_when_memory_would_not_hold_it(prepared, tmp_path):
   need = 24 * note_bytes(prepared, "mel")   # both splits
   messages = []
   assert store_dir_for("auto", prepared, "mel", "D", 2 * need, messages.append) is None
@@ -173,6 +202,15 @@ def test_the_cache_goes_to_disk_when_memory_would_not_hold_it(prepared):
   with pytest.raises(ConfigError, match=r"--cache=memory: the 24 notes take .* GB and .* "
                                         r"GB of memory is available; use --cache=disk"):
     store_dir_for("memory", prepared, "mel", "D", need, _quiet)
+  # Stores of both splits already written there: auto reads them (a resume then reads
+  # no source), whatever the memory; memory and disk keep their meaning.
+  directory = str(tmp_path / "kept")
+  for split in ("train", "validation"):
+    open_store(prepared, split, "mel", 1.0, directory, _quiet)
+    assert store_dir_for("auto", prepared, "mel", directory, 100 * need, _quiet) == (
+        directory if split == "validation" else None)
+  assert store_dir_for("auto", prepared, "audio", directory, 100 * need, _quiet) is None
+  assert store_dir_for("memory", prepared, "mel", directory, 100 * need, _quiet) is None
 
 
 def test_available_memory_is_the_smaller_of_the_machine_and_the_container(tmp_path):

@@ -360,19 +360,25 @@ def test_a_run_kept_on_disk_resumes_without_its_sources(toy_csv, tmp_path):
     if output == "audio":
       from tfgmvae.data.store import open_store  # pylint: disable=g-import-not-at-top
       open_store(prepared, "validation", "audio", 1.0, store_dir, log=lambda _: None)
-    (kept,) = loop._summary_callbacks(config, prepared, store_dir, output)  # pylint: disable=protected-access
-    (read,) = loop._summary_callbacks(config, prepared, None, output)  # pylint: disable=protected-access
-    assert kept.val_batch.keys() == read.val_batch.keys()
-    for k, v in read.val_batch.items():
-      if k == "mel" and output == "audio":   # mel computed from the kept segments
-        np.testing.assert_allclose(kept.val_batch[k], v, atol=1e-5)
-      else:
-        np.testing.assert_array_equal(kept.val_batch[k], v, err_msg=k)
-  shutil.rmtree(os.path.dirname(toy_csv))   # every note gone: the stores suffice
-  result = train(dataclasses.replace(config, epochs=2), log=lambda *_: None)
-  assert result["epoch"] == 2
-  with pytest.raises(DataError, match="no such file"):   # (not so in memory)
+    for size in (1, 64):   # (64: the whole validation split)
+      (kept,) = loop._summary_callbacks(config, prepared, store_dir, output, size)  # pylint: disable=protected-access
+      (read,) = loop._summary_callbacks(config, prepared, None, output, size)  # pylint: disable=protected-access
+      assert kept.val_batch.keys() == read.val_batch.keys()
+      assert len(kept.val_batch["key"]) == min(size, 2)
+      for k, v in read.val_batch.items():
+        if k == "mel" and output == "audio":   # mel computed from the kept segments
+          np.testing.assert_allclose(kept.val_batch[k], v, atol=1e-5)
+        else:
+          np.testing.assert_array_equal(kept.val_batch[k], v, err_msg=k)
+  shutil.rmtree(os.path.dirname(toy_csv))   # every note gone: the stores suffice, also
+  messages = []                             # for --cache=auto, which prefers them
+  result = train(dataclasses.replace(config, epochs=2, cache="auto"), log=messages.append)
+  assert result["epoch"] == 2 and f"Reading the notes kept on disk in {store_dir}." in messages
+  with pytest.raises(DataError) as info:   # not so in memory
     train(dataclasses.replace(config, epochs=3, cache="memory"), log=lambda *_: None)
+  assert "no such file" in str(info.value) and str(info.value).endswith(
+      " A run keeps the data it started with: train data prepared again in a new run "
+      f"(--warm_start={config.run_dir} starts it from this one's weights).")
   assert Prepared.load(prepared.directory).counts == prepared.counts
 
 

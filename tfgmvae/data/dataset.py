@@ -18,6 +18,7 @@ accelerator inside the model's step.
 
 import contextlib
 import dataclasses
+import re
 
 import tensorflow as tf
 
@@ -30,18 +31,41 @@ class DataError(PrepareError):
   """A note of prepared data could not be read, or its source changed since then."""
 
 
+def _op_message(error: tf.errors.OpError) -> str:
+  """An op error's own sentence, without TensorFlow's function and node decorations."""
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+  return re.split(r"\n\s*\[\[|\s*\[Op:", text, maxsplit=1)[0].strip()
+
+
 @contextlib.contextmanager
-def data_errors(context: str = ""):
-  """Turns a failed data assertion of the pipeline inside the block (a note that cannot
-  be read, NSynth records that changed) into a DataError with its message, prefixed by
-  `context`; other errors pass unchanged."""
+def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
+  """Turns a data error raised inside the block into a DataError: a failed data
+  assertion of the pipeline (a note that cannot be read, NSynth records that changed),
+  or a source file of `prepared` that is gone or cut short while a dataset reads it.
+  Other errors pass unchanged.
+
+  Args:
+    prepared: The prepared data being read (names its source in the message).
+    context: Text before the message, or a function called for it at the error.
+    suffix: Text after the message.
+  """
   try:
     yield
-  except tf.errors.InvalidArgumentError as e:
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.DataLossError) as e:
     message = pipeline.data_error(e)
     if message is None:
-      raise
-    raise DataError(context + message) from None
+      if isinstance(e, tf.errors.InvalidArgumentError) or "IteratorGetNext" not in str(e):
+        raise
+      message = _op_message(e)   # from a dataset's source: a file gone or cut short
+      if prepared is not None:
+        if prepared.source["dataset"] == "nsynth" and not any(
+            f in message for f in prepared.source["files"]):
+          message = (f"reading the NSynth records ({', '.join(prepared.source['files'])}): "
+                     + message)
+        message += _stale_hint(prepared)
+    raise DataError((context() if callable(context) else context) + message
+                    + suffix) from None
 
 
 def _stale_hint(prepared: Prepared) -> str:
@@ -49,28 +73,40 @@ def _stale_hint(prepared: Prepared) -> str:
           "restore the source, or prepare the data again with bin/prepare_dataset)")
 
 
-def _expect_count(ds: tf.data.Dataset, count: int, what: str,
-                  hint: str) -> tf.data.Dataset:
-  """`ds`, failing at the end of each pass that did not give exactly `count` elements:
-  a marked end element is counted by a scan and dropped."""
+def _expect_rows(ds: tf.data.Dataset, row_of, count: int, what: str,
+                 hint: str) -> tf.data.Dataset:
+  """`ds`, failing at the end of each pass that did not give each of the `count` rows
+  once (`row_of(elem)`: an element's row in the index). A marked end element closes
+  each pass; a scan keeps the count and the sums of the rows and of their squares,
+  which a lost note and a repeated one would not leave both unchanged."""
   def blank(spec):
     shape = [d or 0 for d in spec.shape] if spec.shape.rank is not None else []
     return tf.zeros(shape, spec.dtype)
   end = tf.data.Dataset.from_tensors(
       (tf.constant(True), tf.nest.map_structure(blank, ds.element_spec)))
   marked = ds.map(lambda e: (tf.constant(False), e)).concatenate(end)
+  sums = (count * (count - 1) // 2, (count - 1) * count * (2 * count - 1) // 6)
 
-  def step(seen, item):
+  def step(state, item):
+    seen, total, squares = state
     last, elem = item
-    message = tf.strings.join([pipeline.DATA_ERROR, what, " gave ",
-                               tf.strings.as_string(seen), f" notes where {count} were "
-                               "prepared", hint])
-    check = tf.debugging.Assert(tf.logical_or(tf.logical_not(last),
-                                              tf.equal(seen, count)), [message])
+    gave = tf.strings.join([pipeline.DATA_ERROR, what, " gave ",
+                            tf.strings.as_string(seen), " notes"])
+    message = tf.where(tf.equal(seen, count),
+                       tf.strings.join([gave, f", but not the {count} prepared ones (some "
+                                              "are missing, others repeated)", hint]),
+                       tf.strings.join([gave, f" where {count} were prepared", hint]))
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.logical_not(last), tf.reduce_all(
+            tf.stack([seen, total, squares]) == tf.constant((count,) + sums, tf.int64))),
+        [message])
+    row = tf.where(last, tf.constant(0, tf.int64), tf.cast(row_of(elem), tf.int64))
+    grown = (seen + tf.cast(tf.logical_not(last), tf.int64), total + row, squares + row * row)
     with tf.control_dependencies([check]):
-      return seen + 1, (tf.identity(last), elem)
+      return grown, (tf.identity(last), elem)
 
-  return (marked.scan(tf.constant(0, tf.int64), step)
+  zero = tf.constant(0, tf.int64)
+  return (marked.scan((zero, zero, zero), step)
           .filter(lambda last, _: tf.logical_not(last)).map(lambda _, elem: elem))
 
 
@@ -134,8 +170,9 @@ def note_dataset(prepared: Prepared, split: str,
 
   Only `label_fraction`, `output` and `cache` of `config` apply here. Iterating the
   dataset stops with a data assertion (wrap it in `data_errors`) on a note that cannot
-  be read and, for NSynth, at the end of a pass whose records gave another number of
-  notes than were prepared.
+  be read and, for NSynth, at the end of a pass whose records did not give each prepared
+  note once. After such an error build the dataset again: a cache that a failed pass
+  filled may hold part of the notes.
 
   Raises:
     PrepareError: unknown split, or the split is empty.
@@ -159,7 +196,11 @@ def note_dataset(prepared: Prepared, split: str,
         "instrument": _lookup(keys, [inst_id[r["instrument"]] for r in rows], -1),
         "pitch": _lookup(keys, [pitch_id[r["pitch"]] for r in rows], -1),
         "labelled": _lookup(keys, [int(labelled(r)) for r in rows], 0),
+        "row": _lookup(keys, list(range(len(rows))), -1),
     }
+    missing = [f for f in prepared.source["files"] if not tf.io.gfile.exists(f)]
+    if missing:
+      raise DataError(f"{', '.join(missing)}: no such file{_stale_hint(prepared)}")
     ds = pipeline.nsynth_records(prepared.source["files"],
                                  prepared.source["instrument_field"], acfg)
     ds = ds.filter(lambda e: tables["pitch"].lookup(e["key"]) >= 0)
@@ -191,9 +232,10 @@ def note_dataset(prepared: Prepared, split: str,
     return out
 
   ds = pipeline.batched_map(ds, finish)
-  if prepared.source["dataset"] == "nsynth":   # records may have lost or gained notes
-    ds = _expect_count(ds, len(rows), f"the NSynth records of the {split} split "
-                       f"({', '.join(prepared.source['files'])})", hint)
+  if prepared.source["dataset"] == "nsynth":   # records may have lost or repeated notes
+    ds = _expect_rows(ds, lambda e: tables["row"].lookup(e["key"]), len(rows),
+                      f"the NSynth records of the {split} split "
+                      f"({', '.join(prepared.source['files'])})", hint)
   if config.cache == "memory":
     ds = ds.cache()
   elif config.cache:

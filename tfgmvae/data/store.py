@@ -162,7 +162,7 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
                                          dtype=np.float32, shape=shape)
     labels = {k: [] for k in ("key", "instrument", "pitch", "labelled")}
     row = 0
-    with data_errors(f"Writing {folder}: "):
+    with data_errors(prepared, f"Writing {folder}: "):
       for batch in notes.batch(256).as_numpy_iterator():
         n = len(batch["key"])
         if row + n <= count:
@@ -184,6 +184,11 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def is_written(directory: str, split: str, output: str) -> bool:
+  """Whether `directory` holds a complete store of the split (maybe a stale one)."""
+  return os.path.isfile(os.path.join(directory, f"{split}-{output}", _META))
 
 
 def open_store(prepared: Prepared, split: str, output: str, label_fraction: float,

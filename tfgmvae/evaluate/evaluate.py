@@ -173,7 +173,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     log(f"[{time.time() - clock:6.0f} s] {name}")
 
   try:
-    with data_errors():   # the only stages that read notes
+    with data_errors(prepared):   # the only stages that read notes
       stage(f"Encoding {prepared.directory} with {path} (epoch {epoch})")
       train = experiments.encode_split(model, prepared, "train")
       val = experiments.encode_split(model, prepared, "validation", keep_mel=True)

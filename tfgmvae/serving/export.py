@@ -138,12 +138,11 @@ def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
   except PrepareError as e:
     raise ExportError(f"an MVAE's per-instrument timbre centres come from its training "
                       f"data, which cannot be read: {e}") from e
-  ds = make_dataset(prepared, "train", PipelineConfig(batch_size=batch_size, shuffle=False,
-                                                      cache=""))
   codes, labels = [], []
   try:
-    with data_errors():
-      for batch in ds:
+    with data_errors(prepared):
+      for batch in make_dataset(prepared, "train", PipelineConfig(
+          batch_size=batch_size, shuffle=False, cache="")):
         codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
         labels.append(batch["instrument"].numpy())
   except DataError as e:

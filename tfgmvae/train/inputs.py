@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import Prepared
-from tfgmvae.data.store import note_bytes, open_store
+from tfgmvae.data.store import is_written, note_bytes, open_store
 from tfgmvae.train.config import ConfigError
 
 _NOISE_SALT = 7919
@@ -93,8 +93,9 @@ def store_dir_for(cache: str, prepared: Prepared, output: str, directory: str,
   """Where the notes are kept between epochs: None for memory, else `directory`.
 
   Args:
-    cache: 'memory', 'disk' or 'auto' (memory when both splits take under half of the
-      available memory).
+    cache: 'memory', 'disk' or 'auto' (disk when `directory` holds both splits' stores
+      already, so a resumed run reads no note from the source; else memory when both
+      splits take under half of the available memory).
     prepared: The prepared data.
     output: 'mel' or 'audio'.
     directory: The folder for the stores on disk.
@@ -111,6 +112,10 @@ def store_dir_for(cache: str, prepared: Prepared, output: str, directory: str,
     raise ConfigError(f"--cache=memory: the {notes:,} notes take {need / 1e9:.1f} GB "
                       f"and {available / 1e9:.1f} GB of memory is available; use "
                       f"--cache=disk (or auto) to keep them in {directory}")
+  if cache == "auto" and all(is_written(directory, split, output)
+                             for split in ("train", "validation")):
+    log(f"Reading the notes kept on disk in {directory}.")
+    return directory
   if cache == "memory" or (cache == "auto" and fits):
     return None
   log(f"Keeping the {notes:,} notes ({need / 1e9:.2f} GB) on disk in {directory}"

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data import pipeline
 from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures,
                                     data_errors, make_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
@@ -246,7 +245,10 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
-    with data_errors("Reading the notes for training: "):   # (a store is written here)
+    # A resumed run cannot take other prepared data: say so beside the data errors' hint.
+    after = (f" A run keeps the data it started with: train data prepared again in a new "
+             f"run (--warm_start={config.run_dir} starts it from this one's weights).")
+    with data_errors(prepared, "Reading the notes for training: ", after):   # (stores)
       train_ds, steps = inputs.make_inputs(
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
           config.label_fraction, start, config.epochs, output,
@@ -260,19 +262,20 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     all_callbacks += list(callbacks)
+    def failed_epoch():   # (the notes in memory are first read during the first epoch)
+      return (f"Training stopped during epoch {int(state.epoch.numpy()) + 1} "
+              f"({_last_checkpoint(manager)}): ")
+
     try:
-      history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
-                          steps_per_epoch=steps, validation_data=val_ds,
-                          validation_steps=val_steps,
-                          validation_freq=config.validation_every,
-                          callbacks=all_callbacks, verbose=config.verbose)
+      with data_errors(prepared, failed_epoch, after):
+        history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
+                            steps_per_epoch=steps, validation_data=val_ds,
+                            validation_steps=val_steps,
+                            validation_freq=config.validation_every,
+                            callbacks=all_callbacks, verbose=config.verbose)
     except tf.errors.InvalidArgumentError as e:
       if "is NaN or Inf" in str(e):
         raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager)) from None
-      message = pipeline.data_error(e)
-      if message is not None:   # a note of the in-memory path, read in the first epoch
-        raise DataError(f"Training stopped during epoch {int(state.epoch.numpy()) + 1} "
-                        f"({_last_checkpoint(manager)}): {message}") from None
       raise
     return _result(history.history, state)
   finally:
