@@ -18,12 +18,13 @@ accelerator inside the model's step.
 
 import contextlib
 import dataclasses
+import os
 import re
 
 import tensorflow as tf
 
 from tfgmvae import audio
-from tfgmvae.data import pipeline
+from tfgmvae.data import paths, pipeline
 from tfgmvae.data.prepare import Prepared, PrepareError, TRAIN, VALIDATION
 
 
@@ -198,7 +199,8 @@ def note_dataset(prepared: Prepared, split: str,
         "labelled": _lookup(keys, [int(labelled(r)) for r in rows], 0),
         "row": _lookup(keys, list(range(len(rows))), -1),
     }
-    missing = [f for f in prepared.source["files"] if not tf.io.gfile.exists(f)]
+    missing = [f for f in prepared.source["files"]   # (a URL fails when it is read)
+               if not paths.is_url(f) and not os.path.isfile(f)]
     if missing:
       raise DataError(f"{', '.join(missing)}: no such file{_stale_hint(prepared)}")
     ds = pipeline.nsynth_records(prepared.source["files"],

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures,
-                                    data_errors, make_dataset)
+from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
+                                    make_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
@@ -262,6 +262,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     all_callbacks += list(callbacks)
+
     def failed_epoch():   # (the notes in memory are first read during the first epoch)
       return (f"Training stopped during epoch {int(state.epoch.numpy()) + 1} "
               f"({_last_checkpoint(manager)}): ")
