@@ -100,7 +100,8 @@ def test_a_file_broken_after_preparation_stops_with_its_name(prepared):
   assert str(info.value).startswith(f"Reading: {victim}: cannot be decoded")
   assert str(info.value).endswith(
       f"(the data prepared in {prepared.directory} no longer matches its source: "
-      "restore the source, or prepare the data again with bin/prepare_dataset)")
+      "restore the source, or prepare the data again with bin/prepare_dataset and train a "
+      "new run on it)")
 
 
 def test_data_error_messages_keep_their_characters_and_other_errors_pass():

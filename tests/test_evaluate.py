@@ -149,6 +149,16 @@ def test_swap_section_without_partners_says_so():
   assert report.swap_lines(None) == []          # evaluations from before the swaps
 
 
+def test_centroid_figure_without_a_testable_instrument(tmp_path):
+  # Small data: one validation note per instrument, so no t-test and no box to draw.
+  from tfgmvae.evaluate import figures  # pylint: disable=g-import-not-at-top
+  centroids = {k: np.array([900.0, 1100.0]) for k in ("minus", "zero", "plus")}
+  path = figures.centroid(str(tmp_path / "fig7.png"), centroids, np.array([0, 1]),
+                          ("Vc", "Pno"), {"per_instrument": {}, "shift_sigmas": 2.0,
+                                          "dimension": 3}, "MGMVAE")
+  assert os.path.getsize(path) > 0
+
+
 def test_linear_probe_separates_separable_codes_and_not_random_labels():
   rng = np.random.default_rng(0)
   centres = rng.normal(0, 4, (5, 8))

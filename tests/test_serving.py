@@ -277,7 +277,8 @@ def test_mvae_export_uses_class_centres(runs):
   assert str(error.value) == (
       "an MVAE's per-instrument timbre centres come from its training data: "
       f"{gone}: no such file. (the data prepared in {runs['prepared']} no longer matches "
-      "its source: restore the source, or prepare the data again with bin/prepare_dataset)")
+      "its source: restore the source, or prepare the data again with bin/prepare_dataset "
+      "and train a new run on it)")
 
 
 def _cli(name, *args):

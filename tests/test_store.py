@@ -88,13 +88,13 @@ def test_nsynth_store_equals_the_streamed_notes(tmp_path):
   gone = p.index("validation")[0]["key"].encode()
   assert _rewrite(path, lambda key: key != gone) == 19
   with pytest.raises(DataError, match=r"validation-mel: the NSynth records of the "
-                     r"validation split \(.*nsynth-train.tfrecord\) gave 1 notes where 2 "
+                     r"validation split \(.*nsynth-train.tfrecord\) gave 1 note where 2 "
                      r"were prepared \(the data prepared in .*prep no longer matches"):
     open_store(p, "validation", "mel", 1.0, str(tmp_path / "store"), log=_quiet)
   assert sorted(os.listdir(tmp_path / "store")) == ["train-mel"]
   # The in-memory path refuses them as well, at the end of the first pass.
   memory, steps = make_inputs(p, "validation", **common)
-  with pytest.raises(DataError, match="gave 1 notes where 2 were prepared"):
+  with pytest.raises(DataError, match="gave 1 note where 2 were prepared"):
     with data_errors(p):
       _batches(memory, steps + 1)
   # A lost training note and a repeated one: the count holds, the notes do not.

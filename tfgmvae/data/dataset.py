@@ -71,7 +71,8 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
 
 def _stale_hint(prepared: Prepared) -> str:
   return (f" (the data prepared in {prepared.directory} no longer matches its source: "
-          "restore the source, or prepare the data again with bin/prepare_dataset)")
+          "restore the source, or prepare the data again with bin/prepare_dataset and "
+          "train a new run on it)")
 
 
 def _expect_rows(ds: tf.data.Dataset, row_of, count: int, what: str,
@@ -92,7 +93,8 @@ def _expect_rows(ds: tf.data.Dataset, row_of, count: int, what: str,
     seen, total, squares = state
     last, elem = item
     gave = tf.strings.join([pipeline.DATA_ERROR, what, " gave ",
-                            tf.strings.as_string(seen), " notes"])
+                            tf.strings.as_string(seen),
+                            tf.where(tf.equal(seen, 1), " note", " notes")])
     message = tf.where(tf.equal(seen, count),
                        tf.strings.join([gave, f", but not the {count} prepared ones (some "
                                               "are missing, others repeated)", hint]),

@@ -113,6 +113,12 @@ def centroid(path, centroids, labels, instruments, metrics, title):
   plt = require()
   present = [i for i, name in enumerate(instruments) if name in metrics["per_instrument"]]
   fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(present)), 4))
+  if not present:   # (small data: no instrument has the notes a t-test needs)
+    ax.axis("off")
+    ax.text(0.5, 0.5, "No instrument has enough validation notes for the t-test.",
+            ha="center", va="center")
+    ax.set_title(f"{title}: z_t dimension {metrics['dimension']}")
+    return _save(fig, path)
   shift = metrics["shift_sigmas"]
   styles = (("minus", f"-{shift:g} sigma_t", "tab:blue"), ("zero", "0", "tab:gray"),
             ("plus", f"+{shift:g} sigma_t", "tab:red"))

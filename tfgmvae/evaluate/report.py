@@ -155,6 +155,8 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
                  f"{r['mean_zero_hz']:.0f} | {r['mean_plus_hz']:.0f} | "
                  f"{r['t_statistic']:.2f} | {r['p_value']:.2g} | "
                  f"{r['welch_p_value']:.2g} |")
+  if not c["per_instrument"]:
+    lines[-2:] = ["No instrument has the two or more validation notes the t-tests need."]
   lines += ["", f"![centroids]({pictures['fig7_centroid']})", "",
             f"Traverse of note `{c['traverse_note']}`:", "",
             f"![traverse]({pictures['fig8_traverse']})", ""]

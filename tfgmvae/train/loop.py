@@ -2,7 +2,9 @@
 
 import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
 import re
 import shutil
@@ -100,6 +102,34 @@ def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> Mode
       timbre_adversary=config.timbre_adversary, bn_momentum=config.bn_momentum)
 
 
+def _warm_start_failure(source: str, mconfig: ModelConfig, exclude) -> str | None:
+  """Why the weights of checkpoint `source` do not fit a model of `mconfig`, or None.
+
+  Tried on a model of its own: a failed restore leaves deferred restorations on the
+  model that, when it is collected, log a warning (twice) for every value not restored;
+  this model is collected here, with TensorFlow's warnings off.
+  """
+  def attempt():
+    probe = GMVAE(mconfig)
+    probe.build_for()
+    try:
+      tf.train.Checkpoint(model=probe.weights_checkpoint(exclude=exclude)).restore(
+          source).expect_partial().assert_existing_objects_matched()
+      return None
+    except (AssertionError, ValueError) as e:
+      return str(e)
+
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    failure = attempt()
+    gc.collect()
+  finally:
+    logger.setLevel(level)
+  return failure
+
+
 def _last_checkpoint(manager) -> str:
   return (f"the last good checkpoint is {manager.latest_checkpoint}"
           if manager.latest_checkpoint else "no checkpoint was written yet")
@@ -130,8 +160,9 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
     callbacks: Extra Keras callbacks (e.g. for tests).
     flags_text: The command's effective flags as a flagfile (bin/train's), recorded in
       RUN_DIR/flags.txt by the chief under the run's lock: by a new run before any
-      work, by a resumed run once it knows it will train (a refused or already finished
-      command leaves the record as it was). Empty: no record.
+      work, by a resumed run at the end of its first epoch (a command refused, on a
+      finished run, or failing before then leaves the record as it was). Empty: no
+      record.
     flag_defaults: Each flag at its default, as a line (see `check_flags`).
 
   Returns:
@@ -213,12 +244,12 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       # then starts from its initial weights.
       fresh = (("timbre_adversary",) if model.timbre_adversary is not None
                and "timbre_adversary" not in checkpoint_parts(source) else ())
-      try:
-        tf.train.Checkpoint(model=model.weights_checkpoint(exclude=fresh)).restore(
-            source).expect_partial().assert_existing_objects_matched()
-      except (AssertionError, ValueError) as e:
+      failure = _warm_start_failure(source, mconfig, fresh)
+      if failure is not None:
         raise RunStateError(f"--warm_start={config.warm_start}: its model does not fit "
-                            f"this one (other sizes or vocabularies?): {e}") from e
+                            f"this one (other sizes or vocabularies?): {failure}")
+      tf.train.Checkpoint(model=model.weights_checkpoint(exclude=fresh)).restore(
+          source).expect_partial().assert_existing_objects_matched()
       log(f"Warm-started {config.run_dir} from the weights of {source}"
           + (f" ({', '.join(fresh)} not in it: initialised afresh)." if fresh else "."))
     model_file = os.path.join(config.run_dir, MODEL_FILE)
@@ -241,13 +272,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         config.cache, prepared, output,
         os.path.join(config.run_dir, "cache", *(() if chief else (task,))),
         inputs.available_memory(), log)
-    if chief and resuming:       # a resumed one once it knows it will train
-      _record_flags(config.run_dir, flag_record)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
     # A resumed run cannot take other prepared data: say so beside the data errors' hint.
-    after = (f" A run keeps the data it started with: train data prepared again in a new "
-             f"run (--warm_start={config.run_dir} starts it from this one's weights).")
+    after = (f" A run keeps the data it started with; --warm_start={config.run_dir} "
+             "starts a new run from this one's weights.")
     with data_errors(prepared, "Reading the notes for training: ", after):   # (stores)
       train_ds, steps = inputs.make_inputs(
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
@@ -261,6 +290,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                                           log)]
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
+    if chief and resuming:   # a resumed one once its first epoch here is done
+      all_callbacks.append(_RecordFlags(config.run_dir, flag_record))
     all_callbacks += list(callbacks)
 
     def failed_epoch():   # (the notes in memory are first read during the first epoch)
@@ -283,6 +314,21 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
+
+
+class _RecordFlags(keras.callbacks.Callback):
+  """Records a resumed run's command in flags.txt at the end of its first epoch (after
+  the checkpoint callback saved it), so a command that fails before (unreadable data,
+  a NaN) leaves the record of the last command that trained."""
+
+  def __init__(self, run_dir: str, flag_record: tuple[str, frozenset]):
+    super().__init__()
+    self.run_dir, self.flag_record, self.done = run_dir, flag_record, False
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.done:
+      _record_flags(self.run_dir, self.flag_record)
+      self.done = True
 
 
 def _record_flags(run_dir: str, flag_record: tuple[str, frozenset]) -> None:
