@@ -58,8 +58,9 @@ def _weights(run_dir, folder="checkpoints"):
 
 def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   run = str(tmp_path / "run")
-  done = _run([f"--run_dir={run}", "--dataset=csv", f"--data_path={toy_csv}", "--epochs=2"]
-              + TINY)
+  relative_csv = os.path.relpath(toy_csv, tmp_path)   # paths given relative to the cwd
+  done = _run(["--run_dir=run", "--dataset=csv", f"--data_path={relative_csv}",
+               "--epochs=2"] + TINY, cwd=str(tmp_path))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "Done: 2 epochs" in done.stdout
   for name in ("flags.txt", "model.json", "data/prepared.json", "checkpoints/checkpoint",
@@ -67,7 +68,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     assert os.path.exists(os.path.join(run, name)), name
   flags_text = open(os.path.join(run, "flags.txt")).read()
   assert "--epochs=2" in flags_text and f"--data_path={toy_csv}" in flags_text
-  again = _run([f"--flagfile={run}/flags.txt"])
+  assert f"--run_dir={run}\n" in flags_text   # recorded absolute: replayable from anywhere
+  again = _run([f"--flagfile={run}/flags.txt"])   # (from the repository's folder)
   assert again.returncode == 0 and "already finished (epoch 2)" in again.stdout
   # Neither a finished run nor a refused command changes the record.
   fewer = _run([f"--flagfile={run}/flags.txt", "--epochs=1", "--media_every=9"])
@@ -86,17 +88,23 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert "--epochs=3" in open(os.path.join(run, "flags.txt")).read()
   # A run recorded before a flag existed (here --timbre_adversary) resumes when the
   # flag is at its default, and the file then records it; another value is refused.
+  # (Such a record also holds paths as typed, relative to the folder it was run from.)
   path = os.path.join(run, "flags.txt")
-  older = "".join(l for l in open(path) if not l.startswith("--timbre_adversary="))
+  older = "".join(l for l in open(path) if not l.startswith("--timbre_adversary=")) \
+      .replace(f"--run_dir={run}\n", "--run_dir=run\n") \
+      .replace(f"--data_path={toy_csv}\n", f"--data_path={relative_csv}\n")
   with open(path, "w") as f:
     f.write(older)
-  changed = _run([f"--flagfile={path}", "--timbre_adversary=5"], timeout=120)
+  changed = _run([f"--flagfile={path}", "--timbre_adversary=5"], timeout=120,
+                 cwd=str(tmp_path))
   assert changed.returncode == 1 and "+--timbre_adversary=5.0" in changed.stderr
+  assert "--run_dir=" not in changed.stderr and "--data_path=" not in changed.stderr
   assert open(path).read() == older
-  resumed = _run([f"--flagfile={path}", "--epochs=4"])
+  resumed = _run([f"--flagfile={path}", "--epochs=4"], cwd=str(tmp_path))
   assert resumed.returncode == 0 and "Done: 4 epochs" in resumed.stdout, \
       resumed.stderr[-2000:]
   assert "--timbre_adversary=0.0" in open(path).read()
+  assert f"--run_dir={run}\n" in open(path).read()
   # --bn_momentum changes only the inference statistics: a resumed run may change it.
   momentum = _run([f"--flagfile={path}", "--epochs=5", "--bn_momentum=0.9"])
   assert momentum.returncode == 0 and "Done: 5 epochs" in momentum.stdout, \

@@ -194,6 +194,23 @@ def _names(line: str) -> set[str]:
   return {name, name[2:]} if "=" not in line and name.startswith("no") else {name}
 
 
+# Flags naming a local file or folder: flags.txt records them absolute (`absolute_paths`).
+PATH_FLAGS = ("run_dir", "data_path", "prepared_dir", "warm_start")
+
+
+def absolute_paths(flags_text: str, cwd: str | None = None) -> str:
+  """`flags_text` with the local paths of PATH_FLAGS made absolute (from `cwd`, default
+  the current folder), so `--flagfile=RUN_DIR/flags.txt` replays the run from any
+  folder. URLs and paths starting with `~` (refused by validation) stay as given."""
+  lines = []
+  for line in flags_text.splitlines(keepends=True):
+    name, _, value = line.rstrip("\n").partition("=")
+    if name[2:] in PATH_FLAGS and value and "://" not in value and not value.startswith("~"):
+      line = f"{name}={os.path.abspath(os.path.join(cwd or os.getcwd(), value))}\n"
+    lines.append(line)
+  return "".join(lines)
+
+
 def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
                 defaults=frozenset()) -> bool:
   """Checks that RUN_DIR/flags.txt, if there is one, fits this command. Writes nothing.
@@ -230,8 +247,8 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
 
   recorded = set().union(*(_names(line) for line in old.splitlines() if line))
 
-  def relevant(text):
-    lines = [line for line in text.splitlines()
+  def relevant(text):   # (paths compared absolute: a record from before they were)
+    lines = [line for line in absolute_paths(text).splitlines()
              if line and not (line in defaults and not _names(line) & recorded)]
     if not trained:
       return [line for line in lines if _names(line) & DATA_FLAGS]
