@@ -364,6 +364,7 @@ def test_a_note_gone_since_preparation_stops_the_run_naming_it(toy_csv, tmp_path
   assert f"{gone}: no such file. (the data prepared in {prepared.directory} no longer " \
       "matches its source: restore the source, or prepare the data again with " \
       "bin/prepare_dataset and train a new run on it)" in str(info.value)
+  assert str(info.value).endswith("starts a new run from this one's weights.")
   if cache == "disk":   # the half-written store is gone
     assert os.listdir(tmp_path / "run" / "cache") == []
 

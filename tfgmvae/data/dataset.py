@@ -48,10 +48,14 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
   Args:
     prepared: The prepared data being read (names its source in the message).
     context: Text before the message, or a function called for it at the error.
-    suffix: Text after the message.
+    suffix: Text after the message; also added to a DataError raised inside.
   """
   try:
     yield
+  except DataError as e:   # raised inside (by note_dataset, or an inner data_errors)
+    if not suffix:
+      raise
+    raise DataError(str(e) + suffix) from None
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
           tf.errors.DataLossError) as e:
     message = pipeline.data_error(e)
