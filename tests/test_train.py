@@ -201,7 +201,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   done = _run([f"--run_dir={straight}"] + common)
   assert done.returncode == 0, done.stderr[-3000:]
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen([sys.executable, TRAIN, f"--run_dir={killed}"] + common,
+  # It saves every 3 epochs, so the restart replays the epochs after the last multiple
+  # of 3; the weights must still be those of the run that saved every epoch.
+  common_killed = common + ["--checkpoint_every=3"]
+  proc = subprocess.Popen([sys.executable, TRAIN, f"--run_dir={killed}"] + common_killed,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
   marker = os.path.join(killed, "checkpoints", "ckpt-3.index")
   deadline = time.time() + 240
@@ -212,7 +215,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert proc.returncode == -signal.SIGKILL           # it really died mid-run
   interrupted_at = int(open(os.path.join(killed, "checkpoints", "checkpoint")).read()
                        .split('"')[1].rsplit("-", 1)[1])
-  assert interrupted_at < 40
+  assert interrupted_at < 40 and interrupted_at % 3 == 0
   # What a kill in the middle of a save leaves (the layout TF 2.16 left in a real run
   # killed while saving): the next start deletes it, and nothing else.
   unfinished = [os.path.join(killed, folder, f"ckpt-{interrupted_at + 1}_temp")
@@ -237,7 +240,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   os.makedirs(keep)
   # The resumed run keeps its notes on disk (a flag a resumed run may change): the
   # batches, hence the weights, are those of the in-memory run.
-  again = _run([f"--run_dir={killed}", "--cache=disk"] + common)
+  again = _run([f"--run_dir={killed}", "--cache=disk"] + common_killed)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
   assert "Keeping the 24 notes" in again.stdout
@@ -248,6 +251,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert not any(os.path.exists(orphan) for orphan in orphans)
   assert "before it was registered (the newest checkpoint registered is ckpt-" \
       in again.stdout and "data with no index" in again.stdout
+  saved = tf.train.get_checkpoint_state(os.path.join(killed, "checkpoints"))
+  assert [p.rsplit("-", 1)[1] for p in saved.all_model_checkpoint_paths] == ["39", "40"]
   a, reader_a = _weights(straight)
   b, reader_b = _weights(killed)
   assert _weights(killed, "best")[0].keys() == b.keys()   # the real ones are intact
@@ -412,7 +417,8 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   run = tmp_path / "patience"
   lines = []
   # A large learning rate makes the validation ELBO fall back soon, so patience 2 stops.
-  config = _config(run, prepared_dir, epochs=30, patience=2, learning_rate=0.03)
+  config = _config(run, prepared_dir, epochs=30, patience=2, learning_rate=0.03,
+                   checkpoint_every=5, keep_checkpoints=10)
   result = train(config, log=lines.append)
   elbos = result["history"]["val_elbo"]
   best = int(np.argmax(elbos)) + 1
@@ -423,6 +429,10 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   assert any(f"Early stop after epoch {best + 2}" in l for l in lines)
   # The best/ folder holds that epoch's weights, and they are not the last epoch's.
   assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best}")
+  # Training checkpoints every 5 epochs, and the epoch it stopped at.
+  saved = tf.train.get_checkpoint_state(str(run / "checkpoints")).all_model_checkpoint_paths
+  assert [int(p.rsplit("-", 1)[1]) for p in saved] == \
+      sorted(set(range(5, best + 3, 5)) | {best + 2})
   best_weights, _ = _weights(str(run), "best")
   last_weights, _ = _weights(str(run))
   assert any(not np.allclose(best_weights[k], last_weights[k]) for k in best_weights)

@@ -70,6 +70,7 @@ class TrainConfig:
   patience: int = 1000
   validation_every: int = 1
   keep_checkpoints: int = 3
+  checkpoint_every: int = 1
   warm_start: str = ""
   strategy: str = "default"
   cpu_devices: int = 0
@@ -124,7 +125,7 @@ class TrainConfig:
     if not 0.0 <= self.label_fraction <= 1.0:
       p.append(f"--label_fraction={self.label_fraction}: expected a number in [0, 1]")
     for name in ("epochs", "batch_size", "validation_every", "keep_checkpoints",
-                 "latent_dim", "filters", "hidden", "griffin_lim_iters"):
+                 "checkpoint_every", "latent_dim", "filters", "hidden", "griffin_lim_iters"):
       if getattr(self, name) < 1:
         p.append(f"--{name}={getattr(self, name)}: expected a positive integer")
     for name in ("patience", "media_every", "embeddings_every", "cpu_devices"):

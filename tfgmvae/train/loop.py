@@ -287,7 +287,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
           config.seed, config.latent_dim, 1.0, output=output,
           strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
       all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience,
-                                          log)]
+                                          log, config.checkpoint_every)]
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     if chief and resuming:   # a resumed one once its first epoch here is done
