@@ -25,7 +25,8 @@ def run(main):
   usage text with the message at its end. Exits with the error's code (1).
 
   A note that cannot be read (the data pipeline's DataError, or its failed assertion
-  inside TensorFlow) also ends in one `ERROR:` line naming the file, exit code 1."""
+  inside TensorFlow) and a server that cannot be reached also end in one `ERROR:` line
+  naming the file, exit code 1."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
   def checked(argv):
@@ -46,6 +47,10 @@ def run(main):
 
 def _data_error(error: Exception) -> str | None:
   """The message of a data error from the tfgmvae pipeline, else None."""
+  if "tfgmvae.data.paths" in sys.modules:
+    from tfgmvae.data import paths  # pylint: disable=g-import-not-at-top
+    if isinstance(error, paths.UnreachableError):
+      return str(error)
   if "tfgmvae.data.dataset" not in sys.modules:
     return None
   from tfgmvae.data import dataset, pipeline  # pylint: disable=g-import-not-at-top

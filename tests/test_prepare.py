@@ -13,6 +13,8 @@ import tensorflow as tf
 from tfgmvae import audio
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare,
                                   stratified_split)
+from tfgmvae.data.dataset import DataError, data_errors, note_dataset
+from tfgmvae.data.paths import UnreachableError
 from tfgmvae.data.sources import Note, SourceError, open_source, read_csv_source
 
 from conftest import tone, toy_specs, write_notes, write_nsynth, write_tinysol
@@ -225,14 +227,21 @@ def http_root(tmp_path):
       ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
-  yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-  server.shutdown()
-  server.server_close()
+  stopped = []
+
+  def stop():   # the test may stop it early (a server gone down)
+    if not stopped:
+      server.shutdown()
+      server.server_close()
+      stopped.append(True)
+
+  yield folder, f"http://127.0.0.1:{server.server_address[1]}", stop
+  stop()
 
 
 def test_sources_read_over_http_like_local_files(http_root, tmp_path):
   # tensorflow-io's http file system (registered on first use), against a real server.
-  folder, base = http_root
+  folder, base, _ = http_root
   csv_path = write_notes(str(folder / "notes"), toy_specs())
   local = _prepare(csv_path, tmp_path / "local")
   remote = _prepare(f"{base}/notes/labels.csv", tmp_path / "remote")
@@ -251,3 +260,28 @@ def test_sources_read_over_http_like_local_files(http_root, tmp_path):
   write_tinysol(folder / "TinySOL")
   tinysol = _prepare(f"{base}/TinySOL", tmp_path / "tinysol", dataset="tinysol")
   assert tinysol.instruments == ("Fl", "Vc") and tinysol.pitches == (60, 62, 64)
+
+
+def test_a_note_gone_from_its_server_or_a_server_down_is_said_plainly(http_root, tmp_path):
+  folder, base, stop_server = http_root
+  write_notes(str(folder / "notes"), toy_specs())
+  remote = _prepare(f"{base}/notes/labels.csv", tmp_path / "remote")
+  gone = next(r for r in remote.index() if r["split"] == "train")
+  os.remove(folder / "notes" / gone["key"])
+  # A 404: the server's answer without its HTML page, and the data is stale.
+  with pytest.raises(DataError) as info, data_errors(remote):
+    list(note_dataset(remote, "train")[0])
+  message = str(info.value)
+  assert f"{gone['path']}: no such file (" in message and "404" in message
+  assert "<html" not in message.lower() and "no longer matches its source" in message
+  # The server down: said so, and nothing about the prepared data or a new run.
+  stop_server()
+  with pytest.raises(DataError) as info, data_errors(remote, suffix=" SUFFIX"):
+    list(note_dataset(remote, "validation")[0])
+  message = str(info.value)
+  assert f"{base}/notes/" in message and "could not be reached" in message
+  assert "check the network and that the server is up" in message
+  assert "no longer matches" not in message and "SUFFIX" not in message
+  with pytest.raises(UnreachableError, match=f"{base}/notes/labels.csv: could not be "
+                     "reached .*Failed to connect"):
+    open_source("csv", f"{base}/notes/labels.csv")

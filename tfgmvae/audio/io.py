@@ -23,15 +23,27 @@ def _is_url(path: str) -> bool:
   return "://" in path
 
 
+def _read_url(path: str) -> bytes:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfgmvae.data import paths  # pylint: disable=g-import-not-at-top
+  paths.ensure_filesystem(path)
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except tf.errors.OpError as e:
+    error = paths.unreachable(path, e)
+    if error is not None:
+      raise AudioDecodeError(str(error)) from None
+    if isinstance(e, tf.errors.NotFoundError):
+      raise AudioDecodeError(f"{path}: no such file ({paths.short_message(e)}).") from None
+    raise AudioDecodeError(f"{path}: cannot be read ({paths.short_message(e)}).") from None
+
+
 def _open(path: str) -> soundfile.SoundFile:
   """Opens `path` with libsndfile, raising AudioDecodeError that names the file."""
   try:
     if _is_url(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      from tfgmvae.data.paths import ensure_filesystem  # pylint: disable=g-import-not-at-top
-      ensure_filesystem(path)
-      with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+      data = _read_url(path)
       if not data:
         raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
       return soundfile.SoundFile(_io.BytesIO(data))

@@ -53,7 +53,7 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
   try:
     yield
   except DataError as e:   # raised inside (by note_dataset, or an inner data_errors)
-    if not suffix:
+    if not suffix or paths.UNREACHABLE in str(e):
       raise
     raise DataError(str(e) + suffix) from None
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
@@ -69,6 +69,8 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
           message = (f"reading the NSynth records ({', '.join(prepared.source['files'])}): "
                      + message)
         message += _stale_hint(prepared)
+    if paths.UNREACHABLE in message:   # a server down: nothing about the data to say
+      suffix = ""
     raise DataError((context() if callable(context) else context) + message
                     + suffix) from None
 

@@ -10,8 +10,36 @@ is named by its CSV file, not by a folder.
 import io
 import os
 import posixpath
+import re
 
 _CORE_SCHEMES = ("gs", "file")
+
+# What the message of a URL whose server could not be reached says (the data pipeline
+# matches it, and then does not call the prepared data stale).
+UNREACHABLE = "could not be reached"
+# libcurl's and TensorFlow's words for a connection that did not happen.
+_NO_CONNECTION = re.compile(r"Failed to connect|Couldn't connect|Could(?: not|n't) resolve"
+                            r"|Connection refused|timed out|Timeout was reached", re.I)
+
+
+class UnreachableError(OSError):
+  """A URL's server could not be reached; the message names the URL and what to do."""
+
+
+def short_message(error) -> str:
+  """A TensorFlow file-system error's message without the HTTP body it may carry."""
+  return str(getattr(error, "message", error)).split(" with body", 1)[0].strip()
+
+
+def unreachable(path: str, error) -> UnreachableError | None:
+  """An UnreachableError for `path` if TensorFlow's `error` is a failed connection."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) \
+      or _NO_CONNECTION.search(short_message(error)):
+    return UnreachableError(f"{path}: {UNREACHABLE} ({short_message(error)}); check the "
+                            "network and that the server is up, then run the command "
+                            "again.")
+  return None
 
 
 def is_url(path: str) -> bool:
@@ -39,7 +67,10 @@ def isfile(path: str) -> bool:
   ensure_filesystem(path)
   try:
     return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
-  except tf.errors.OpError:
+  except tf.errors.OpError as e:
+    error = unreachable(path, e)
+    if error is not None:
+      raise error from None
     return False
 
 
@@ -50,7 +81,10 @@ def isdir(path: str) -> bool:
   ensure_filesystem(path)
   try:
     return tf.io.gfile.isdir(path)
-  except tf.errors.OpError:
+  except tf.errors.OpError as e:
+    error = unreachable(path, e)
+    if error is not None:
+      raise error from None
     return False
 
 

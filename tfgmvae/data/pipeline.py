@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfgmvae import audio
 from tfgmvae.audio import AudioConfig
+from tfgmvae.data import paths
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -167,9 +168,12 @@ DATA_ERROR = "tfgmvae data error: "
 
 def check_errors(errors, hint: str = ""):
   """An assert op that fails with the first non-empty message of a batch of errors,
-  followed by `hint` (see `data_error`)."""
+  followed by `hint` (see `data_error`), unless that note's server could not be reached
+  (the message then says what to do)."""
   bad = tf.boolean_mask(errors, tf.strings.length(errors) > 0)
   first = tf.strings.reduce_join(bad[:1])
+  reached = ~tf.strings.regex_full_match(first, f"(?s).*{paths.UNREACHABLE}.*")
+  hint = tf.where(reached, hint, "")
   return tf.debugging.Assert(tf.equal(tf.size(bad), 0),
                              [tf.strings.join([DATA_ERROR, first, hint])])
 
