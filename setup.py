@@ -28,8 +28,8 @@ EXTRAS_REQUIRE = {
     "serving": ["tensorflow-serving-api==2.16.1"],
     # bin/evaluate and bin/reproduce: the figures.
     "eval": ["matplotlib==3.9.2"],
-    "test": ["pytest==9.0.3", "pyfluidsynth==1.3.4", "tensorflow-serving-api==2.16.1",
-             "matplotlib==3.9.2"],
+    "test": ["pytest==9.0.3", "pytest-xdist==3.6.1", "execnet==2.1.2",
+             "pyfluidsynth==1.3.4", "tensorflow-serving-api==2.16.1", "matplotlib==3.9.2"],
 }
 
 setuptools.setup(
