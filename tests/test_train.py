@@ -122,6 +122,7 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--label_fraction=1.5", "--label_fraction=1.5: expected a number in [0, 1]"),
     ("--batch_size=0", "--batch_size=0: expected a positive integer"),
+    ("--checkpoint_every=0", "--checkpoint_every=0: expected a positive integer"),
     ("--strategy=multi_worker", "needs the TF_CONFIG environment variable"),
     ("--precision=mixed_float16", "needs a GPU"),
     ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoints/"),

@@ -318,7 +318,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
 
 class _RecordFlags(keras.callbacks.Callback):
   """Records a resumed run's command in flags.txt at the end of its first epoch (after
-  the checkpoint callback saved it), so a command that fails before (unreadable data,
+  the checkpoint callback), so a command that fails before (unreadable data,
   a NaN) leaves the record of the last command that trained."""
 
   def __init__(self, run_dir: str, flag_record: tuple[str, frozenset]):
