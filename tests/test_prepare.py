@@ -15,7 +15,9 @@ from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare
                                   stratified_split)
 from tfgmvae.data.dataset import DataError, data_errors, note_dataset
 from tfgmvae.data.paths import UnreachableError
-from tfgmvae.data.sources import Note, SourceError, open_source, read_csv_source
+from tfgmvae.data.prepare import _scan  # pylint: disable=protected-access
+from tfgmvae.data.sources import (FileSource, Note, SourceError, open_source,
+                                  read_csv_source)
 
 from conftest import tone, toy_specs, write_notes, write_nsynth, write_tinysol
 
@@ -285,3 +287,18 @@ def test_a_note_gone_from_its_server_or_a_server_down_is_said_plainly(http_root,
   with pytest.raises(UnreachableError, match=f"{base}/notes/labels.csv: could not be "
                      "reached .*Failed to connect"):
     open_source("csv", f"{base}/notes/labels.csv")
+  with pytest.raises(UnreachableError, match=f"{base}/nsynth.tfrecord: could not be reached"):
+    open_source("nsynth", f"{base}/nsynth.tfrecord")
+  # Notes on a server that is down are not bad notes to skip: preparation stops.
+  local = tmp_path / "local.csv"
+  local.write_text("path,instrument,pitch\n" + "".join(
+      f"{r['path']},{r['instrument']},{r['pitch']}\n" for r in remote.index()))
+  with pytest.raises(UnreachableError, match="could not be reached"):
+    _prepare(local, tmp_path / "skipping", on_bad_file="skip")   # (listing the notes)
+  assert not (tmp_path / "skipping").exists()
+  # The server gone after the notes were listed: decoding stops too, not skipping them.
+  listed = FileSource("csv", str(local), tuple(
+      Note(r["key"], r["path"], r["instrument"], r["pitch"]) for r in remote.index()), ())
+  with pytest.raises(UnreachableError, match=f"{base}/notes/audio/.*could not be reached"):
+    _scan(listed, PrepareConfig("csv", str(local), str(tmp_path / "x"),
+                                on_bad_file="skip"), log=lambda *_: None)

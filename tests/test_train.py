@@ -1,13 +1,14 @@
 """bin/train end to end: flags, replay, rejection, resume after kill -9, warm start, NaN."""
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import keras
 import numpy as np
@@ -202,21 +203,27 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   done = _run([f"--run_dir={straight}"] + common)
   assert done.returncode == 0, done.stderr[-3000:]
   killed = str(tmp_path / "killed")
-  # It saves every 3 epochs, so the restart replays the epochs after the last multiple
-  # of 3; the weights must still be those of the run that saved every epoch.
+  # It saves after epochs 1, 3, 6, ... and is killed once epoch 5 has begun (before
+  # epoch 6 can end), so the restart replays epoch 4 (and 5 if it had ended); the
+  # weights must still be those of the run that saved every epoch, and TensorBoard must
+  # hold each epoch once.
   common_killed = common + ["--checkpoint_every=3"]
   proc = subprocess.Popen([sys.executable, TRAIN, f"--run_dir={killed}"] + common_killed,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-  marker = os.path.join(killed, "checkpoints", "ckpt-3.index")
-  deadline = time.time() + 240
-  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=ENV | {"PYTHONUNBUFFERED": "1"})
+  guard = threading.Timer(240, proc.kill)   # (a run that never gets there)
+  guard.start()
+  for line in proc.stdout:
+    if line.startswith("Epoch 5/40"):
+      break
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
+  guard.cancel()
+  proc.stdout.close()
   assert proc.returncode == -signal.SIGKILL           # it really died mid-run
   interrupted_at = int(open(os.path.join(killed, "checkpoints", "checkpoint")).read()
                        .split('"')[1].rsplit("-", 1)[1])
-  assert interrupted_at < 40 and interrupted_at % 3 == 0
+  assert interrupted_at == 3
   # What a kill in the middle of a save leaves (the layout TF 2.16 left in a real run
   # killed while saving): the next start deletes it, and nothing else.
   unfinished = [os.path.join(killed, folder, f"ckpt-{interrupted_at + 1}_temp")
@@ -243,7 +250,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   # batches, hence the weights, are those of the in-memory run.
   again = _run([f"--run_dir={killed}", "--cache=disk"] + common_killed)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "Resuming" in again.stdout and "Done: 40 epochs" in again.stdout
+  assert "checkpoints/ckpt-3 (epoch 3)" in again.stdout and "Done: 40 epochs" in again.stdout
   assert "Keeping the 24 notes" in again.stdout
   assert sorted(os.listdir(os.path.join(killed, "cache"))) in (
       ["train-mel", "validation-mel"], ["train-audio", "validation-audio"])   # no GPU / GPU
@@ -252,6 +259,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert not any(os.path.exists(orphan) for orphan in orphans)
   assert "before it was registered (the newest checkpoint registered is ckpt-" \
       in again.stdout and "data with no index" in again.stdout
+  for split in ("train", "validation"):
+    steps = [e.step for path in sorted(glob.glob(os.path.join(killed, "summaries", split,
+                                                                "events*")))
+             for e in tf.compat.v1.train.summary_iterator(path)
+             if any(v.tag == "elbo" for v in e.summary.value)]
+    assert steps == list(range(1, 41)), split
   saved = tf.train.get_checkpoint_state(os.path.join(killed, "checkpoints"))
   assert [p.rsplit("-", 1)[1] for p in saved.all_model_checkpoint_paths] == ["39", "40"]
   a, reader_a = _weights(straight)
@@ -430,10 +443,10 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   assert any(f"Early stop after epoch {best + 2}" in l for l in lines)
   # The best/ folder holds that epoch's weights, and they are not the last epoch's.
   assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best}")
-  # Training checkpoints every 5 epochs, and the epoch it stopped at.
+  # Training checkpoints after the first epoch, every 5, and the epoch it stopped at.
   saved = tf.train.get_checkpoint_state(str(run / "checkpoints")).all_model_checkpoint_paths
   assert [int(p.rsplit("-", 1)[1]) for p in saved] == \
-      sorted(set(range(5, best + 3, 5)) | {best + 2})
+      sorted(set(range(5, best + 3, 5)) | {1, best + 2})
   best_weights, _ = _weights(str(run), "best")
   last_weights, _ = _weights(str(run))
   assert any(not np.allclose(best_weights[k], last_weights[k]) for k in best_weights)

@@ -74,6 +74,33 @@ def isfile(path: str) -> bool:
     return False
 
 
+def exists(path: str) -> bool:
+  if not is_url(path):
+    return os.path.exists(path)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ensure_filesystem(path)
+  try:
+    return tf.io.gfile.exists(path)
+  except tf.errors.OpError as e:
+    error = unreachable(path, e)
+    if error is not None:
+      raise error from None
+    return False
+
+
+def glob(pattern: str) -> list[str]:
+  """tf.io.gfile.glob, with a server that cannot be reached raised as UnreachableError."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ensure_filesystem(pattern)
+  try:
+    return tf.io.gfile.glob(pattern)
+  except tf.errors.OpError as e:
+    error = unreachable(pattern, e)
+    if error is not None:
+      raise error from None
+    raise
+
+
 def isdir(path: str) -> bool:
   if not is_url(path):
     return os.path.isdir(path)
@@ -117,5 +144,11 @@ def open_text(path: str):
     return open(path, newline="", encoding="utf-8-sig")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ensure_filesystem(path)
-  with tf.io.gfile.GFile(path, "rb") as f:
-    return io.StringIO(f.read().decode("utf-8-sig"), newline="")
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return io.StringIO(f.read().decode("utf-8-sig"), newline="")
+  except tf.errors.OpError as e:
+    error = unreachable(path, e)
+    if error is not None:
+      raise error from None
+    raise

@@ -27,7 +27,7 @@ import time
 import tensorflow as tf
 
 from tfgmvae.audio import AudioConfig, PAPER
-from tfgmvae.data import pipeline
+from tfgmvae.data import paths, pipeline
 from tfgmvae.data.sources import (FileSource, Note, Problem,
                                   open_source)
 
@@ -237,6 +237,8 @@ def _scan(source, config: PrepareConfig, log=print):
     if count % 5000 == 0:
       log(f"  scanned {count} notes ({count / (time.time() - start):.0f}/s)")
     error = elem["error"].decode()
+    if paths.UNREACHABLE in error:   # not the note's fault: stop, whatever on_bad_file
+      raise paths.UnreachableError(error)
     if error:
       problems.append(Problem(note.key, error, note.key))
       continue
@@ -272,6 +274,7 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
     PrepareError: out_dir is not new, or notes are unusable and on_bad_file='error'
       (the message lists them: file or row, and what was expected).
     SourceError: the source itself cannot be read.
+    paths.UnreachableError: a URL source's server cannot be reached (nothing written).
   """
   _check_out_dir(config.out_dir)
   source = open_source(config.dataset, config.data_path, config.nsynth_instrument_field)

@@ -194,13 +194,11 @@ def read_tinysol(root: str) -> FileSource:
 
 def find_nsynth_files(data_path: str) -> tuple[str, ...]:
   """TFRecord files named by `data_path`: one file, a glob, or a folder of *.tfrecord*."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  paths.ensure_filesystem(data_path)
-  if tf.io.gfile.isdir(data_path):
-    files = sorted(tf.io.gfile.glob(paths.join(data_path, "*.tfrecord*")))
+  if paths.isdir(data_path):
+    files = sorted(paths.glob(paths.join(data_path, "*.tfrecord*")))
   elif any(ch in data_path for ch in "*?["):
-    files = sorted(tf.io.gfile.glob(data_path))
-  elif tf.io.gfile.exists(data_path):
+    files = sorted(paths.glob(data_path))
+  elif paths.exists(data_path):
     files = [data_path]
   else:
     files = []

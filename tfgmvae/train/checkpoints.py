@@ -53,8 +53,8 @@ class RunState(tf.Module):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-  """Saves every `every` epochs and when training ends; saves the best weights whenever
-  the validation ELBO improves; stops on patience.
+  """Saves after a new run's first epoch, every `every` epochs and when training ends;
+  saves the best weights whenever the validation ELBO improves; stops on patience.
 
   Saving less often than every epoch costs a restart at most `every` - 1 epochs, which it
   replays exactly (the batches and the noise are seeded by the epoch). At the paper's
@@ -70,7 +70,10 @@ class CheckpointCallback(keras.callbacks.Callback):
     self.patience, self.log, self.every = patience, log, every
 
   def on_train_begin(self, logs=None):
-    self.saved = int(self.state.epoch.numpy())   # restored from disk, or 0
+    # Restored from a checkpoint (the same on every worker), or 0 for a new run, whose
+    # first epoch is saved whatever `every` is: a run directory with a checkpoint is a
+    # run that has trained (`check_flags` binds a later command to its flags).
+    self.saved = int(self.state.epoch.numpy())
 
   def _save(self):
     done = int(self.state.epoch.numpy())
@@ -95,7 +98,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.log(f"Early stop after epoch {done}: the validation ELBO has not improved for "
                  f"{waited} epochs (best {float(self.state.best_elbo.numpy()):.2f} at "
                  f"epoch {int(self.state.best_epoch.numpy())}).")
-    if done % self.every == 0:
+    if done % self.every == 0 or self.saved == 0:
       self._save()
 
   def on_train_end(self, logs=None):

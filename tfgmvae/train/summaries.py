@@ -14,7 +14,8 @@
   means of z_t and z_p (a checkpoint `embeddings-<epoch>`, `metadata.tsv` and
   `projector_config.pbtxt`).
 
-The step of every summary is the number of completed epochs.
+The step of every summary is the number of completed epochs. `summaries/written_through_epoch` records
+the last epoch written; a restarted run does not write the epochs it replays again.
 """
 
 import os
@@ -102,6 +103,29 @@ def write_projector(directory: str, embeddings: dict, metadata: list[tuple],
   return path
 
 
+# In RUN_DIR/summaries: the last epoch whose summaries were written. A restart replays
+# the epochs after its last checkpoint (`--checkpoint_every`); their summaries are not
+# written again, so TensorBoard shows each epoch once.
+WRITTEN_FILE = "written_through_epoch"
+
+
+def read_written(summary_dir: str) -> int:
+  """The last epoch whose summaries are in `summary_dir` (0: none recorded)."""
+  try:
+    with open(os.path.join(summary_dir, WRITTEN_FILE), encoding="ascii") as f:
+      return int(f.read().strip())
+  except (OSError, ValueError):
+    return 0
+
+
+def _record_written(summary_dir: str, epoch: int) -> None:
+  path = os.path.join(summary_dir, WRITTEN_FILE)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="ascii") as f:
+    f.write(f"{epoch}\n")
+  os.replace(tmp, path)
+
+
 def _decode(key) -> str:
   return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
@@ -140,6 +164,7 @@ class SummaryCallback(keras.callbacks.Callback):
     self._epoch_start = self._last_batch_end = None
     self._start_iterations = 0
     self._batches = 0
+    self.written = 0
 
   @property
   def validation_dir(self) -> str:
@@ -170,6 +195,7 @@ class SummaryCallback(keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     self._open()
+    self.written = read_written(self.summary_dir)
 
   def on_epoch_begin(self, epoch, logs=None):
     self._open()
@@ -186,6 +212,8 @@ class SummaryCallback(keras.callbacks.Callback):
     logs = logs or {}
     step = epoch + 1
     self._epoch = epoch
+    if step <= self.written:   # replayed after a restart: its summaries are there
+      return
     iterations = self._iterations()
     with self.train_writer.as_default(step=step):
       for tag, value in scalar_summaries(logs).items():
@@ -209,6 +237,8 @@ class SummaryCallback(keras.callbacks.Callback):
       self.write_embeddings(step)
     self.train_writer.flush()
     self.validation_writer.flush()
+    _record_written(self.summary_dir, step)
+    self.written = step
 
   @property
   def _media_on(self) -> bool:
