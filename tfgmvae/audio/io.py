@@ -26,16 +26,13 @@ def _is_url(path: str) -> bool:
 def _read_url(path: str) -> bytes:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfgmvae.data import paths  # pylint: disable=g-import-not-at-top
-  paths.ensure_filesystem(path)
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
+    return paths.read_bytes(path)
+  except paths.UnreachableError as e:
+    raise AudioDecodeError(str(e)) from None
+  except tf.errors.NotFoundError as e:
+    raise AudioDecodeError(f"{path}: no such file ({paths.short_message(e)}).") from None
   except tf.errors.OpError as e:
-    error = paths.unreachable(path, e)
-    if error is not None:
-      raise AudioDecodeError(str(error)) from None
-    if isinstance(e, tf.errors.NotFoundError):
-      raise AudioDecodeError(f"{path}: no such file ({paths.short_message(e)}).") from None
     raise AudioDecodeError(f"{path}: cannot be read ({paths.short_message(e)}).") from None
 
 

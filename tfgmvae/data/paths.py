@@ -60,59 +60,55 @@ def ensure_filesystem(path: str) -> None:
     import tensorflow_io  # pylint: disable=g-import-not-at-top,unused-import
 
 
-def isfile(path: str) -> bool:
-  if not is_url(path):
-    return os.path.isfile(path)
+_RAISE = object()
+
+
+def _gfile(path: str, query, otherwise=_RAISE):
+  """`query(tf.io.gfile)` for a URL: a failed connection raises UnreachableError; any
+  other TensorFlow file-system error returns `otherwise`, or is raised without it."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ensure_filesystem(path)
   try:
-    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    return query(tf.io.gfile)
   except tf.errors.OpError as e:
     error = unreachable(path, e)
     if error is not None:
       raise error from None
-    return False
+    if otherwise is _RAISE:
+      raise
+    return otherwise
+
+
+def isfile(path: str) -> bool:
+  if not is_url(path):
+    return os.path.isfile(path)
+  return _gfile(path, lambda g: g.exists(path) and not g.isdir(path), False)
 
 
 def exists(path: str) -> bool:
   if not is_url(path):
     return os.path.exists(path)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ensure_filesystem(path)
-  try:
-    return tf.io.gfile.exists(path)
-  except tf.errors.OpError as e:
-    error = unreachable(path, e)
-    if error is not None:
-      raise error from None
-    return False
-
-
-def glob(pattern: str) -> list[str]:
-  """tf.io.gfile.glob, with a server that cannot be reached raised as UnreachableError."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ensure_filesystem(pattern)
-  try:
-    return tf.io.gfile.glob(pattern)
-  except tf.errors.OpError as e:
-    error = unreachable(pattern, e)
-    if error is not None:
-      raise error from None
-    raise
+  return _gfile(path, lambda g: g.exists(path), False)
 
 
 def isdir(path: str) -> bool:
   if not is_url(path):
     return os.path.isdir(path)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ensure_filesystem(path)
-  try:
-    return tf.io.gfile.isdir(path)
-  except tf.errors.OpError as e:
-    error = unreachable(path, e)
-    if error is not None:
-      raise error from None
-    return False
+  return _gfile(path, lambda g: g.isdir(path), False)
+
+
+def glob(pattern: str) -> list[str]:
+  """tf.io.gfile.glob, with a server that cannot be reached raised as UnreachableError."""
+  return _gfile(pattern, lambda g: g.glob(pattern))
+
+
+def read_bytes(path: str) -> bytes:
+  """The bytes of a URL's file: UnreachableError for a failed connection, TensorFlow's
+  OpError for anything else (NotFoundError for a file the server does not have)."""
+  def read(gfile):
+    with gfile.GFile(path, "rb") as f:
+      return f.read()
+  return _gfile(path, read)
 
 
 def join(base: str, *parts: str) -> str:
@@ -142,13 +138,4 @@ def open_text(path: str):
   """A text file object for a CSV (BOM stripped, universal newlines as csv wants)."""
   if not is_url(path):
     return open(path, newline="", encoding="utf-8-sig")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ensure_filesystem(path)
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return io.StringIO(f.read().decode("utf-8-sig"), newline="")
-  except tf.errors.OpError as e:
-    error = unreachable(path, e)
-    if error is not None:
-      raise error from None
-    raise
+  return io.StringIO(read_bytes(path).decode("utf-8-sig"), newline="")

@@ -14,8 +14,9 @@
   means of z_t and z_p (a checkpoint `embeddings-<epoch>`, `metadata.tsv` and
   `projector_config.pbtxt`).
 
-The step of every summary is the number of completed epochs. `summaries/written_through_epoch` records
-the last epoch written; a restarted run does not write the epochs it replays again.
+The step of every summary is the number of completed epochs.
+`summaries/written_through_epoch` records the last epoch written; a restarted run does not
+write the epochs it replays again.
 """
 
 import os
