@@ -6,7 +6,9 @@ and passes them down.
 
 import logging as pylogging
 import os
+import re
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +18,36 @@ if sys.path[:1] != [REPO]:
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# TF 2.16's pip wheel registers its CUDA plugins twice and says so at every start, as three
+# error lines, also on machines without a GPU (tensorflow/tensorflow#62075; harmless).
+_STARTUP_NOISE = re.compile(rb"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to "
+                            rb"register factory for plugin cu\w+ when one has already been "
+                            rb"registered")
+
+
+def import_tensorflow():
+  """Imports TensorFlow without the three "Unable to register cuDNN/cuFFT/cuBLAS factory"
+  lines above, so that a command's output starts with what the command says. Call before
+  importing tfgmvae. Every other line written while TensorFlow loads (an import error, a
+  GPU that cannot be used) still reaches stderr, in order."""
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  stderr = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+    finally:
+      sys.stderr.flush()
+      os.dup2(stderr, 2)
+      os.close(stderr)
+      held.seek(0)
+      kept = [line for line in held.read().splitlines(keepends=True)
+              if not _STARTUP_NOISE.search(line)]
+      sys.stderr.buffer.write(b"".join(kept))
+      sys.stderr.flush()
 
 
 

@@ -27,18 +27,43 @@ def test_script_opens_with_a_usage_block_and_runs_through_common(name):
   head = source.split('"""')[1]
   assert doc.count("\\\n") == head.count("\\\n"), name
   assert "_common.run(main)" in source and "app.run(main)" not in source
+  # TensorFlow, if the script loads it, is first imported by _common, without its noise.
+  lines = source.splitlines()
+  loads = [i for i, l in enumerate(lines)
+           if l.startswith(("import tensorflow", "from tfgmvae"))]
+  if loads and name != "make_dataset":   # make_dataset renders audio: no TensorFlow
+    assert lines.index("_common.import_tensorflow()  # before tfgmvae; drops TF's "
+                       "start-up noise") < loads[0], name
 
 
 def test_a_bad_flag_value_is_one_error_line():
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   done = subprocess.run([sys.executable, os.path.join(BIN, "transfer"), "--model=m",
                          "--input=x.wav", "--target=Pno", "--alpha=1.5", "--out=o.wav"],
-                        capture_output=True, text=True, timeout=120,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                        capture_output=True, text=True, timeout=120, env=env)
   assert done.returncode == 1
-  lines = [l for l in done.stderr.splitlines() if l.strip()]
-  assert lines[-1] == ("ERROR: --alpha=1.5: expected numbers in [0, 1]. "
-                       "(usage: transfer --help)")
-  assert "Usage:" not in done.stderr   # not absl's whole usage text
+  # Only that line: not absl's whole usage text, nor TensorFlow's start-up lines.
+  assert done.stderr == ("ERROR: --alpha=1.5: expected numbers in [0, 1]. "
+                         "(usage: transfer --help)\n")
+
+
+def test_tensorflow_start_up_drops_only_the_plugin_noise():
+  # With every TF log level on, importing TensorFlow plainly prints the three "Unable to
+  # register cu... factory" lines; through _common it prints the other lines alone.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")
+  plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                         text=True, timeout=120, env=env)
+  quiet = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {BIN!r}); "
+                          "import _common; _common.import_tensorflow(); "
+                          "import tensorflow; print(tensorflow.__version__)"],
+                         capture_output=True, text=True, timeout=120, env=env)
+  assert plain.returncode == 0 and quiet.returncode == 0, quiet.stderr
+  noise = [l for l in plain.stderr.splitlines() if "Unable to register cu" in l]
+  assert len(noise) == 3, plain.stderr
+  kept = [l.split("] ", 1)[-1] for l in plain.stderr.splitlines() if l not in noise]
+  assert kept, plain.stderr   # TF 2.16 also says what the CPU offers, at INFO
+  assert [l.split("] ", 1)[-1] for l in quiet.stderr.splitlines()] == kept
+  assert quiet.stdout.strip() == "2.16.2"
 
 
 def test_a_note_that_cannot_be_read_is_one_error_line(tmp_path):
