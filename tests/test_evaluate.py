@@ -1,8 +1,10 @@
 """Evaluation: the statistics against hand cases, the probes and CNN on toys whose answer
 is known, bin/evaluate on a tiny trained model, and a tiny bin/reproduce grid."""
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,19 +231,36 @@ def test_cnn_learns_the_toy_and_is_saved_and_reused(toy, tmp_path):
   assert any("Using the saved CNN" in m for m in messages)
   np.testing.assert_allclose(classifiers.predict_proba(again, val.mel),
                              classifiers.predict_proba(cnn, val.mel), atol=1e-5)
-  other = _spec(toy["prepared"], "instrument", filters=12)
-  with pytest.raises(classifiers.ClassifierError, match="instrument.json: this CNN was "
-                     "trained for other data, sizes or budget"):
-    classifiers.cnn_for(prepared, other, str(tmp_path / "cnn"))
-  shorter = _spec(toy["prepared"], "instrument", epochs=2)
-  with pytest.raises(classifiers.ClassifierError, match="'epochs': \\(25, 2\\)"):
-    classifiers.cnn_for(prepared, shorter, str(tmp_path / "cnn"))
+  # Another network size or budget (a run of another size evaluated into the same
+  # folder): its own CNN beside the first, which stays as it was.
+  saved = sorted(os.listdir(tmp_path / "cnn"))
+  assert saved == [f"{spec.file_name}.json", f"{spec.file_name}.keras"]
+  assert spec.file_name.startswith("instrument-") and len(spec.file_name) == 21
+  for kw in ({"filters": 12, "epochs": 1}, {"epochs": 1}):
+    other = _spec(toy["prepared"], "instrument", **kw)
+    assert other.file_name != spec.file_name and other.file_name[:11] == "instrument-"
+    _, trained = classifiers.cnn_for(prepared, other, str(tmp_path / "cnn"), log=_quiet)
+    assert trained["spec"] == dataclasses.asdict(other) and trained["epochs"] == 1
+  assert len(os.listdir(tmp_path / "cnn")) == 6
+  messages.clear()
+  assert classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"),
+                             log=messages.append)[1] == record
+  assert messages == [f"Using the saved CNN {tmp_path}/cnn/{spec.file_name}.keras (25 "
+                      f"epochs, held-out accuracy {record['holdout_accuracy']:.3f})."]
+  # A record changed by hand no longer matches its name: refused, not overwritten.
+  path = tmp_path / "cnn" / f"{spec.file_name}.json"
+  path.write_text(path.read_text().replace('"epochs": 25', '"epochs": 2', 1))
+  with pytest.raises(classifiers.ClassifierError,
+                     match=f"{spec.file_name}.json: records another CNN than its name says "
+                     "\\(saved vs needed: {'epochs': \\(2, 25\\)}\\)"):
+    classifiers.cnn_for(prepared, spec, str(tmp_path / "cnn"))
+  assert '"epochs": 2,' in path.read_text()
   # Half the labels: its own file, trained on the labelled notes only.
-  half, _ = classifiers.cnn_for(prepared, _spec(toy["prepared"], "instrument",
-                                                label_fraction=0.5, epochs=1),
-                                str(tmp_path / "cnn"), log=_quiet)
+  half_spec = _spec(toy["prepared"], "instrument", label_fraction=0.5, epochs=1)
+  half, _ = classifiers.cnn_for(prepared, half_spec, str(tmp_path / "cnn"), log=_quiet)
   assert half.name == "cnn_instrument_n050"
-  assert os.path.isfile(tmp_path / "cnn" / "instrument_n050.keras")
+  assert half_spec.file_name.startswith("instrument_n050-")
+  assert os.path.isfile(tmp_path / "cnn" / f"{half_spec.file_name}.keras")
 
 
 # -- bin/evaluate end to end --------------------------------------------------------------
@@ -470,8 +489,11 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
     assert (out / "eval" / name / f"{folder}.args.json").is_file()
     assert folder in ("epoch_1", "epoch_2")
     assert (out / "eval" / name / folder / "metrics.json").is_file()
-  assert sorted(os.listdir(out / "eval" / "cnn")) == [
-      "instrument.json", "instrument.keras", "pitch.json", "pitch.keras"]
+  # Both models (same sizes, same data) were judged by the same two CNNs.
+  assert [re.sub("-[0-9a-f]{10}[.]", "-KEY.", n)
+          for n in sorted(os.listdir(out / "eval" / "cnn"))] == [
+              "instrument-KEY.json", "instrument-KEY.keras", "pitch-KEY.json",
+              "pitch-KEY.keras"]
   timings_path = out / "logs" / "timings.json"
   timings = json.loads(timings_path.read_text())
   second = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)

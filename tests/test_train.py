@@ -118,6 +118,24 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   norms = [l for l in load_run(run, "latest")[0]._flatten_layers()
            if isinstance(l, keras.layers.BatchNormalization)]
   assert len(norms) == 9 and {l.momentum for l in norms} == {0.9}
+  # A run directory moved or copied elsewhere goes on where it now is; the original is
+  # left as it was (its flags.txt still records its own folder).
+  copy = str(tmp_path / "elsewhere" / "copy")
+  shutil.copytree(run, copy)
+  recorded = open(path).read()
+  moved = _run([f"--flagfile={copy}/flags.txt", "--epochs=6"])
+  assert moved.returncode == 0 and "Done: 6 epochs" in moved.stdout, moved.stderr[-2000:]
+  assert (f"{copy}/flags.txt records --run_dir={run}; the run it replays is in {copy} "
+          "(moved or copied there), so it goes on there.") in moved.stdout
+  assert f"--run_dir={copy}\n" in open(f"{copy}/flags.txt").read()
+  assert tf.train.latest_checkpoint(f"{copy}/checkpoints").endswith("ckpt-6")
+  assert tf.train.latest_checkpoint(f"{run}/checkpoints").endswith("ckpt-5")
+  assert open(path).read() == recorded
+  # Naming the folder on the command line does the same, silently (bin/reproduce does).
+  named = _run([f"--flagfile={path}", f"--run_dir={copy}", "--epochs=7"])
+  assert named.returncode == 0 and "Done: 7 epochs" in named.stdout, named.stderr[-2000:]
+  assert "moved or copied" not in named.stdout
+  assert tf.train.latest_checkpoint(f"{run}/checkpoints").endswith("ckpt-5")
 
 
 @pytest.mark.parametrize("flag,message", [

@@ -6,12 +6,14 @@
 * `build_cnn`: the encoder's architecture (two Conv1D-BN-ReLU, Dense-BN-ReLU) with a
   softmax layer, trained end to end on the normalised log-mel. The CNNs classify real
   notes for Table 1 and judge synthesised and transferred notes for Figures 3 and 5.
-  They depend only on the data, so they are saved with a record of what they were
-  trained on (`cnn_dir`/<task>.keras and .json) and reused by later evaluations of runs
-  on the same prepared data.
+  They depend only on the data, the network's sizes and the CNN's budget, so they are
+  saved with a record of that (`cnn_dir`/<task>-<key>.keras and .json, the key a digest
+  of the record) and reused by later evaluations of runs of those sizes on the same
+  prepared data. CNNs of other sizes or data sit beside them in the same folder.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -109,6 +111,12 @@ class CnnSpec:
       return f"instrument_n{round(100 * self.label_fraction):03d}"
     return self.task
 
+  @property
+  def file_name(self) -> str:
+    """`name`-<first 10 hex digits of the SHA-256 of the spec>: one file per spec."""
+    record = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+    return f"{self.name}-{hashlib.sha256(record).hexdigest()[:10]}"
+
 
 def build_cnn(spec: CnnSpec) -> keras.Model:
   """The encoder's architecture with a softmax layer: log-mel [B, T, F] -> logits."""
@@ -162,10 +170,10 @@ def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str,
     (the CNN, its record: spec, epochs run, best epoch, held-out accuracy).
 
   Raises:
-    ClassifierError: `cnn_dir` holds a CNN of this name trained on other data, sizes or
-      budget (it is never overwritten), or half of a saved CNN is missing.
+    ClassifierError: the record saved under this spec's file name is of another spec
+      (edited by hand; it is never overwritten), or half of a saved CNN is missing.
   """
-  path = os.path.join(cnn_dir, spec.name)
+  path = os.path.join(cnn_dir, spec.file_name)
   record = dataclasses.asdict(spec)
   if os.path.exists(path + ".json"):
     with open(path + ".json", encoding="utf-8") as f:
@@ -174,9 +182,9 @@ def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str,
       diff = {k: (saved.get("spec", {}).get(k), v) for k, v in record.items()
               if saved.get("spec", {}).get(k) != v}
       raise ClassifierError(
-          f"{path}.json: this CNN was trained for other data, sizes or budget (saved vs "
-          f"needed: "
-          f"{diff}); give another --cnn_dir or remove that folder.")
+          f"{path}.json: records another CNN than its name says (saved vs needed: "
+          f"{diff}); it was changed since it was written. Remove {path}.json and "
+          f"{path}.keras to train it again, or give another --cnn_dir.")
     if not os.path.isfile(path + ".keras"):
       raise ClassifierError(f"{path}.json describes a saved CNN but {path}.keras is "
                             "missing; remove the .json to train it again.")

@@ -201,7 +201,8 @@ class Grid:
             f"{run}/flags.txt records --model={flags.get('model')} "
             f"--label_fraction={flags.get('label_fraction')}, not this cell's "
             f"{model} at {fraction}; move that folder away.")
-      args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}"] + epochs
+      args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}",
+              f"--run_dir={run}"] + epochs   # (a run placed here goes on here)
     else:
       args = ["train", f"--flagfile={self.config.flagfile(model)}", f"--run_dir={run}",
               f"--prepared_dir={prepared_dir}", f"--model={model}",

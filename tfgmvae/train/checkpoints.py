@@ -273,8 +273,10 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
   recorded = set().union(*(_names(line) for line in old.splitlines() if line))
 
   def relevant(text):   # (paths compared absolute: a record from before they were)
+    # --run_dir is where the record is: a run moved or copied elsewhere goes on there.
     lines = [line for line in absolute_paths(text).splitlines()
-             if line and not (line in defaults and not _names(line) & recorded)]
+             if line and not (line in defaults and not _names(line) & recorded)
+             and not line.startswith("--run_dir=")]
     if not trained:
       return [line for line in lines if _names(line) & DATA_FLAGS]
     return [line for line in lines if not any(line.startswith(f"--{n}=")
@@ -294,6 +296,31 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
         f"--flagfile={path}, or start a new run from its weights with "
         f"--warm_start={run_dir}.")
   return True
+
+
+def moved_run_dir(flagfile: str, run_dir: str) -> str | None:
+  """The folder that `--flagfile=FOLDER/flags.txt` replays when the run was moved there.
+
+  A run directory may be moved or copied: its flags.txt still records the --run_dir it
+  was trained in. Replaying FOLDER/flags.txt then means the run in FOLDER, not the
+  folder it came from (which may hold the original, or nothing, where the command would
+  start a new run).
+
+  Args:
+    flagfile: The command line's last --flagfile.
+    run_dir: The --run_dir the command got, from that file (not from its own command
+      line, which names the run directory explicitly).
+
+  Returns:
+    FOLDER (absolute) if the flagfile is the flags.txt of a run that has trained
+    (a checkpoint) and records `run_dir`, and FOLDER is another folder; else None.
+  """
+  folder = os.path.dirname(os.path.abspath(flagfile))
+  if (os.path.basename(flagfile) != FLAGS_FILE or not run_dir
+      or read_flags(folder).get("run_dir") != run_dir
+      or tf.train.latest_checkpoint(os.path.join(folder, "checkpoints")) is None):
+    return None
+  return None if os.path.abspath(run_dir) == folder else folder
 
 
 def write_flags(run_dir: str, flags_text: str) -> None:
