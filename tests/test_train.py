@@ -178,6 +178,38 @@ def test_missing_data_is_named(tmp_path):
       "into" in done.stderr and "no prepared.json" in done.stderr
 
 
+def test_a_data_path_that_prepared_dir_would_override_is_refused(prepared_dir, tmp_path):
+  # configs/quickstart.flags names --prepared_dir; a user adds their own notes after it.
+  run = tmp_path / "r"
+  flagfile = tmp_path / "base.flags"
+  flagfile.write_text("\n".join([f"--prepared_dir={prepared_dir}", f"--run_dir={run}"]
+                                + TINY) + "\n")
+  source = os.path.join(os.path.dirname(prepared_dir), "notes", "labels.csv")
+  mine = tmp_path / "mine" / "labels.csv"
+  done = _run([f"--flagfile={flagfile}", "--dataset=csv", f"--data_path={mine}"],
+              timeout=60)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr == (
+      f"ERROR: --prepared_dir={prepared_dir} (from --flagfile={flagfile}) was prepared "
+      f"from csv notes listed in {source}, not from --dataset=csv --data_path={mine}; a "
+      f"run trains on --prepared_dir alone. Add --prepared_dir= (empty) to prepare {mine} "
+      "into RUN_DIR/data for this run, or leave --data_path out to train on the prepared "
+      "data.\n")
+  none = tmp_path / "none"
+  done = _run([f"--flagfile={flagfile}", f"--prepared_dir={none}", "--dataset=csv",
+               f"--data_path={mine}"], timeout=60)
+  assert done.returncode == 2 and (f"--prepared_dir={none} has no prepared data, and a run "
+                                   "trains on --prepared_dir instead of") in done.stderr
+  # The source it was prepared from, as a file or its folder, may be named beside it
+  # (the stop here is the next check's, on --batch_size).
+  for path in (source, os.path.dirname(source)):
+    done = _run([f"--flagfile={flagfile}", "--dataset=csv", f"--data_path={path}",
+                 "--batch_size=0"], timeout=60)
+    assert done.returncode == 2 and "--batch_size=0: expected a positive" in done.stderr
+    assert "was prepared from" not in done.stderr
+  assert not run.exists()
+
+
 def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
   run = str(tmp_path / "retry")
   flags_path = os.path.join(run, "flags.txt")

@@ -17,6 +17,7 @@ labelled notes follow the data's instrument distribution.
 import collections
 import csv
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -142,6 +143,33 @@ class Prepared:
                log_mel_max=float(meta["log_mel_max"]), seed=int(meta["seed"]),
                validation_fraction=float(meta["validation_fraction"]),
                counts=meta["counts"])
+
+
+def other_source(prepared_dir: str, dataset: str, data_path: str) -> str | None:
+  """What `prepared_dir` was prepared from, if that is not `dataset` at `data_path`.
+
+  `data_path` matches the recorded source when it is the recorded CSV or TFRecord file, a
+  folder holding them, or a glob that matches them (as `--data_path` may give each).
+
+  Returns:
+    None if it was prepared from there (or has no readable record), else the recorded
+    source, e.g. "rendered notes listed in /data/corpus/labels.csv".
+  """
+  try:
+    with open(os.path.join(prepared_dir, JSON_NAME), encoding="utf-8") as f:
+      source = json.load(f)["source"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  files = [source["csv"]] if "csv" in source else list(source.get("files", []))
+  where = data_path if paths.is_url(data_path) else os.path.abspath(data_path)
+  inside = lambda p: (p == where or p.startswith(where.rstrip("/") + "/")   # pylint: disable=unnecessary-lambda-assignment
+                      or fnmatch.fnmatchcase(p, where))
+  if source.get("dataset") == dataset and files and all(inside(p) for p in files):
+    return None
+  if "csv" in source:
+    return f"{source.get('dataset')} notes listed in {source['csv']}"
+  return (f"{source.get('dataset')} records from {len(files)} file(s) such as "
+          f"{files[0] if files else '?'}")
 
 
 def _sha256(path: str) -> str:
