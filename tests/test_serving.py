@@ -348,6 +348,16 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={tmp_path}/no.wav",
              "--target=Pno", f"--out={tmp_path}/u.wav")
   assert bad.returncode == 1 and "no.wav" in bad.stderr
+  # A note silent where the model reads it is refused, as preparation refuses it.
+  quiet = np.zeros(22050, np.float32)
+  quiet[15000:] = 0.5     # sounds only after the analysed 0.5 s
+  soundfile.write(f"{tmp_path}/quiet.wav", quiet, 22050)
+  bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={tmp_path}/quiet.wav",
+             "--target=Pno", f"--out={tmp_path}/u.wav")
+  assert bad.returncode == 1 and bad.stderr == (
+      f"ERROR: {tmp_path}/quiet.wav: is silent in its analysed segment (0 s to 0.5 s: peak "
+      "0 < 0.0001); expected a sounding note\n")
+  assert not [n for n in os.listdir(tmp_path) if n.startswith("u")]
   exported = _cli("export", f"--run_dir={runs['mgmvae']}", f"--export_dir={tmp_path}/e",
                   "--griffin_lim_iters=2")
   assert exported.returncode == 0 and os.path.isdir(f"{tmp_path}/e/1"), exported.stderr

@@ -115,11 +115,25 @@ def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> lis
 
 
 def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
-             source: str | None = None) -> list[dict]:
-  """The note `waveform` moved towards each target instrument by each alpha."""
+             source: str | None = None, name: str = "the note") -> list[dict]:
+  """The note `waveform` moved towards each target instrument by each alpha.
+
+  Raises:
+    ValueError: an unknown instrument, or a note silent where the model reads it (as
+      preparation refuses such a note; `name` says which in the message).
+  """
   _checked(model, list(targets) + ([source] if source else []))
   combos = list(itertools.product(targets, alphas))
   config = model.meta["audio"]      # the model reads the segment after its offset
+  segment = np.asarray(waveform, np.float32)[
+      int(config["offset"] * sample_rate):
+      int(np.ceil((config["offset"] + config["duration"]) * sample_rate))]
+  peak = float(np.max(np.abs(segment))) if segment.size else 0.0
+  threshold = float(config.get("silence_threshold", 0.0))
+  if peak < threshold or not segment.size:
+    raise ValueError(f"{name}: is silent in its analysed segment ({config['offset']:g} s "
+                     f"to {config['offset'] + config['duration']:g} s: peak {peak:.2g} < "
+                     f"{threshold:g}); expected a sounding note")
   keep = int(np.ceil((config["offset"] + config["duration"] + 0.1) * sample_rate))
   audio = np.repeat(np.asarray(waveform, np.float32)[None, :keep], len(combos), axis=0)
   inputs = {"audio": audio, "sample_rate": int(sample_rate),
