@@ -102,8 +102,9 @@ def quiet():
 def define_audio_flags():
   """Flags of the audio front end; unset flags keep the preset's value."""
   flags.DEFINE_enum("audio_preset", "paper", ["paper", "authors"],
-                    "paper: SPEC section 1 (hop 256, 43 frames); authors: the authors' "
-                    "released code (hop 512, 0.2 s offset, 21 frames, eps floor).")
+                    "paper: the paper's front end (22,050 Hz, hop 256, 43 frames); "
+                    "authors: the authors' released code (hop 512, 0.2 s offset, 21 "
+                    "frames, eps floor).")
   flags.DEFINE_integer("sample_rate", None, "Resampling rate in Hz.")
   flags.DEFINE_integer("n_fft", None, "STFT window/FFT length in samples.")
   flags.DEFINE_integer("hop_length", None, "STFT hop in samples.")

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from conftest import REPO, tone, write_notes
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.evaluate import classifiers, experiments, report, stats
-from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, evaluate
+from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, _chosen_how, evaluate
 from tfgmvae.evaluate.reproduce import PAPER_TABLE1
 from tfgmvae.train.config import TrainConfig
 from tfgmvae.train.loop import train
@@ -210,6 +210,16 @@ def _spec(prepared, task, **kw):
               frames=43, n_mels=256, num_classes=classes, data="toy", seed=0, epochs=25,
               patience=25)
   return classifiers.CnnSpec(**(base | kw))
+
+
+def test_the_log_says_how_the_transfer_instruments_were_chosen():
+  # The paper's families know Fl, Pno, ...; a user's own names may have none.
+  assert _chosen_how(["brass", "flute"], ["bell", "brass", "flute", "reed"]) == (
+      " (the most frequent instrument of each family; bell has no known family; "
+      "--representatives chooses others)")
+  assert "fewer than two of the paper's families" in _chosen_how(["a", "b"], ["a", "b", "Fl"])
+  assert _chosen_how(["Fhn", "Pno"], ["Fhn", "Pno"]) == (
+      " (the most frequent instrument of each family; --representatives chooses others)")
 
 
 def test_cnn_learns_the_toy_and_is_saved_and_reused(toy, tmp_path):

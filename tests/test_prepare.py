@@ -123,8 +123,39 @@ def test_bad_notes_are_all_listed_with_their_file_or_row(tmp_path):
                  "text.wav: cannot be decoded", "missing.wav: audio file",
                  "duplicate of row", "'H4' is not a note name", "--on_bad_file=skip"):
     assert needle in message, needle
-  assert "line " in message          # CSV problems name the line
+  # Every note is named by its CSV row, decoding problems too, in the CSV's order.
+  listed = [l for l in message.splitlines() if l.startswith("  - ")]
+  assert [l.split(" row ")[1].split(" ")[0] for l in listed] == [
+      str(r) for r in range(13, 20)]
+  assert all(l.startswith(f"  - {csv_path} row ") for l in listed)
+  assert "(a relative path is read from " + str(tmp_path / "bad") + ")" in message
   assert not (tmp_path / "prep").exists()
+
+
+def test_the_summary_counts_instruments_and_names_case_variants(tmp_path):
+  specs = toy_specs(velocities=(0.3,), rates=(22050,))
+  specs += [(f"audio/Sine_{p}.wav", "Sine", p, tone(p, 22050, 0.6), 22050) for p in (60, 62)]
+  messages = []
+  p = prepare(PrepareConfig("csv", write_notes(str(tmp_path / "d"), specs),
+                            str(tmp_path / "prep")), log=messages.append)
+  totals = {k: p.counts["train"].get(k, 0) + p.counts["validation"].get(k, 0)
+            for k in p.instruments}
+  assert totals["Sine"] == 2 and len(totals) >= 3
+  assert ("Notes per instrument: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
+          in messages)
+  assert ("Note: 'Sine', 'sine' differ only in case, so they are different instruments; "
+          "if they are one, fix the labels and prepare again.") in messages
+
+
+def test_a_note_listed_twice_with_other_labels_says_so(tmp_path):
+  (tmp_path / "labels.csv").write_text("path,instrument,pitch\na.wav,flute,60\n"
+                                       "a.wav,reed,C4\nb.wav,reed,62\nb.wav,reed,D4\n")
+  problems = open_source("csv", str(tmp_path)).problems
+  assert f"{tmp_path}/labels.csv row 2 (line 3): a.wav: duplicate of row 1 with other " \
+      "labels (there flute 60, here reed 60); expected each note once" in \
+      [str(p) for p in problems]
+  assert f"{tmp_path}/labels.csv row 4 (line 5): b.wav: duplicate of row 3; expected " \
+      "each note once" in [str(p) for p in problems]
 
 
 def test_skip_policy_reports_every_skipped_note(tmp_path):
@@ -142,7 +173,11 @@ def test_csv_missing_columns_is_a_clear_error(tmp_path):
   with pytest.raises(SourceError) as info:
     open_source("csv", csv_path)
   assert "missing column(s) path, pitch" in str(info.value)
-  assert csv_path in str(info.value)
+  assert csv_path in str(info.value) and "separated" not in str(info.value)
+  semicolons = write_notes(str(tmp_path / "e"), [], header="path;instrument;pitch")
+  with pytest.raises(SourceError, match="expected at least path,instrument,pitch "
+                     "\\(columns separated by commas; this header uses semicolons\\)"):
+    open_source("csv", semicolons)
 
 
 def test_csv_extra_columns_note_names_and_absolute_paths(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
 import numpy as np
@@ -394,3 +395,13 @@ def test_tensorflow_model_server_serves_the_export(runs, live, tmp_path):
   finally:
     server.terminate()
     server.wait(30)
+
+
+def test_a_pitch_outside_the_vocabulary_lists_the_pitches_when_few():
+  few = types.SimpleNamespace(instruments=("Vc",), pitches=(60, 62, 64))
+  with pytest.raises(ValueError, match="pitch 61 is not in the model's vocabulary; "
+                     "expected one of 60, 62, 64.$"):
+    client.synthesize(few, ["Vc"], [61])
+  many = types.SimpleNamespace(instruments=("Vc",), pitches=tuple(range(21, 109)))
+  with pytest.raises(ValueError, match="expected one of 21..108 \\(88 MIDI numbers"):
+    client.synthesize(many, ["Vc"], [10])

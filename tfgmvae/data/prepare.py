@@ -203,9 +203,10 @@ def stratified_split(notes: list[Note], fraction: float, seed: int):
   for instrument in sorted(by_instrument):
     group = sorted(by_instrument[instrument], key=lambda n: _rank_key(seed, "split", n.key))
     if len(group) < 2:
-      problems.extend(Problem(n.key, f"instrument {instrument!r} has only {len(group)} "
-                              "note; a stratified split needs at least 2 (one for "
-                              "training, one for validation)", n.key) for n in group)
+      problems.extend(Problem(n.where or n.key, f"{n.key}: instrument {instrument!r} has "
+                              f"only {len(group)} note; a stratified split needs at "
+                              "least 2 (one for training, one for validation)", n.key,
+                              n.row) for n in group)
       continue
     quota = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
     taken = 0
@@ -268,10 +269,11 @@ def _scan(source, config: PrepareConfig, log=print):
     if paths.UNREACHABLE in error:   # not the note's fault: stop, whatever on_bad_file
       raise paths.UnreachableError(error)
     if error:
-      problems.append(Problem(note.key, error, note.key))
+      problems.append(Problem(note.where or note.key, error, note.key, note.row))
       continue
     if not note.instrument:
-      problems.append(Problem(note.key, "empty instrument label", note.key))
+      problems.append(Problem(note.where or note.key, "empty instrument label", note.key,
+                              note.row))
       continue
     scanned.append(note)
     stats[note.key] = (float(elem["lo"]), float(elem["hi"]))
@@ -312,6 +314,7 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
   problems += decode_problems
   split, split_problems = stratified_split(notes, config.validation_fraction, config.seed)
   problems += split_problems
+  problems.sort(key=lambda p: p.row)   # a CSV's in its order (NSynth's: as found)
   if problems and config.on_bad_file == "error":
     raise PrepareError(
         f"{len(problems)} note(s) of {config.data_path} cannot be used:\n"
@@ -376,4 +379,17 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
   log(f"Prepared {len(train)} training and {len(notes) - len(train)} validation notes, "
       f"{len(counts[TRAIN])} instruments, {len(meta['pitches'])} pitches, log-mel range "
       f"[{lo:.3f}, {hi:.3f}] -> {config.out_dir}")
+  totals = collections.Counter(n.instrument for n in notes)
+  log("Notes per instrument: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+  for names in _case_variants(totals):
+    log(f"Note: {', '.join(repr(n) for n in names)} differ only in case, so they are "
+        "different instruments; if they are one, fix the labels and prepare again.")
   return Prepared.load(config.out_dir)
+
+
+def _case_variants(instruments) -> list[list[str]]:
+  """Groups of instrument names that are equal but for letter case."""
+  groups = collections.defaultdict(list)
+  for name in sorted(instruments):
+    groups[name.casefold()].append(name)
+  return [names for names in groups.values() if len(names) > 1]

@@ -32,11 +32,15 @@ class Note:
     path: Absolute audio path, or "" for notes stored inside TFRecords.
     instrument: Instrument name.
     pitch: MIDI pitch.
+    where: The CSV row it came from, for messages ("" for NSynth).
+    row: That row's index (-1 for NSynth), to list problems in the CSV's order.
   """
   key: str
   path: str
   instrument: str
   pitch: int
+  where: str = dataclasses.field(default="", compare=False)
+  row: int = dataclasses.field(default=-1, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Problem:
   where: str
   message: str
   key: str = ""
+  row: int = dataclasses.field(default=-1, compare=False)
 
   def __str__(self):
     return f"{self.where}: {self.message}"
@@ -95,7 +100,10 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
       raise SourceError(
           f"{csv_path}: missing column(s) {', '.join(missing)}; the header is "
           f"{','.join(header) if header else '(empty)'}; expected at least "
-          f"{','.join(required)}.")
+          f"{','.join(required)}" + next(
+              (f" (columns separated by commas; this header uses {name})"
+               for sep, name in ((";", "semicolons"), ("\t", "tabs"))
+               if len(header) == 1 and sep in header[0]), "") + ".")
     rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
   if not rows:
     raise SourceError(f"{csv_path}: has a header but no rows; expected one row per note.")
@@ -110,11 +118,12 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
     where = f"{csv_path} row {i + 1} (line {i + 2})"
     rel, instrument = row.get(path_col, ""), row.get(instrument_col, "")
     if not rel:
-      problems.append(Problem(where, f"empty '{path_col}'; expected an audio file path"))
+      problems.append(Problem(where, f"empty '{path_col}'; expected an audio file path",
+                              row=i))
       continue
     if not instrument:
       problems.append(Problem(where, f"{rel}: empty '{instrument_col}'; expected an "
-                                     "instrument name", rel))
+                                     "instrument name", rel, i))
       continue
     raw_pitch = row.get(pitch_col, "")
     if not raw_pitch and pitch_fallback_col:
@@ -122,18 +131,25 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
     try:
       pitch = parse_pitch(raw_pitch)
     except ValueError as e:
-      problems.append(Problem(where, f"{rel}: {e}", rel))
+      problems.append(Problem(where, f"{rel}: {e}", rel, i))
       continue
     if rel in seen:
-      problems.append(Problem(where, f"{rel}: duplicate of row {seen[rel] + 1}; expected "
-                                     "each note once", rel))
+      first, labels = seen[rel]
+      other = ("" if labels == (instrument, pitch) else
+               f" with other labels (there {labels[0]} {labels[1]}, here {instrument} "
+               f"{pitch})")
+      problems.append(Problem(where, f"{rel}: duplicate of row {first + 1}{other}; "
+                                     "expected each note once", rel, i))
       continue
-    seen[rel] = i
+    seen[rel] = (i, (instrument, pitch))
     path = paths.resolve(audio_root, rel)
     if not paths.isfile(path):
-      problems.append(Problem(where, f"{rel}: audio file {path} does not exist", rel))
+      relative = ("" if os.path.isabs(rel) or paths.is_url(rel) else
+                  f" (a relative path is read from {audio_root})")
+      problems.append(Problem(where, f"{rel}: audio file {path} does not exist{relative}",
+                              rel, i))
       continue
-    notes.append(Note(rel, path, instrument, pitch))
+    notes.append(Note(rel, path, instrument, pitch, where, i))
   return notes, problems
 
 

@@ -123,6 +123,20 @@ def _checkpoint_epoch(path: str) -> int:
     return 0
 
 
+def _chosen_how(reps: list[str], instruments) -> str:
+  """How the default representatives were chosen (`stats.representatives`), naming the
+  instruments it could not place in a family."""
+  from tfgmvae.evaluate.stats import family_of  # pylint: disable=import-outside-toplevel
+  unknown = [name for name in instruments if family_of(name) is None]
+  if len({family_of(name) for name in instruments} - {None}) < 2:
+    how = "the most frequent instruments: fewer than two of the paper's families here"
+  else:
+    how = "the most frequent instrument of each family" + (
+        f"; {', '.join(unknown)} {'has' if len(unknown) == 1 else 'have'} no known family"
+        if unknown else "")
+  return f" ({how}; --representatives chooses others)"
+
+
 def _representatives(config: EvalConfig, prepared: Prepared) -> list[str]:
   from tfgmvae.evaluate.stats import representatives  # pylint: disable=import-outside-toplevel
   if not config.representatives:
@@ -221,7 +235,8 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     metrics["synthesis"] = experiments.controllable_synthesis(
         model, val, t_means, t_scales, full, config.ws, config.draws, config.seed)
 
-    stage(f"Figure 5: timbre transfer between {', '.join(reps)}")
+    stage(f"Figure 5: timbre transfer between {', '.join(reps)}"
+          + ("" if config.representatives else _chosen_how(reps, info.instruments)))
     metrics["transfer"] = {"representatives": reps, "pairs": experiments.timbre_transfer(
         model, val, t_means, info.instruments, reps, full, config.alphas)}
 

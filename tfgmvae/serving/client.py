@@ -93,10 +93,11 @@ def _checked(model: Model, instruments, pitches=()):
                        f"one of {', '.join(model.instruments)}.")
   for p in pitches:
     if p not in model.pitches:
+      known = (", ".join(str(q) for q in model.pitches) if len(model.pitches) <= 24 else
+               f"{model.pitches[0]}..{model.pitches[-1]} ({len(model.pitches)} MIDI "
+               "numbers, see the export's assets.extra/tfgmvae.json)")
       raise ValueError(f"pitch {p} is not in the model's vocabulary; expected one of "
-                       f"{model.pitches[0]}..{model.pitches[-1]} "
-                       f"({len(model.pitches)} MIDI numbers, see the export's "
-                       "assets.extra/tfgmvae.json).")
+                       f"{known}.")
 
 
 def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> list[dict]:
