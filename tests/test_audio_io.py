@@ -96,7 +96,8 @@ def test_non_audio_file(tmp_path):
   path = str(tmp_path / "notes.wav")
   with open(path, "w") as f:
     f.write("this is a text file, not audio\n" * 20)
-  _expect_error(path, "cannot be decoded", "expected wav, flac, ogg or mp3")
+  _expect_error(path, "cannot be decoded",
+                "expected a format libsndfile reads: wav, flac, ogg, mp3, aiff")
 
 
 def test_corrupt_file(tmp_path):

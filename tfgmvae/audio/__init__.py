@@ -25,8 +25,9 @@ def load(path: str, sample_rate: int | None = None, offset: float = 0.0,
   """Decodes an audio file to a mono float32 waveform.
 
   Args:
-    path: wav (8/16/24/32-bit integer or float), flac, ogg or mp3 file, any rate and
-      channel count; a local path or a TensorFlow file-system URL.
+    path: wav (8/16/24/32-bit integer or float), flac, ogg, mp3, aiff or another format
+      libsndfile reads, any rate and channel count; a local path or a TensorFlow
+      file-system URL.
     sample_rate: Resample to this rate; `None` keeps the file's rate.
     offset: Seconds skipped at the start.
     duration: Seconds kept after `offset`; `None` keeps everything. The result is not

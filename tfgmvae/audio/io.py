@@ -55,7 +55,8 @@ def _open(path: str) -> soundfile.SoundFile:
     raise
   except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError) as e:
     raise AudioDecodeError(
-        f"{path}: cannot be decoded as audio (expected wav, flac, ogg or mp3): {e}") from e
+        f"{path}: cannot be decoded as audio (expected a format libsndfile reads: wav, "
+        f"flac, ogg, mp3, aiff, ...): {e}") from e
 
 
 def read(path: str, offset: float = 0.0, duration: float | None = None,
