@@ -8,7 +8,6 @@ import logging as pylogging
 import os
 import re
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,25 +29,35 @@ def import_tensorflow():
   """Imports TensorFlow without the three "Unable to register cuDNN/cuFFT/cuBLAS factory"
   lines above, so that a command's output starts with what the command says. Call before
   importing tfgmvae. Every other line written while TensorFlow loads (an import error, a
-  GPU that cannot be used) still reaches stderr, in order."""
+  GPU that cannot be used) still reaches stderr, in order: a child process forwards them
+  from a pipe, so even an import that aborts this process shows what it said."""
   if "tensorflow" in sys.modules:
     return
-  sys.stderr.flush()
-  stderr = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    os.dup2(held.fileno(), 2)
-    try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
-    finally:
-      sys.stderr.flush()
-      os.dup2(stderr, 2)
-      os.close(stderr)
-      held.seek(0)
-      kept = [line for line in held.read().splitlines(keepends=True)
-              if not _STARTUP_NOISE.search(line)]
-      sys.stderr.buffer.write(b"".join(kept))
-      sys.stderr.flush()
-
+  try:
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    stderr = os.dup(2)
+    child = os.fork()
+  except OSError:   # no pipe, stderr or fork: import it as it comes
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+    return
+  if child == 0:   # the forwarder: until every write end is closed (or its writer died)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as lines:
+      for line in lines:
+        if not _STARTUP_NOISE.search(line):
+          os.write(stderr, line)
+    os._exit(0)  # pylint: disable=protected-access
+  os.close(read_end)
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+  finally:
+    sys.stderr.flush()
+    os.dup2(stderr, 2)   # closes the pipe's last write end here: the forwarder ends
+    os.close(stderr)
+    os.waitpid(child, 0)
 
 
 def run(main):

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as scipy_stats
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO, tone, write_notes
+from conftest import REPO, tone, toy_specs, write_notes
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.evaluate import classifiers, experiments, report, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, _chosen_how, evaluate
@@ -534,6 +534,15 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
                          check=False)
   assert empty.returncode == 1 and "no cell has a trained run" in empty.stderr
   assert not nothing.exists()
+  # The grid on other data: its runs, trained on the first data, are not mixed in.
+  other = str(tmp_path / "other_prepared")
+  prepare(PrepareConfig("csv", write_notes(str(tmp_path / "other"), toy_specs(
+      pitches=range(60, 64))), other), log=_quiet)
+  mixed = subprocess.run([a.replace(str(toy["prepared"]), other) for a in command],
+                         capture_output=True, text=True, env=ENV, check=False)
+  assert mixed.returncode == 1, mixed.stdout + mixed.stderr
+  assert (f"_n100 trains on the prepared data at {toy['prepared']}, not this grid's "
+          f"({other}): the grid's cells must share one dataset.") in mixed.stderr
   assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()
   other = subprocess.run([a for a in command if a != "--evaluate_arg=--draws=2"]
                          + ["--evaluate_arg=--draws=3", "--models=mvae"],

@@ -11,8 +11,8 @@ import soundfile
 import tensorflow as tf
 
 from tfgmvae import audio
-from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, prepare,
-                                  stratified_split)
+from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
+                                  prepare, stratified_split)
 from tfgmvae.data.dataset import DataError, data_errors, note_dataset
 from tfgmvae.data.paths import UnreachableError
 from tfgmvae.data.prepare import _scan  # pylint: disable=protected-access
@@ -337,3 +337,33 @@ def test_a_note_gone_from_its_server_or_a_server_down_is_said_plainly(http_root,
   with pytest.raises(UnreachableError, match=f"{base}/notes/audio/.*could not be reached"):
     _scan(listed, PrepareConfig("csv", str(local), str(tmp_path / "x"),
                                 on_bad_file="skip"), log=lambda *_: None)
+
+
+def test_other_source_tells_which_data_path_a_prepared_folder_came_from(tmp_path,
+                                                                       monkeypatch):
+  def made_from(source):
+    folder = tmp_path / f"p{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    (folder / "prepared.json").write_text(json.dumps({"source": source}))
+    return str(folder)
+
+  corpus = made_from({"dataset": "rendered", "csv": "/d/corpus/labels.csv"})
+  for same in ("/d/corpus", "/d/corpus/", "/d/corpus/labels.csv", "/d/*/labels.csv"):
+    assert other_source(corpus, "rendered", same) is None, same
+  for other, dataset in (("/d", "rendered"), ("/", "rendered"), ("/d/corpus2", "rendered"),
+                         ("/d/corpus", "csv")):
+    assert other_source(corpus, dataset, other) == \
+        "rendered notes listed in /d/corpus/labels.csv", other
+  tinysol = made_from({"dataset": "tinysol",
+                       "csv": "/s/TinySOL/annotation/TinySOL_metadata.csv"})
+  assert other_source(tinysol, "tinysol", "/s/TinySOL") is None
+  assert other_source(tinysol, "tinysol", "/s") is not None
+  # NSynth records named relative to the folder the command runs in.
+  monkeypatch.chdir(tmp_path)
+  nsynth = made_from({"dataset": "nsynth", "files": [str(tmp_path / "n" / "a.tfrecord"),
+                                                     str(tmp_path / "n" / "b.tfrecord")]})
+  for same in ("n", "n/", "n/*.tfrecord", str(tmp_path / "n")):
+    assert other_source(nsynth, "nsynth", same) is None, same
+  assert other_source(nsynth, "nsynth", "n/a.tfrecord") == \
+      f"nsynth records from 2 file(s) such as {tmp_path}/n/a.tfrecord"
+  assert other_source(str(tmp_path / "nothing"), "csv", "/x") is None   # no record

@@ -107,3 +107,19 @@ _common.run(main)
   done = subprocess.run([sys.executable, str(script), "other"], capture_output=True,
                         text=True, timeout=120, env=env)
   assert done.returncode == 1 and "RuntimeError: another error" in done.stderr
+
+
+def test_what_a_failing_tensorflow_import_says_is_kept(tmp_path):
+  # A TensorFlow that aborts while it loads (as its LOG(FATAL) on a CPU without AVX
+  # does): its last words reach stderr, its plugin noise does not.
+  (tmp_path / "tensorflow.py").write_text(
+      "import os\n"
+      "os.write(2, b'Unable to register cuDNN factory: Attempting to register factory for "
+      "plugin cuDNN when one has already been registered\\n')\n"
+      "os.write(2, b'F fatal: this TensorFlow was compiled to use AVX\\n')\n"
+      "os.abort()\n")
+  done = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{str(tmp_path)!r}, "
+                         f"{BIN!r}]; import _common; _common.import_tensorflow()"],
+                        capture_output=True, text=True, timeout=60)
+  assert done.returncode == -6   # SIGABRT
+  assert done.stderr == "F fatal: this TensorFlow was compiled to use AVX\n"

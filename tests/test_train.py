@@ -18,7 +18,7 @@ import tensorflow as tf
 from tfgmvae.data.dataset import DataError
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
-from tfgmvae.train.checkpoints import RunStateError, run_lock
+from tfgmvae.train.checkpoints import RunStateError, moved_run_dir, run_lock
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.loop import TrainingError, train
 
@@ -537,3 +537,30 @@ def test_a_refused_cache_leaves_the_recorded_flags(prepared_dir, tmp_path, monke
                flags_text="--epochs=2\n")
   assert done["epoch"] == 2 and any("on disk in" in m for m in messages)
   assert (run / "flags.txt").read_text() == "--epochs=2\n"
+
+
+def test_moved_run_dir_follows_only_a_trained_run_in_another_folder(tmp_path):
+  def run_at(folder, recorded, trained=True):
+    os.makedirs(folder / "checkpoints")
+    (folder / "flags.txt").write_text(f"--epochs=3\n--run_dir={recorded}\n")
+    if trained:
+      (folder / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+      (folder / "checkpoints" / "ckpt-1.index").write_bytes(b"")
+    return str(folder / "flags.txt")
+
+  original = tmp_path / "original"
+  assert moved_run_dir(run_at(original, original), str(original)) is None   # in place
+  link = tmp_path / "link"
+  link.symlink_to(original)
+  assert moved_run_dir(str(link / "flags.txt"), str(original)) is None   # same folder
+  assert moved_run_dir(str(original / "flags.txt"), str(tmp_path / "other")) is None
+  copy = tmp_path / "copy"
+  shutil.copytree(original, copy)
+  assert moved_run_dir(str(copy / "flags.txt"), str(original)) == str(copy)
+  gone = tmp_path / "gone"   # moved: the recorded folder no longer exists
+  assert moved_run_dir(run_at(tmp_path / "moved", gone), str(gone)) == str(tmp_path / "moved")
+  untrained = run_at(tmp_path / "fresh", gone, trained=False)
+  assert moved_run_dir(untrained, str(gone)) is None
+  named = tmp_path / "named.flags"   # a flagfile that is not a run's flags.txt
+  named.write_text(f"--run_dir={gone}\n")
+  assert moved_run_dir(str(named), str(gone)) is None

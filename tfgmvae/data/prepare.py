@@ -160,11 +160,17 @@ def other_source(prepared_dir: str, dataset: str, data_path: str) -> str | None:
       source = json.load(f)["source"]
   except (OSError, ValueError, KeyError, TypeError):
     return None
-  files = [source["csv"]] if "csv" in source else list(source.get("files", []))
-  where = data_path if paths.is_url(data_path) else os.path.abspath(data_path)
-  inside = lambda p: (p == where or p.startswith(where.rstrip("/") + "/")   # pylint: disable=unnecessary-lambda-assignment
-                      or fnmatch.fnmatchcase(p, where))
-  if source.get("dataset") == dataset and files and all(inside(p) for p in files):
+  local = lambda p: p if paths.is_url(p) else os.path.abspath(p)   # pylint: disable=unnecessary-lambda-assignment
+  files = [local(p) for p in ([source["csv"]] if "csv" in source
+                              else list(source.get("files", [])))]
+  where = local(data_path).rstrip("/")
+  # Where --data_path may name them: the file itself, the folder holding it (TinySOL's
+  # metadata may sit in annotation/ under it), or a glob.
+  named = lambda p: (p == where or os.path.dirname(p) == where   # pylint: disable=unnecessary-lambda-assignment
+                     or (os.path.basename(p) == "TinySOL_metadata.csv"
+                         and os.path.dirname(os.path.dirname(p)) == where)
+                     or fnmatch.fnmatchcase(p, where))
+  if source.get("dataset") == dataset and files and all(named(p) for p in files):
     return None
   if "csv" in source:
     return f"{source.get('dataset')} notes listed in {source['csv']}"
@@ -203,10 +209,10 @@ def stratified_split(notes: list[Note], fraction: float, seed: int):
   for instrument in sorted(by_instrument):
     group = sorted(by_instrument[instrument], key=lambda n: _rank_key(seed, "split", n.key))
     if len(group) < 2:
-      problems.extend(Problem(n.where or n.key, f"{n.key}: instrument {instrument!r} has "
-                              f"only {len(group)} note; a stratified split needs at "
-                              "least 2 (one for training, one for validation)", n.key,
-                              n.row) for n in group)
+      problems.extend(Problem(n.where or n.key, (f"{n.key}: " if n.where else "")
+                              + f"instrument {instrument!r} has only {len(group)} note; "
+                              "a stratified split needs at least 2 (one for training, "
+                              "one for validation)", n.key, n.row) for n in group)
       continue
     quota = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
     taken = 0

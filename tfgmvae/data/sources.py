@@ -84,7 +84,8 @@ class NSynthSource:
   kind = "tfrecord"
 
   def describe(self) -> dict:
-    return {"dataset": self.name, "files": list(self.files),
+    return {"dataset": self.name, "files": [f if paths.is_url(f) else os.path.abspath(f)
+                                             for f in self.files],
             "instrument_field": self.instrument_field}
 
 

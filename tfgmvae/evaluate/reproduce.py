@@ -44,6 +44,15 @@ PAPER_TABLE1 = {
 }
 
 
+
+def _index_sha(prepared_dir: str) -> str | None:
+  """The index checksum of a prepared folder (None if there is none)."""
+  try:
+    with open(os.path.join(prepared_dir, "prepared.json"), encoding="utf-8") as f:
+      return json.load(f)["index_sha256"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
 class ReproduceError(RuntimeError):
   """A step of the grid failed or a setting is wrong; the message names it."""
 
@@ -201,6 +210,13 @@ class Grid:
             f"{run}/flags.txt records --model={flags.get('model')} "
             f"--label_fraction={flags.get('label_fraction')}, not this cell's "
             f"{model} at {fraction}; move that folder away.")
+      data = flags.get("prepared_dir") or os.path.join(run, "data")
+      if _index_sha(data) != _index_sha(prepared_dir):
+        raise ReproduceError(
+            f"{run} trains on the prepared data at {data}, "
+            + ("which is not there" if _index_sha(data) is None else "not this grid's")
+            + f" ({prepared_dir}): the grid's cells must share one dataset. Move that "
+            "run away, or run the grid on its data with --prepared_dir.")
       args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}",
               f"--run_dir={run}"] + epochs   # (a run placed here goes on here)
     else:

@@ -315,12 +315,14 @@ def moved_run_dir(flagfile: str, run_dir: str) -> str | None:
     FOLDER (absolute) if the flagfile is the flags.txt of a run that has trained
     (a checkpoint) and records `run_dir`, and FOLDER is another folder; else None.
   """
-  folder = os.path.dirname(os.path.abspath(flagfile))
+  folder = os.path.dirname(os.path.abspath(os.path.expanduser(flagfile)))
   if (os.path.basename(flagfile) != FLAGS_FILE or not run_dir
       or read_flags(folder).get("run_dir") != run_dir
       or tf.train.latest_checkpoint(os.path.join(folder, "checkpoints")) is None):
     return None
-  return None if os.path.abspath(run_dir) == folder else folder
+  if os.path.exists(run_dir) and os.path.samefile(run_dir, folder):   # (a symlink too)
+    return None
+  return folder
 
 
 def write_flags(run_dir: str, flags_text: str) -> None:
