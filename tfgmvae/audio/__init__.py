@@ -49,6 +49,24 @@ def load(path: str, sample_rate: int | None = None, offset: float = 0.0,
   return wave, rate
 
 
+def silence_problem(name: str, segment, threshold: float, span: str = "") -> str | None:
+  """Why a note's analysed `segment` cannot be used as a note: its peak absolute amplitude
+  is under `threshold` (`AudioConfig.silence_threshold`); None if it sounds.
+
+  Args:
+    name: The note (its file) as the message names it.
+    segment: The samples the model reads.
+    threshold: The silence threshold.
+    span: Where the segment lies, for the message (e.g. "0 s to 0.5 s: ").
+  """
+  segment = np.asarray(segment)
+  peak = float(np.max(np.abs(segment))) if segment.size else 0.0
+  if segment.size and peak >= threshold:
+    return None
+  return (f"{name}: is silent in its analysed segment ({span}peak {peak:.2g} < "
+          f"{threshold:g}); expected a sounding note")
+
+
 def load_segment(path: str, config: AudioConfig = PAPER) -> np.ndarray:
   """The note's analysed segment at `config.sample_rate`, zero-padded, float32 [n]."""
   wave, _ = load(path, config.sample_rate, config.offset, config.duration)
@@ -59,7 +77,7 @@ def load_segment(path: str, config: AudioConfig = PAPER) -> np.ndarray:
 
 __all__ = [
     "AudioConfig", "PAPER", "AudioDecodeError", "SUPPORTED_EXTENSIONS", "load",
-    "load_segment", "read", "write_wav", "resample", "log_mel", "mel_power", "stft",
+    "load_segment", "silence_problem", "read", "write_wav", "resample", "log_mel", "mel_power", "stft",
     "fit_segment", "mel_filterbank", "normalise", "denormalise", "mel_to_linear_power",
     "griffin_lim", "log_mel_to_audio",
 ]

@@ -34,11 +34,10 @@ def _decode_py(path, offset, duration, margin, silence_threshold):
   except Exception as e:  # pylint: disable=broad-except
     return (np.zeros([0], np.float32), np.int32(1),
             f"{path}: cannot be decoded: {type(e).__name__}: {e}".encode())
-  peak = float(np.max(np.abs(wave[:int(np.ceil(float(duration) * rate))])))
-  if peak < float(silence_threshold):
-    return (np.zeros([0], np.float32), np.int32(1),
-            (f"{path}: is silent in its analysed segment (peak {peak:.2g} < "
-             f"{float(silence_threshold):g}); expected a sounding note").encode())
+  silent = audio.silence_problem(path, wave[:int(np.ceil(float(duration) * rate))],
+                                 float(silence_threshold))
+  if silent:
+    return np.zeros([0], np.float32), np.int32(1), silent.encode()
   length = int(np.ceil((float(duration) + float(margin)) * rate))
   out = np.zeros(length, np.float32)
   out[:min(length, len(wave))] = wave[:length]

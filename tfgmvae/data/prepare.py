@@ -145,6 +145,17 @@ class Prepared:
                counts=meta["counts"])
 
 
+def read_record(prepared_dir: str) -> dict | None:
+  """`prepared_dir`/prepared.json as written (None if missing or unreadable), without
+  the checks of `Prepared.load`: for comparing a folder with a command or another."""
+  try:
+    with open(os.path.join(prepared_dir, JSON_NAME), encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def other_source(prepared_dir: str, dataset: str, data_path: str) -> str | None:
   """What `prepared_dir` was prepared from, if that is not `dataset` at `data_path`.
 
@@ -155,10 +166,8 @@ def other_source(prepared_dir: str, dataset: str, data_path: str) -> str | None:
     None if it was prepared from there (or has no readable record), else the recorded
     source, e.g. "rendered notes listed in /data/corpus/labels.csv".
   """
-  try:
-    with open(os.path.join(prepared_dir, JSON_NAME), encoding="utf-8") as f:
-      source = json.load(f)["source"]
-  except (OSError, ValueError, KeyError, TypeError):
+  source = (read_record(prepared_dir) or {}).get("source")
+  if not isinstance(source, dict):
     return None
   local = lambda p: p if paths.is_url(p) else os.path.abspath(p)   # pylint: disable=unnecessary-lambda-assignment
   files = [local(p) for p in ([source["csv"]] if "csv" in source

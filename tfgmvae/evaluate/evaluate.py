@@ -18,7 +18,7 @@ import time
 import tensorflow as tf
 
 from tfgmvae.data.dataset import data_errors
-from tfgmvae.data.prepare import Prepared, PrepareError
+from tfgmvae.data.prepare import Prepared, PrepareError, read_record
 from tfgmvae.evaluate import classifiers, experiments, figures, report
 from tfgmvae.serving.export import ExportError, load_run
 from tfgmvae.train.checkpoints import read_flags
@@ -279,7 +279,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
 def _cnns(prepared, info, fraction, cnn_dir, config, log) -> tuple[dict, dict]:
   """The full-label instrument and pitch CNNs and the instrument CNN at the run's N, and
   each one's record (what it was trained on, how long, its held-out accuracy)."""
-  data = _index_checksum(prepared)
+  data = read_record(prepared.directory)["index_sha256"]   # (loaded: it is there)
   m = info.model
   base = dict(filters=m.filters, hidden=m.hidden, kernel_size=m.kernel_size,
               frames=m.frames, n_mels=m.n_mels, data=data, seed=config.seed,
@@ -298,11 +298,6 @@ def _cnns(prepared, info, fraction, cnn_dir, config, log) -> tuple[dict, dict]:
   elif fraction <= 0.0:
     out["instrument_n"] = None   # no labels: the paper's '-'
   return out, records
-
-
-def _index_checksum(prepared: Prepared) -> str:
-  with open(os.path.join(prepared.directory, "prepared.json"), encoding="utf-8") as f:
-    return json.load(f)["index_sha256"]
 
 
 def load_metrics(out_dir: str) -> dict:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from tfgmvae.data.prepare import Prepared, PrepareConfig, PrepareError, prepare
+from tfgmvae.data.prepare import Prepared, PrepareConfig, PrepareError, prepare, read_record
 from tfgmvae.train.checkpoints import read_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,15 +43,6 @@ PAPER_TABLE1 = {
     (75, "cnn"): (1.000, None), (100, "cnn"): (1.000, 0.983),
 }
 
-
-
-def _index_sha(prepared_dir: str) -> str | None:
-  """The index checksum of a prepared folder (None if there is none)."""
-  try:
-    with open(os.path.join(prepared_dir, "prepared.json"), encoding="utf-8") as f:
-      return json.load(f)["index_sha256"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
 
 class ReproduceError(RuntimeError):
   """A step of the grid failed or a setting is wrong; the message names it."""
@@ -211,10 +202,11 @@ class Grid:
             f"--label_fraction={flags.get('label_fraction')}, not this cell's "
             f"{model} at {fraction}; move that folder away.")
       data = flags.get("prepared_dir") or os.path.join(run, "data")
-      if _index_sha(data) != _index_sha(prepared_dir):
+      trained_on = (read_record(data) or {}).get("index_sha256")
+      if trained_on != (read_record(prepared_dir) or {}).get("index_sha256"):
         raise ReproduceError(
             f"{run} trains on the prepared data at {data}, "
-            + ("which is not there" if _index_sha(data) is None else "not this grid's")
+            + ("which is not there" if trained_on is None else "not this grid's")
             + f" ({prepared_dir}): the grid's cells must share one dataset. Move that "
             "run away, or run the grid on its data with --prepared_dir.")
       args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}",

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.audio import display, io, load_segment, spectral
+from tfgmvae.audio import display, io, load_segment, silence_problem, spectral
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.serving import export as export_lib
 
@@ -126,15 +126,12 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
   _checked(model, list(targets) + ([source] if source else []))
   combos = list(itertools.product(targets, alphas))
   config = model.meta["audio"]      # the model reads the segment after its offset
-  segment = np.asarray(waveform, np.float32)[
-      int(config["offset"] * sample_rate):
-      int(np.ceil((config["offset"] + config["duration"]) * sample_rate))]
-  peak = float(np.max(np.abs(segment))) if segment.size else 0.0
-  threshold = float(config.get("silence_threshold", 0.0))
-  if peak < threshold or not segment.size:
-    raise ValueError(f"{name}: is silent in its analysed segment ({config['offset']:g} s "
-                     f"to {config['offset'] + config['duration']:g} s: peak {peak:.2g} < "
-                     f"{threshold:g}); expected a sounding note")
+  start, end = config["offset"], config["offset"] + config["duration"]
+  silent = silence_problem(
+      name, np.asarray(waveform)[int(start * sample_rate):int(np.ceil(end * sample_rate))],
+      float(config.get("silence_threshold", 0.0)), span=f"{start:g} s to {end:g} s: ")
+  if silent:
+    raise ValueError(silent)
   keep = int(np.ceil((config["offset"] + config["duration"] + 0.1) * sample_rate))
   audio = np.repeat(np.asarray(waveform, np.float32)[None, :keep], len(combos), axis=0)
   inputs = {"audio": audio, "sample_rate": int(sample_rate),
