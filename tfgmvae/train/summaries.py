@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins import projector
+from tensorboard.plugins.audio import metadata as audio_metadata
 
 from tfgmvae import audio
 from tfgmvae.audio.display import spectrogram_image
@@ -63,6 +64,28 @@ def peak_normalise(waves, peak: float = PEAK) -> np.ndarray:
   x = np.nan_to_num(np.asarray(waves, np.float32))
   top = np.max(np.abs(x), axis=-1, keepdims=True)
   return x * np.where(top > 0, peak / np.maximum(top, 1e-30), 0.0).astype(np.float32)
+
+
+def write_audio(tag: str, clips: np.ndarray, sample_rate: int, description: str = ""):
+  """Writes [k, samples] clips as one TensorBoard audio summary (WAV, no labels).
+
+  What `tf.summary.audio` writes, built without its `tf.transpose` of strings: on a CPU
+  build with oneDNN that transpose logs "E ... oneDNN supports DT_STRING only on platforms
+  with AVX-512" (whatever the CPU), which looked like a failure in the training log.
+
+  Args:
+    tag: The summary's tag.
+    clips: [k, samples] float waves in [-1, 1].
+    sample_rate: Their rate in Hz.
+    description: Markdown shown beside the clips.
+  """
+  wavs = [tf.audio.encode_wav(tf.constant(c, tf.float32)[:, None], sample_rate)
+          for c in np.asarray(clips)]
+  data = (tf.stack([tf.stack(wavs), tf.fill([len(wavs)], "")], axis=1) if wavs
+          else tf.zeros([0, 2], tf.string))
+  tf.summary.write(tag, data, metadata=audio_metadata.create_summary_metadata(
+      display_name=None, description=description,
+      encoding=audio_metadata.Encoding.Value("WAV")))
 
 
 def checkpoint_tensor_name(variable: str) -> str:
@@ -279,11 +302,9 @@ class SummaryCallback(keras.callbacks.Callback):
       waves = peak_normalise(audio.log_mel_to_audio(both, p.audio,
                                                     n_iter=self.griffin_lim_iters))
       for name, clips in (("input", waves[:k]), ("reconstruction", waves[k:])):
-        tf.summary.audio(AUDIO_TAGS[name], clips[:, :, None], p.audio.sample_rate,
-                         max_outputs=k, encoding="wav",
-                         description=(f"Griffin-Lim ({self.griffin_lim_iters} iterations)"
-                                      f" of the {name} log-mel, peak-normalised.\n\n"
-                                      + listing))
+        write_audio(AUDIO_TAGS[name], clips, p.audio.sample_rate,
+                    description=(f"Griffin-Lim ({self.griffin_lim_iters} iterations)"
+                                 f" of the {name} log-mel, peak-normalised.\n\n" + listing))
 
   def encode(self, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Posterior means of every validation note: variable name -> [N, L]."""
