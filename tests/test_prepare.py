@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfgmvae import audio
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
-                                  prepare, stratified_split)
+                                  prepare, source_flags, stratified_split)
 from tfgmvae.data.dataset import DataError, data_errors, note_dataset
 from tfgmvae.data.paths import UnreachableError
 from tfgmvae.data.prepare import _scan  # pylint: disable=protected-access
@@ -367,3 +367,22 @@ def test_other_source_tells_which_data_path_a_prepared_folder_came_from(tmp_path
   assert other_source(nsynth, "nsynth", "n/a.tfrecord") == \
       f"nsynth records from 2 file(s) such as {tmp_path}/n/a.tfrecord"
   assert other_source(str(tmp_path / "nothing"), "csv", "/x") is None   # no record
+  # What a run on each folder records in flags.txt (a --data_path naming the source).
+  assert source_flags(corpus) == {"dataset": "rendered", "data_path": "/d/corpus/labels.csv"}
+  assert source_flags(tinysol) == {"dataset": "tinysol", "data_path": "/s/TinySOL"}
+  assert source_flags(nsynth)["data_path"] == str(tmp_path / "n")
+  for folder, named in ((corpus, "/d/corpus/labels.csv"), (tinysol, "/s/TinySOL"),
+                        (nsynth, str(tmp_path / "n"))):
+    dataset = source_flags(folder)["dataset"]
+    assert other_source(folder, dataset, named) is None, named   # the same source
+  one = made_from({"dataset": "nsynth", "files": ["/n/valid.tfrecord"]})
+  assert source_flags(one)["data_path"] == "/n/valid.tfrecord"
+  apart = made_from({"dataset": "nsynth", "files": ["/n/a.tfrecord", "/m/b.tfrecord"]})
+  assert source_flags(apart) == {"dataset": "nsynth"}
+  split = tmp_path / "split"
+  split.mkdir()
+  (split / "prepared.json").write_text(json.dumps(
+      {"source": {"dataset": "csv", "csv": "/c/x.csv"}, "validation_fraction": 0.25}))
+  assert source_flags(str(split)) == {"dataset": "csv", "data_path": "/c/x.csv",
+                                      "validation_fraction": "0.25"}
+  assert source_flags(str(tmp_path / "nothing")) == {}

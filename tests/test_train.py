@@ -248,10 +248,20 @@ def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
-  common = [f"--prepared_dir={prepared_dir}", "--epochs=40", "--keep_checkpoints=2"] + TINY
+  # A flagfile names a source that --prepared_dir overrides (as configs/paper_*.flags
+  # do under bin/reproduce): flags.txt records the folder's source instead.
+  base = tmp_path / "base.flags"
+  unused = ["--dataset=tinysol", "--data_path=/nowhere/TinySOL", "--validation_fraction=0.3"]
+  base.write_text("\n".join(unused) + "\n")
+  common = [f"--flagfile={base}", f"--prepared_dir={prepared_dir}", "--epochs=40",
+            "--keep_checkpoints=2"] + TINY
   straight = str(tmp_path / "straight")
   done = _run([f"--run_dir={straight}"] + common)
   assert done.returncode == 0, done.stderr[-3000:]
+  source = os.path.join(os.path.dirname(prepared_dir), "notes", "labels.csv")
+  recorded = ["--dataset=csv", f"--data_path={source}", "--validation_fraction=0.1"]
+  lines = open(os.path.join(straight, "flags.txt")).read().splitlines()
+  assert set(recorded) <= set(lines) and not set(unused) & set(lines)
   killed = str(tmp_path / "killed")
   # It saves after epochs 1, 3, 6, ... and is killed once epoch 5 has begun (before
   # epoch 6 can end), so the restart replays epoch 4 (and 5 if it had ended); the
@@ -296,12 +306,20 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
       f.write(b"\0" * 1000)
   keep = os.path.join(killed, "checkpoints", "ckpt-notes")
   os.makedirs(keep)
+  # A record from before flags.txt took the source from the folder still resumes.
+  flags_path = os.path.join(killed, "flags.txt")
+  lines = open(flags_path).read().splitlines()
+  assert set(recorded) <= set(lines)
+  with open(flags_path, "w") as f:
+    f.write("\n".join(sorted(set(lines) - set(recorded) | set(unused))) + "\n")
   # The resumed run keeps its notes on disk (a flag a resumed run may change): the
   # batches, hence the weights, are those of the in-memory run.
   again = _run([f"--run_dir={killed}", "--cache=disk"] + common_killed)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "checkpoints/ckpt-3 (epoch 3)" in again.stdout and "Done: 40 epochs" in again.stdout
   assert "Keeping the 24 notes" in again.stdout
+  lines = open(flags_path).read().splitlines()   # rewritten as it went on
+  assert set(recorded) <= set(lines) and not set(unused) & set(lines)
   assert sorted(os.listdir(os.path.join(killed, "cache"))) in (
       ["train-mel", "validation-mel"], ["train-audio", "validation-audio"])   # no GPU / GPU
   assert not any(os.path.exists(folder) for folder in unfinished)

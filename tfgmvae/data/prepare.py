@@ -156,6 +156,41 @@ def read_record(prepared_dir: str) -> dict | None:
   return record if isinstance(record, dict) else None
 
 
+# The flags that choose and split the notes of a prepared folder, as its record gives them.
+SOURCE_FLAGS = ("dataset", "data_path", "validation_fraction")
+
+
+def source_flags(prepared_dir: str) -> dict[str, str]:
+  """The `SOURCE_FLAGS` that `prepared_dir` was prepared with, as flag values.
+
+  A run on `--prepared_dir` records these in its flags.txt, rather than the command's
+  own (unused) values. `data_path` is what `--data_path` would name the source by: the
+  CSV, TinySOL's folder, the one TFRecord file, or the folder holding all of them (left
+  out when they are in several folders).
+
+  Returns:
+    {flag name: value} for each that the folder's prepared.json gives ({} if unreadable).
+  """
+  record = read_record(prepared_dir) or {}
+  source = record.get("source")
+  out = {}
+  if isinstance(source, dict) and source.get("dataset"):
+    out["dataset"] = str(source["dataset"])
+    files = [source["csv"]] if "csv" in source else list(source.get("files", []))
+    folders = {os.path.dirname(f) for f in files}
+    if source["dataset"] == "tinysol" and len(folders) == 1:   # its root: metadata may
+      root = folders.pop()                                      # sit in annotation/
+      out["data_path"] = os.path.dirname(root) if os.path.basename(root) == "annotation" \
+          else root
+    elif len(files) == 1:
+      out["data_path"] = files[0]
+    elif len(folders) == 1:
+      out["data_path"] = folders.pop()
+  if isinstance(record.get("validation_fraction"), (int, float)):
+    out["validation_fraction"] = str(float(record["validation_fraction"]))
+  return out
+
+
 def other_source(prepared_dir: str, dataset: str, data_path: str) -> str | None:
   """What `prepared_dir` was prepared from, if that is not `dataset` at `data_path`.
 

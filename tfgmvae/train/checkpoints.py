@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tfgmvae.audio.config import AudioConfig
+from tfgmvae.data.prepare import SOURCE_FLAGS
 
 FLAGS_FILE = "flags.txt"
 # Flags a resumed run may change: none of them changes the weights a training step
@@ -236,6 +237,18 @@ def absolute_paths(flags_text: str, cwd: str | None = None) -> str:
   return "".join(lines)
 
 
+def with_values(flags_text: str, values: dict[str, str]) -> str:
+  """`flags_text` (sorted `--name=value` lines) with `values` in place of those flags."""
+  lines = [line for line in flags_text.splitlines()
+           if line and not _names(line) & set(values)]
+  return "\n".join(sorted(lines + [f"--{k}={v}" for k, v in values.items()])) + "\n"
+
+
+def _prepared_elsewhere(lines: list[str]) -> bool:
+  return any(line.startswith("--prepared_dir=") and line != "--prepared_dir="
+             for line in lines)
+
+
 def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
                 defaults=frozenset()) -> bool:
   """Checks that RUN_DIR/flags.txt, if there is one, fits this command. Writes nothing.
@@ -277,6 +290,9 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
     lines = [line for line in absolute_paths(text).splitlines()
              if line and not (line in defaults and not _names(line) & recorded)
              and not line.startswith("--run_dir=")]
+    if _prepared_elsewhere(lines):   # the source flags are the folder's (or, in a record
+      # from before that, unused): --prepared_dir stands for them
+      lines = [line for line in lines if not _names(line) & set(SOURCE_FLAGS)]
     if not trained:
       return [line for line in lines if _names(line) & DATA_FLAGS]
     return [line for line in lines if not any(line.startswith(f"--{n}=")
