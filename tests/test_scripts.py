@@ -123,3 +123,14 @@ def test_what_a_failing_tensorflow_import_says_is_kept(tmp_path):
                         capture_output=True, text=True, timeout=60)
   assert done.returncode == -6   # SIGABRT
   assert done.stderr == "F fatal: this TensorFlow was compiled to use AVX\n"
+
+
+@pytest.mark.parametrize("name", ["train", "prepare_dataset"])
+def test_help_lists_the_audio_flags(name):
+  # They are defined in _common; --help (not only --helpfull) shows them with the script's.
+  done = subprocess.run([sys.executable, os.path.join(BIN, name), "--help"],
+                        capture_output=True, text=True, timeout=120)
+  own = done.stdout.split(f"bin/{name}:\n", 1)[1]   # (absl's --help exits with 1)
+  for flag in ("--audio_preset", "--sample_rate", "--silence_threshold",
+               "--validation_fraction"):
+    assert f"  {flag}:" in own, flag
