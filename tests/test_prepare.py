@@ -370,15 +370,24 @@ def test_other_source_tells_which_data_path_a_prepared_folder_came_from(tmp_path
   # What a run on each folder records in flags.txt (a --data_path naming the source).
   assert source_flags(corpus) == {"dataset": "rendered", "data_path": "/d/corpus/labels.csv"}
   assert source_flags(tinysol) == {"dataset": "tinysol", "data_path": "/s/TinySOL"}
+  # NSynth: the folder only while it holds these TFRecord files and no others (as
+  # --data_path=FOLDER would read them all).
+  (tmp_path / "n").mkdir()
+  for name in ("a.tfrecord", "b.tfrecord", "notes.txt"):
+    (tmp_path / "n" / name).write_bytes(b"")
   assert source_flags(nsynth)["data_path"] == str(tmp_path / "n")
   for folder, named in ((corpus, "/d/corpus/labels.csv"), (tinysol, "/s/TinySOL"),
                         (nsynth, str(tmp_path / "n"))):
     dataset = source_flags(folder)["dataset"]
     assert other_source(folder, dataset, named) is None, named   # the same source
-  one = made_from({"dataset": "nsynth", "files": ["/n/valid.tfrecord"]})
-  assert source_flags(one)["data_path"] == "/n/valid.tfrecord"
+  (tmp_path / "n" / "c.tfrecord").write_bytes(b"")
+  assert source_flags(nsynth)["data_path"] == ""
+  one = made_from({"dataset": "nsynth", "files": ["/n/valid.tfrecord"],
+                   "instrument_field": "instrument_str"})
+  assert source_flags(one) == {"dataset": "nsynth", "data_path": "/n/valid.tfrecord",
+                               "nsynth_instrument_field": "instrument_str"}
   apart = made_from({"dataset": "nsynth", "files": ["/n/a.tfrecord", "/m/b.tfrecord"]})
-  assert source_flags(apart) == {"dataset": "nsynth"}
+  assert source_flags(apart) == {"dataset": "nsynth", "data_path": ""}
   split = tmp_path / "split"
   split.mkdir()
   (split / "prepared.json").write_text(json.dumps(

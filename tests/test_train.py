@@ -306,7 +306,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
       f.write(b"\0" * 1000)
   keep = os.path.join(killed, "checkpoints", "ckpt-notes")
   os.makedirs(keep)
-  # A record from before flags.txt took the source from the folder still resumes.
+  # A record from before flags.txt took the source from the folder still resumes, with
+  # its own command (a --data_path of its own beside --prepared_dir) and then again.
   flags_path = os.path.join(killed, "flags.txt")
   lines = open(flags_path).read().splitlines()
   assert set(recorded) <= set(lines)
@@ -314,12 +315,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
     f.write("\n".join(sorted(set(lines) - set(recorded) | set(unused))) + "\n")
   # The resumed run keeps its notes on disk (a flag a resumed run may change): the
   # batches, hence the weights, are those of the in-memory run.
-  again = _run([f"--run_dir={killed}", "--cache=disk"] + common_killed)
+  again = _run([f"--run_dir={killed}", "--cache=disk", "--data_path=/nowhere/TinySOL"]
+               + common_killed)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "checkpoints/ckpt-3 (epoch 3)" in again.stdout and "Done: 40 epochs" in again.stdout
   assert "Keeping the 24 notes" in again.stdout
-  lines = open(flags_path).read().splitlines()   # rewritten as it went on
-  assert set(recorded) <= set(lines) and not set(unused) & set(lines)
+  lines = open(flags_path).read().splitlines()   # rewritten as it went on, but keeping
+  assert set(unused) <= set(lines) and "--cache=disk" in lines   # its own source flags
   assert sorted(os.listdir(os.path.join(killed, "cache"))) in (
       ["train-mel", "validation-mel"], ["train-audio", "validation-audio"])   # no GPU / GPU
   assert not any(os.path.exists(folder) for folder in unfinished)

@@ -18,6 +18,7 @@ import collections
 import csv
 import dataclasses
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -156,8 +157,24 @@ def read_record(prepared_dir: str) -> dict | None:
   return record if isinstance(record, dict) else None
 
 
-# The flags that choose and split the notes of a prepared folder, as its record gives them.
-SOURCE_FLAGS = ("dataset", "data_path", "validation_fraction")
+# The flags that choose, label and split the notes of a prepared folder: a run on
+# --prepared_dir does not use them, and records the folder's own (`source_flags`).
+SOURCE_FLAGS = ("dataset", "data_path", "validation_fraction", "nsynth_instrument_field")
+
+
+def _named_by(dataset: str, files: list[str]) -> str:
+  """The `--data_path` that names exactly these source files ("" if none does)."""
+  folders = {os.path.dirname(f) for f in files}
+  if dataset == "tinysol" and len(folders) == 1:   # its root: the metadata may sit in
+    root = folders.pop()                            # annotation/ under it
+    return os.path.dirname(root) if os.path.basename(root) == "annotation" else root
+  if len(files) == 1:
+    return files[0]
+  if len(folders) == 1 and not paths.is_url(next(iter(folders))):   # NSynth: the folder,
+    folder = folders.pop()            # if it holds these TFRecord files and no others
+    if sorted(glob.glob(os.path.join(folder, "*.tfrecord*"))) == sorted(files):
+      return folder
+  return ""
 
 
 def source_flags(prepared_dir: str) -> dict[str, str]:
@@ -165,8 +182,8 @@ def source_flags(prepared_dir: str) -> dict[str, str]:
 
   A run on `--prepared_dir` records these in its flags.txt, rather than the command's
   own (unused) values. `data_path` is what `--data_path` would name the source by: the
-  CSV, TinySOL's folder, the one TFRecord file, or the folder holding all of them (left
-  out when they are in several folders).
+  CSV, TinySOL's folder, the one TFRecord file, or the folder holding all of them and
+  no others; empty when no one path names them (NSynth files picked by a glob, say).
 
   Returns:
     {flag name: value} for each that the folder's prepared.json gives ({} if unreadable).
@@ -177,15 +194,9 @@ def source_flags(prepared_dir: str) -> dict[str, str]:
   if isinstance(source, dict) and source.get("dataset"):
     out["dataset"] = str(source["dataset"])
     files = [source["csv"]] if "csv" in source else list(source.get("files", []))
-    folders = {os.path.dirname(f) for f in files}
-    if source["dataset"] == "tinysol" and len(folders) == 1:   # its root: metadata may
-      root = folders.pop()                                      # sit in annotation/
-      out["data_path"] = os.path.dirname(root) if os.path.basename(root) == "annotation" \
-          else root
-    elif len(files) == 1:
-      out["data_path"] = files[0]
-    elif len(folders) == 1:
-      out["data_path"] = folders.pop()
+    out["data_path"] = _named_by(out["dataset"], files)
+    if source.get("instrument_field"):
+      out["nsynth_instrument_field"] = str(source["instrument_field"])
   if isinstance(record.get("validation_fraction"), (int, float)):
     out["validation_fraction"] = str(float(record["validation_fraction"]))
   return out
