@@ -558,3 +558,17 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
                        capture_output=True, text=True, env=ENV, check=False)
   assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr
+
+
+def test_the_cnn_budget_defaults_agree_and_train_every_epoch():
+  # bin/evaluate's flags, EvalConfig and CnnSpec give one budget; its patience is the
+  # whole budget (a pitch CNN stopped after 5 idle epochs judged synthesis far worse).
+  done = subprocess.run([sys.executable, os.path.join(REPO, "bin", "evaluate"), "--help"],
+                        capture_output=True, text=True, timeout=120)
+  flags = {name: int(value) for name, value in re.findall(
+      r"--(cnn_epochs|cnn_patience):.*?\(default: '(\d+)'\)", done.stdout, re.S)}
+  spec = {f.name: f.default for f in dataclasses.fields(classifiers.CnnSpec)}
+  config = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+  assert flags == {"cnn_epochs": config["cnn_epochs"], "cnn_patience": config["cnn_patience"]}
+  assert (spec["epochs"], spec["patience"]) == (config["cnn_epochs"], config["cnn_patience"])
+  assert config["cnn_patience"] >= config["cnn_epochs"] == 30

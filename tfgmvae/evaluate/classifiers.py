@@ -101,7 +101,7 @@ class CnnSpec:
   data: str
   seed: int = 0
   epochs: int = 30
-  patience: int = 5
+  patience: int = 30
   batch_size: int = 64
   learning_rate: float = 1e-3
 

@@ -62,7 +62,7 @@ class EvalConfig:
   alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
   shift: float = 2.0
   cnn_epochs: int = 30
-  cnn_patience: int = 5
+  cnn_patience: int = 30
   tsne_max_notes: int = 2000
   seed: int = 0
   summaries: bool = True
