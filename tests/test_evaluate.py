@@ -19,7 +19,7 @@ from conftest import REPO, tone, toy_specs, write_notes
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.evaluate import classifiers, experiments, report, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, _chosen_how, evaluate
-from tfgmvae.evaluate.reproduce import PAPER_TABLE1
+from tfgmvae.evaluate.reproduce import PAPER_TABLE1, ReproduceError, check_judges
 from tfgmvae.train.config import TrainConfig
 from tfgmvae.train.loop import train
 
@@ -527,6 +527,23 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert evaluate_log.count("already holds an evaluation of epoch") == 1, evaluate_log
   assert 0 < json.loads(timings_path.read_text())["mgmvae_n100.evaluate"] < 1e6
   assert "[mgmvae_n000] not trained and --notrain: left out" in evaluate_only.stdout
+  # A cell judged by CNNs of another budget (evaluated before a default changed) is not
+  # mixed into the table.
+  reused = out / "eval" / "mvae_n100"
+  metrics_path = next(reused.glob("epoch_*/metrics.json"))
+  kept = metrics_path.read_text()
+  older = json.loads(kept)
+  older["cnn"]["pitch"]["spec"]["patience"] = 5
+  metrics_path.write_text(json.dumps(older))
+  results_md = (out / "RESULTS.md").read_text()
+  mixed_judges = subprocess.run(command + ["--notrain"], capture_output=True, text=True,
+                                env=ENV, check=False)
+  assert mixed_judges.returncode == 1, mixed_judges.stdout + mixed_judges.stderr
+  assert "judged by CNNs trained with different budgets (mgmvae_n100: epochs 2, " \
+      "patience 30, " in mixed_judges.stderr
+  assert "; mvae_n100: epochs 2, patience 5, " in mixed_judges.stderr
+  assert (out / "RESULTS.md").read_text() == results_md
+  metrics_path.write_text(kept)
   assert not (out / "runs" / "mgmvae_n000").exists()
   nothing = tmp_path / "nothing"   # nothing to evaluate: refused, and nothing written
   empty = subprocess.run([a.replace(str(out), str(nothing)) for a in command]
@@ -572,3 +589,21 @@ def test_the_cnn_budget_defaults_agree_and_train_every_epoch():
   assert flags == {"cnn_epochs": config["cnn_epochs"], "cnn_patience": config["cnn_patience"]}
   assert (spec["epochs"], spec["patience"]) == (config["cnn_epochs"], config["cnn_patience"])
   assert config["cnn_patience"] >= config["cnn_epochs"] == 30
+
+
+def test_check_judges_reads_each_cells_cnn_budgets(tmp_path):
+  def cell(name, *patiences):
+    folder = tmp_path / name
+    folder.mkdir()
+    cnn = {f"t{i}": {"spec": {"epochs": 30, "patience": p, "batch_size": 64,
+                              "learning_rate": 1e-3, "seed": 0, "filters": i}}
+           for i, p in enumerate(patiences)}
+    (folder / "metrics.json").write_text(json.dumps({"cnn": cnn}))
+    return str(folder)
+
+  same = {"a": cell("a", 30, 30), "b": cell("b", 30)}   # (network sizes may differ)
+  check_judges(same)
+  with pytest.raises(ReproduceError, match=r"\(a: epochs 30, patience 30, batch_size 64, "
+                     r"learning_rate 0.001, seed 0; c: epochs 30, patience 5, .* / epochs "
+                     r"30, patience 30, "):
+    check_judges({"a": same["a"], "c": cell("c", 5, 30)})

@@ -44,6 +44,44 @@ PAPER_TABLE1 = {
 }
 
 
+# What a CNN judge's quality depends on beyond the data and the network: its budget.
+_BUDGET = ("epochs", "patience", "batch_size", "learning_rate", "seed")
+
+
+def check_judges(evaluations: dict[str, str]) -> None:
+  """Refuses a grid whose cells were judged by CNNs trained with different budgets.
+
+  An evaluation is reused as long as its folder exists, so a grid evaluated partly before
+  and partly after a change of bin/evaluate's CNN budget (its --cnn_patience default went
+  from 5 to 30) would mix judges of different strength in one table.
+
+  Args:
+    evaluations: Cell name -> its evaluation folder (holding metrics.json).
+
+  Raises:
+    ReproduceError: naming the cells of each budget.
+  """
+  budgets = {}
+  for name, out in sorted(evaluations.items()):
+    try:
+      with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        cnn = json.load(f).get("cnn") or {}
+    except (OSError, ValueError):
+      continue   # (results_markdown names an unreadable evaluation)
+    specs = [record.get("spec", {}) for record in cnn.values() if isinstance(record, dict)]
+    budget = tuple(sorted({tuple((k, spec.get(k)) for k in _BUDGET) for spec in specs}))
+    budgets.setdefault(budget, []).append(name)
+  if len(budgets) > 1:
+    described = "; ".join(
+        f"{', '.join(names)}: " + " / ".join(
+            ", ".join(f"{k} {v}" for k, v in b) for b in budget)
+        for budget, names in budgets.items())
+    raise ReproduceError(
+        "the cells were judged by CNNs trained with different budgets (" + described
+        + "), so their scores are not comparable; move the evaluations of one budget "
+        "away (OUT_DIR/eval/<cell>/epoch_N) to evaluate them again.")
+
+
 class ReproduceError(RuntimeError):
   """A step of the grid failed or a setting is wrong; the message names it."""
 
@@ -274,6 +312,7 @@ class Grid:
         evaluations[name] = self.evaluate(name, run, representatives)
     if not evaluations:
       raise ReproduceError(f"{self.out}: no cell has a trained run to evaluate")
+    check_judges(evaluations)
     from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
     path = self.config.results or os.path.join(self.out, "RESULTS.md")
     text = results.results_markdown(self.out, evaluations, self.timings, machine(),
