@@ -591,15 +591,11 @@ def test_the_cnn_budget_defaults_agree_and_train_every_epoch():
   assert config["cnn_patience"] >= config["cnn_epochs"] == 30
 
 
-def test_check_judges_reads_each_cells_cnn_budgets(tmp_path):
-  def cell(name, *patiences):
-    folder = tmp_path / name
-    folder.mkdir()
-    cnn = {f"t{i}": {"spec": {"epochs": 30, "patience": p, "batch_size": 64,
-                              "learning_rate": 1e-3, "seed": 0, "filters": i}}
-           for i, p in enumerate(patiences)}
-    (folder / "metrics.json").write_text(json.dumps({"cnn": cnn}))
-    return str(folder)
+def test_check_judges_reads_each_cells_cnn_budgets():
+  def cell(name, *patiences):   # (a metrics.json as loaded)
+    return {"cnn": {f"t{i}": {"spec": {"epochs": 30, "patience": p, "batch_size": 64,
+                                       "learning_rate": 1e-3, "seed": 0, "filters": i}}
+                    for i, p in enumerate(patiences)}}
 
   same = {"a": cell("a", 30, 30), "b": cell("b", 30)}   # (network sizes may differ)
   check_judges(same)

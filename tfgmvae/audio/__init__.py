@@ -77,7 +77,8 @@ def load_segment(path: str, config: AudioConfig = PAPER) -> np.ndarray:
 
 __all__ = [
     "AudioConfig", "PAPER", "AudioDecodeError", "SUPPORTED_EXTENSIONS", "load",
-    "load_segment", "silence_problem", "read", "write_wav", "resample", "log_mel", "mel_power", "stft",
+    "load_segment", "silence_problem", "read", "write_wav", "resample", "log_mel",
+    "mel_power", "stft",
     "fit_segment", "mel_filterbank", "normalise", "denormalise", "mel_to_linear_power",
     "griffin_lim", "log_mel_to_audio",
 ]

@@ -48,7 +48,7 @@ PAPER_TABLE1 = {
 _BUDGET = ("epochs", "patience", "batch_size", "learning_rate", "seed")
 
 
-def check_judges(evaluations: dict[str, str]) -> None:
+def check_judges(metrics: dict[str, dict]) -> None:
   """Refuses a grid whose cells were judged by CNNs trained with different budgets.
 
   An evaluation is reused as long as its folder exists, so a grid evaluated partly before
@@ -56,19 +56,15 @@ def check_judges(evaluations: dict[str, str]) -> None:
   from 5 to 30) would mix judges of different strength in one table.
 
   Args:
-    evaluations: Cell name -> its evaluation folder (holding metrics.json).
+    metrics: Cell name -> its evaluation's metrics.json, as loaded.
 
   Raises:
     ReproduceError: naming the cells of each budget.
   """
   budgets = {}
-  for name, out in sorted(evaluations.items()):
-    try:
-      with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        cnn = json.load(f).get("cnn") or {}
-    except (OSError, ValueError):
-      continue   # (results_markdown names an unreadable evaluation)
-    specs = [record.get("spec", {}) for record in cnn.values() if isinstance(record, dict)]
+  for name, m in sorted(metrics.items()):
+    specs = [record.get("spec", {}) for record in (m.get("cnn") or {}).values()
+             if isinstance(record, dict)]
     budget = tuple(sorted({tuple((k, spec.get(k)) for k in _BUDGET) for spec in specs}))
     budgets.setdefault(budget, []).append(name)
   if len(budgets) > 1:
@@ -312,7 +308,6 @@ class Grid:
         evaluations[name] = self.evaluate(name, run, representatives)
     if not evaluations:
       raise ReproduceError(f"{self.out}: no cell has a trained run to evaluate")
-    check_judges(evaluations)
     from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
     path = self.config.results or os.path.join(self.out, "RESULTS.md")
     text = results.results_markdown(self.out, evaluations, self.timings, machine(),

@@ -4,7 +4,7 @@ ours, and the other experiments' headline numbers per cell."""
 import os
 
 from tfgmvae.evaluate.evaluate import load_metrics
-from tfgmvae.evaluate.reproduce import FRACTIONS, PAPER_TABLE1, cell_name
+from tfgmvae.evaluate.reproduce import FRACTIONS, PAPER_TABLE1, cell_name, check_judges
 from tfgmvae.evaluate.report import F1_NOTE
 
 
@@ -47,6 +47,7 @@ def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
                      machine: str, prepared) -> str:
   """The whole RESULTS.md of a grid."""
   metrics = {name: load_metrics(path) for name, path in evaluations.items()}
+  check_judges(metrics)   # one table, one kind of judge
   fractions = sorted({m["run"]["label_fraction"] for m in metrics.values()})
   total = sum(timings.values())
   lines = ["# Results: the paper's grid on this data", "",
