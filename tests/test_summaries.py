@@ -252,7 +252,41 @@ def test_learning_rate_of_a_schedule_follows_the_optimizer_step(tmp_path):
                             hidden=4))
   schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=1, decay_rate=0.5)
   model.compile(optimizer=keras.optimizers.Adam(schedule))
-  callback = SummaryCallback(str(tmp_path), None, {"mel": np.zeros((1, 43, 256))})
+  callback = SummaryCallback(str(tmp_path), None, {"mel": np.zeros((1, 43, 256)),
+                                                   "instrument": np.zeros(1, int)})
   callback.set_model(model)
   model.optimizer.iterations.assign(2)
   assert callback.current_learning_rate() == pytest.approx(2.5e-4)
+
+
+def test_spread_and_media_indices():
+  assert summaries.spread(3, 1024).tolist() == [0, 1, 2]
+  assert summaries.spread(10, 4).tolist() == [0, 3, 6, 9]
+  assert summaries.spread(0, 4).tolist() == []
+  wide = summaries.spread(12678, 1024)   # NSynth's validation split
+  assert len(set(wide.tolist())) == 1024 and wide[0] == 0 and wide[-1] == 12677
+  with pytest.raises(ValueError, match="expected count >= 0 and size >= 1"):
+    summaries.spread(5, 0)
+  assert summaries.media_indices([0, 0, 0, 1, 1, 2], 3) == [0, 3, 5]
+  assert summaries.media_indices([0, 0, 1], 3) == [0, 2, 1]   # then the next notes
+  assert summaries.media_indices([4, 4], 3) == [0, 1]
+  assert summaries.media_indices([1, 2], 0) == []
+
+
+def test_training_summarises_notes_of_every_instrument(tmp_path):
+  """The projector and the media see every instrument, not the first in key order."""
+  from tfgmvae.train import loop  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  names = ("a", "b", "c")
+  csv_path = write_notes(str(tmp_path / "toy"), toy_specs(names, pitches=range(60, 70)))
+  prepared = prepare(PrepareConfig("csv", csv_path, str(tmp_path / "prep")),
+                     log=lambda *_: None)
+  order = [row["instrument"] for row in prepared.index("validation")]
+  assert order == sorted(order) and len(order) == 6 and set(order[:3]) != set(names)
+  config = TrainConfig(run_dir=str(tmp_path / "run"), prepared_dir=prepared.directory)
+  (few,) = loop._summary_callbacks(config, prepared, None, "mel", 3)  # pylint: disable=protected-access
+  (every,) = loop._summary_callbacks(config, prepared, None, "mel")  # pylint: disable=protected-access
+  assert [prepared.instruments[i] for i in few.val_batch["instrument"]] == ["a", "b", "c"]
+  assert [prepared.instruments[i] for i in every.val_batch["instrument"]] == order
+  np.testing.assert_array_equal(every.val_batch["mel"][[0, 2, 5]], few.val_batch["mel"])
+  assert sorted(every.val_batch["instrument"][every.media]) == [0, 1, 2]

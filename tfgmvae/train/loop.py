@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
-                                    make_dataset)
+                                    make_dataset, note_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
@@ -26,7 +26,7 @@ from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateErr
                                        remove_unfinished_saves, run_lock, write_flags)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
-from tfgmvae.train.summaries import SummaryCallback
+from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, spread
 
 
 class TrainingError(RuntimeError):
@@ -365,17 +365,25 @@ def _val_count(prepared: Prepared, replicas: int) -> int:
 
 
 def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str | None,
-                       output: str, size: int = 64) -> list:
-  """The summaries' callback, with the first `size` validation notes as its batch: read
-  from the validation store when the notes are kept on disk (so a resume reads no
-  source), else from the source."""
+                       output: str, size: int = SUMMARY_NOTES) -> list:
+  """The summaries' callback, with up to `size` validation notes spread evenly over the
+  split's index as its batch, in that order (the index is sorted by key, which groups
+  each instrument's notes in every supported dataset, so all instruments are there): read from the validation store when the notes are kept on disk
+  (so a resume reads no source), else from the source, in one pass."""
+  rows = prepared.index("validation")
+  keys = [rows[i]["key"].encode() for i in spread(len(rows), size)]
   if store_dir is None:
-    val = make_dataset(prepared, "validation", PipelineConfig(
-        batch_size=size, shuffle=False, cache=""))
-    batch = next(val.as_numpy_iterator())
+    notes, _ = note_dataset(prepared, "validation", PipelineConfig(shuffle=False, cache=""))
+    wanted = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(keys), tf.ones(len(keys), tf.bool)), default_value=False)
+    batch = next(notes.filter(lambda note: wanted.lookup(note["key"]))
+                 .batch(len(keys)).as_numpy_iterator())
+    place = {key: i for i, key in enumerate(batch["key"].tolist())}
+    batch = {k: v[[place[key] for key in keys]] for k, v in batch.items()}
   else:   # the store make_inputs has written: opening it reads only its labels
     store = open_store(prepared, "validation", output, 1.0, store_dir, log=lambda _: None)
-    batch = store.gather(tf.range(min(size, len(store)), dtype=tf.int64))
+    place = {key: i for i, key in enumerate(store.labels["key"].tolist())}
+    batch = store.gather(tf.constant([place[key] for key in keys], tf.int64))
     if output == "audio":
       batch["mel"] = PreparedFeatures(prepared)(batch.pop("audio"))
   batch = {k: np.asarray(v) for k, v in batch.items()}

@@ -8,11 +8,13 @@
   `optimization/steps_per_second` and `progress/optimizer_step`;
 * `validation`: the same losses, ELBO and accuracies from the `val_` logs; after the
   first epoch, every `media_every` epochs and when training ends (so the last model is
-  always shown) the input and reconstructed log-mel of a few validation notes as
-  images (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio
+  always shown) the input and reconstructed log-mel of a few validation notes (of
+  different instruments where there are several) as images (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio
   (`audio/input`, `audio/reconstruction`); and Embedding Projector data for the posterior
-  means of z_t and z_p (a checkpoint `embeddings-<epoch>`, `metadata.tsv` and
-  `projector_config.pbtxt`).
+  means of z_t and z_p of every note of the callback's batch (a checkpoint
+  `embeddings-<epoch>`, `metadata.tsv` and `projector_config.pbtxt`). Training gives it up
+  to `SUMMARY_NOTES` validation notes spread evenly over the split's index (`spread`), so
+  that the projector shows every instrument, not only the first few in key order.
 
 The step of every summary is the number of completed epochs.
 `summaries/written_through_epoch` records the last epoch written; a restarted run does not
@@ -46,6 +48,30 @@ METADATA_NAME = "metadata.tsv"
 CHECKPOINT_NAME = "embeddings"
 EMBEDDINGS = {"z_timbre": "z_timbre_mean", "z_pitch": "z_pitch_mean"}   # var -> encode key
 PEAK = 0.99
+SUMMARY_NOTES = 1024
+
+
+def spread(count: int, size: int) -> np.ndarray:
+  """`min(count, size)` indices into `range(count)`, evenly spaced, first and last included.
+
+  Raises:
+    ValueError: count < 0 or size < 1.
+  """
+  if count < 0 or size < 1:
+    raise ValueError(f"spread({count}, {size}): expected count >= 0 and size >= 1.")
+  if count <= size:
+    return np.arange(count, dtype=np.int64)
+  return np.round(np.linspace(0, count - 1, size)).astype(np.int64)  # distinct: step > 1
+
+
+def media_indices(instruments, k: int) -> list[int]:
+  """`k` indices into `instruments`: the first note of each instrument in order, then (when
+  there are fewer instruments than `k`) the following notes in order."""
+  seen, first, rest = set(), [], []
+  for i, inst in enumerate(int(x) for x in instruments):
+    (rest if inst in seen else first).append(i)
+    seen.add(inst)
+  return (first + rest)[:max(0, k)]
 
 
 def scalar_summaries(logs: dict, prefix: str = "") -> dict[str, float]:
@@ -168,7 +194,8 @@ class SummaryCallback(keras.callbacks.Callback):
         and `instrument` (indices into the vocabularies) and `key` (bytes or str).
       media_every: Spectrograms and audio after the first epoch, every this many epochs
         (epochs 10, 20, ... for 10) and after the last; 0 disables them.
-      num_audio: Notes shown as spectrograms and audio (the first of `val_batch`).
+      num_audio: Notes shown as spectrograms and audio (`media_indices` of
+        `val_batch`: one per instrument first).
       griffin_lim_iters: Griffin-Lim iterations of the audio summaries.
       embeddings_every: Projector data every this many epochs; it is always written when
         training ends (0: only then).
@@ -179,6 +206,7 @@ class SummaryCallback(keras.callbacks.Callback):
     self.val_batch = {k: np.asarray(v) for k, v in val_batch.items()}
     self.media_every = media_every
     self.num_audio = max(0, min(num_audio, len(self.val_batch["mel"])))
+    self.media = media_indices(self.val_batch["instrument"], self.num_audio)
     self.griffin_lim_iters = griffin_lim_iters
     self.embeddings_every = embeddings_every
     self.train_writer = self.validation_writer = None
@@ -281,12 +309,12 @@ class SummaryCallback(keras.callbacks.Callback):
   # -- media and embeddings --------------------------------------------------------------
 
   def write_media(self, step: int):
-    """Spectrogram images and Griffin-Lim audio of the first `num_audio` notes."""
+    """Spectrogram images and Griffin-Lim audio of the `media` notes."""
     self._media_step = step
     k = self.num_audio
-    mel = self.val_batch["mel"][:k].astype(np.float32)
+    mel = self.val_batch["mel"][self.media].astype(np.float32)
     recon = keras.ops.convert_to_numpy(self.model(mel, training=False)["reconstruction"])
-    notes = self._notes(range(k))
+    notes = self._notes(self.media)
     listing = "\n".join(f"{i + 1}. `{key}`: {inst}, MIDI pitch {pitch}"
                         for i, (inst, pitch, key) in enumerate(notes))
     images = np.stack([spectrogram_image(a, b) for a, b in zip(mel, recon)])
