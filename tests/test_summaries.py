@@ -2,9 +2,14 @@
 
 import glob
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 
 import keras
 import numpy as np
@@ -290,3 +295,41 @@ def test_training_summarises_notes_of_every_instrument(tmp_path):
   assert [prepared.instruments[i] for i in every.val_batch["instrument"]] == order
   np.testing.assert_array_equal(every.val_batch["mel"][[0, 2, 5]], few.val_batch["mel"])
   assert sorted(every.val_batch["instrument"][every.media]) == [0, 1, 2]
+
+
+def test_the_tensorboard_command_serves_the_runs_scalars(run):
+  """README: `tensorboard --logdir=RUN_DIR/summaries` (a real server, read over HTTP)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  logdir = os.path.join(run["run_dir"], "summaries")
+  server = subprocess.Popen(
+      [os.path.join(os.path.dirname(sys.executable), "tensorboard"), f"--logdir={logdir}",
+       "--host=127.0.0.1", f"--port={port}"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  base = f"http://127.0.0.1:{port}/data"
+  try:
+    deadline = time.monotonic() + 120
+    runs = None
+    while runs is None:
+      if server.poll() is not None:
+        pytest.fail(f"tensorboard exited with {server.returncode}: {server.stdout.read()}")
+      try:
+        runs = json.load(urllib.request.urlopen(f"{base}/runs", timeout=5))
+      except OSError:
+        if time.monotonic() > deadline:
+          raise
+        time.sleep(1)
+    assert {"train", "validation"} <= set(runs)
+    query = urllib.parse.urlencode({"run": "train", "tag": "losses/total"})
+    points = []
+    while len(points) < EPOCHS and time.monotonic() < deadline:   # loads in the background
+      points = json.load(urllib.request.urlopen(f"{base}/plugin/scalars/scalars?{query}",
+                                                timeout=5))
+      time.sleep(0.5 if len(points) < EPOCHS else 0)
+    assert [step for _, step, _ in points] == [1, 2]
+    np.testing.assert_allclose([value for _, _, value in points], run["history"]["loss"],
+                               rtol=1e-5)
+  finally:
+    server.kill()
+    server.communicate()
