@@ -4,6 +4,7 @@ import collections
 import csv
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -42,6 +43,10 @@ def test_prepare_writes_split_vocab_stats(toy_csv, tmp_path):
   assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-4)
   meta = json.load(open(tmp_path / "prep" / "prepared.json"))
   assert meta["audio"]["hop_length"] == 256 and meta["num_skipped"] == 0
+  # Readable as any folder made here would be (e.g. by workers running as other users).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "prep").st_mode) == 0o777 & ~umask
 
 
 def test_split_is_seeded_and_stratified(tmp_path):

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -89,6 +90,9 @@ def test_labels_csv(corpus):
   on_disk = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
   assert on_disk == sorted([r[0] for r in expected] + ["labels.csv"])
   assert config.num_samples == round(0.75 * 22050)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(out_dir).st_mode) == 0o777 & ~umask   # as mkdir makes it
 
 
 def test_audio_files_decode_mono_right_length_non_silent(corpus):

@@ -39,11 +39,12 @@ import math
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import soundfile
+
+from tfgmvae.data import paths
 
 LABELS_FILENAME = "labels.csv"
 LABEL_COLUMNS = ("path", "instrument", "pitch", "velocity", "dynamics", "soundfont")
@@ -454,11 +455,10 @@ def render_corpus(config: RenderConfig,
       raise FileNotFoundError(f"Soundfont {sf_path} does not exist or is not a file.")
   _import_fluidsynth()  # Fail before creating anything.
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+  tmp = pathlib.Path(paths.make_temp_dir(str(out_dir.parent), f".{out_dir.name}.partial-"))
   try:
     rows = _render_into(tmp, config, progress)
     write_labels(tmp / LABELS_FILENAME, rows)
-    os.chmod(tmp, 0o755)
     _check_out_dir(out_dir)
     try:
       os.rename(tmp, out_dir)  # Atomic; replaces only a missing or empty directory.

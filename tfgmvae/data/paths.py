@@ -11,6 +11,7 @@ import io
 import os
 import posixpath
 import re
+import tempfile
 
 _CORE_SCHEMES = ("gs", "file")
 
@@ -20,6 +21,17 @@ UNREACHABLE = "could not be reached"
 # libcurl's and TensorFlow's words for a connection that did not happen.
 _NO_CONNECTION = re.compile(r"Failed to connect|Couldn't connect|Could(?: not|n't) resolve"
                             r"|Connection refused|timed out|Timeout was reached", re.I)
+
+
+def make_temp_dir(parent: str, prefix: str) -> str:
+  """A new folder in `parent` to fill and then rename into place, with the permissions
+  of a folder made by `mkdir` under the process's umask (`tempfile.mkdtemp` alone gives
+  0700, which would keep other users, e.g. other workers, out of the finished folder)."""
+  folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(folder, 0o777 & ~umask)
+  return folder
 
 
 class UnreachableError(OSError):

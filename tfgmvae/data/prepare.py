@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import tensorflow as tf
@@ -395,7 +394,7 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
       n.instrument for n in notes if split[n.key] == s).items())) for s in (TRAIN, VALIDATION)}
   parent = os.path.dirname(os.path.abspath(config.out_dir))
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+  tmp = paths.make_temp_dir(parent, ".prepare-")
   try:
     index_path = os.path.join(tmp, INDEX_NAME)
     with open(index_path, "w", newline="", encoding="utf-8") as f:
