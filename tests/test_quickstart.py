@@ -20,12 +20,12 @@ from tfgmvae import render
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _quickstart(tmp_path, flagfile):
+def _quickstart(tmp_path, flagfile, *more):
   return subprocess.run(
       [sys.executable, os.path.join(REPO, "bin", "quickstart"),
        f"--work_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'runs' / 'q'}",
        f"--export_dir={tmp_path / 'export'}", f"--out_dir={tmp_path / 'out'}",
-       f"--train_flags={flagfile}"],
+       f"--train_flags={flagfile}", *more],
       capture_output=True, text=True, env=ENV, timeout=900, check=False)
 
 
@@ -75,6 +75,11 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   assert os.listdir(tmp_path / "export") == ["1"]
   assert {n: (out / n).read_bytes() for n in wavs} == written
   assert {n: os.stat(out / n).st_mtime_ns for n in wavs} == mtimes
+  # A choice the prepared data cannot serve is refused before any step runs.
+  third = _quickstart(tmp_path, flagfile, "--target=Fl")
+  assert third.returncode == 1 and third.stderr.startswith(
+      f"ERROR: --target=Fl: expected one of the instruments of {tmp_path / 'data'}"
+      "/prepared: Pno, Vc.") and "[1/5]" not in third.stdout, third.stderr
 
   # The README's Python API section runs as written against what quickstart wrote (its
   # example paths pointed at this test's files).
@@ -95,3 +100,23 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   api = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env=ENV, timeout=600, check=False)
   assert api.returncode == 0 and "README python ok" in api.stdout, api.stderr[-3000:]
+
+
+def test_quickstart_checks_its_choices_and_folders_before_rendering(tmp_path):
+  flagfile = os.path.join(REPO, "configs", "quickstart.flags")
+  typo = _quickstart(tmp_path, flagfile, "--instrument=Guitar")
+  assert typo.returncode == 1 and typo.stderr.startswith(
+      "ERROR: --instrument=Guitar: expected one of the instruments of the default "
+      "corpus: Bn, Clr, Ehn, Fhn, Fl, Ob, Pno, Sax, Trop, Trtb, Vc, Vn."), typo.stderr
+  assert not (tmp_path / "data").exists()
+  low = _quickstart(tmp_path, flagfile, "--pitch=12")
+  assert low.returncode == 1 and "--pitch=12: expected a MIDI pitch of the default " \
+      "corpus, 21 to 108." in low.stderr
+  (tmp_path / "data" / "corpus").mkdir(parents=True)   # someone else's folder
+  (tmp_path / "data" / "corpus" / "mine.txt").write_text("mine")
+  taken = _quickstart(tmp_path, flagfile)
+  assert taken.returncode == 1 and taken.stderr.count("\n") == 1, taken.stderr
+  assert taken.stderr.startswith(f"ERROR: Output directory {tmp_path / 'data' / 'corpus'} "
+                                 "already exists and is not empty")
+  assert os.listdir(tmp_path / "data") == ["corpus"]
+  assert (tmp_path / "data" / "corpus" / "mine.txt").read_text() == "mine"

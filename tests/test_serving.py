@@ -282,8 +282,12 @@ def test_mvae_export_uses_class_centres(runs):
       "and train a new run on it)")
 
 
-def test_outputs_and_models_are_checked_before_any_work(tmp_path):
+def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
   """What bin/synthesize and bin/transfer check first (and print as one ERROR line)."""
+  for iters in (0, -5):   # a run is served with Griffin-Lim of its own; an export with its
+    with pytest.raises(export_lib.ExportError,   # recorded count
+                       match=f"--griffin_lim_iters={iters}: expected >= 1"):
+      client.open_model(runs["mgmvae"], griffin_lim_iters=iters)
   out = str(tmp_path / "n.wav")
   assert client.output_paths(out, ["Vc_60"]) == [out]
   assert client.output_paths(out, ["Vc_60", "Pno_60"]) == [

@@ -51,7 +51,7 @@ class ExportConfig:
 
   def __post_init__(self):
     if self.griffin_lim_iters < 1:
-      raise ExportError(f"griffin_lim_iters={self.griffin_lim_iters}: expected >= 1.")
+      raise ExportError(f"--griffin_lim_iters={self.griffin_lim_iters}: expected >= 1.")
     if self.version is not None and self.version < 1:
       raise ExportError(f"version={self.version}: expected a positive integer.")
 
@@ -169,7 +169,13 @@ def centres_from_codes(codes, labels, num_classes: int):
 
 def build_module(run_dir: str, checkpoint: str = "best",
                  griffin_lim_iters: int = 32) -> tuple[ServingModule, dict]:
-  """A `ServingModule` of a trained run, and the metadata an export records."""
+  """A `ServingModule` of a trained run, and the metadata an export records.
+
+  Raises:
+    ExportError: griffin_lim_iters < 1, or the run cannot be loaded.
+  """
+  if griffin_lim_iters < 1:
+    raise ExportError(f"--griffin_lim_iters={griffin_lim_iters}: expected >= 1.")
   model, info, path = load_run(run_dir, checkpoint)
   means = scales = None
   if info.model.kind == "mvae":

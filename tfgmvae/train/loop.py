@@ -274,9 +274,10 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         inputs.available_memory(), log)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
-    # A resumed run cannot take other prepared data: say so beside the data errors' hint.
+    # A resumed run cannot take other prepared data: say so beside the data errors' hint
+    # (one without a checkpoint has no weights to warm-start from).
     after = (f" A run keeps the data it started with; --warm_start={config.run_dir} "
-             "starts a new run from this one's weights.")
+             "starts a new run from this one's weights." if latest else "")
     with data_errors(prepared, "Reading the notes for training: ", after):   # (stores)
       train_ds, steps = inputs.make_inputs(
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
