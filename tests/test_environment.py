@@ -20,7 +20,8 @@ def _pins():
 def test_installed_versions_are_the_pinned_ones():
   pins = _pins()
   for name in ("tensorflow", "tensorflow-probability", "tf-keras", "keras",
-               "tensorflow-io", "numpy", "librosa", "soundfile", "absl-py", "tensorboard", "setuptools"):
+               "tensorflow-io", "numpy", "librosa", "soundfile", "absl-py", "tensorboard",
+               "setuptools"):
     assert importlib.metadata.version(name) == pins[name], name
 
 

@@ -88,7 +88,8 @@ def test_export_layout_versions_and_metadata(runs):
   assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
   with pytest.raises(export_lib.ExportError, match="model.json: not found"):
     export_lib.read_run(str(runs["root"]))
-  with pytest.raises(export_lib.ExportError, match="expected 'best', 'latest'"):
+  with pytest.raises(export_lib.ExportError,
+                     match="--checkpoint=nonsense: expected 'best', 'latest'"):
     export_lib.checkpoint_path(runs["mgmvae"], "nonsense")
   shutil.rmtree(second)
   open(os.path.join(base, "3"), "w").close()        # a stray file takes its number too
@@ -302,6 +303,8 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
     with pytest.raises(FileExistsError, match=f"{taken}.* refusing to overwrite"):
       client.check_free([out])
   assert (tmp_path / "n.wav").read_bytes() == b"mine"
+  with pytest.raises(NotADirectoryError, match=f"{tmp_path}/n.wav is a file, not a folder"):
+    client.check_free([str(tmp_path / "n.wav" / "deeper" / "x.wav")])
   with pytest.raises(client.ModelPathError, match=f"--model={tmp_path}: expected an export"):
     client.open_model(str(tmp_path))
 

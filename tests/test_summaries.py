@@ -289,8 +289,9 @@ def test_training_summarises_notes_of_every_instrument(tmp_path):
   order = [row["instrument"] for row in prepared.index("validation")]
   assert order == sorted(order) and len(order) == 6 and set(order[:3]) != set(names)
   config = TrainConfig(run_dir=str(tmp_path / "run"), prepared_dir=prepared.directory)
-  (few,) = loop._summary_callbacks(config, prepared, None, "mel", 3)  # pylint: disable=protected-access
-  (every,) = loop._summary_callbacks(config, prepared, None, "mel")  # pylint: disable=protected-access
+  callbacks = loop._summary_callbacks  # pylint: disable=protected-access
+  (few,) = callbacks(config, prepared, None, "mel", 3)
+  (every,) = callbacks(config, prepared, None, "mel")
   assert [prepared.instruments[i] for i in few.val_batch["instrument"]] == ["a", "b", "c"]
   assert [prepared.instruments[i] for i in every.val_batch["instrument"]] == order
   np.testing.assert_array_equal(every.val_batch["mel"][[0, 2, 5]], few.val_batch["mel"])

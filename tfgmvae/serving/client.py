@@ -165,7 +165,15 @@ def output_paths(out: str, suffixes: list[str]) -> list[str]:
 
 
 def check_free(paths: list[str]) -> None:
-  """Raises FileExistsError naming every output (WAV or its PNG) that already exists."""
+  """Raises FileExistsError naming every output (WAV or its PNG) that already exists, and
+  NotADirectoryError when an output's folder is (under) a file."""
+  for path in paths:
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+      folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+      raise NotADirectoryError(f"{path}: {folder} is a file, not a folder; choose another "
+                               "--out.")
   taken = [p for path in paths for p in (path, os.path.splitext(path)[0] + ".png")
            if os.path.exists(p)]
   if taken:

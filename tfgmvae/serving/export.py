@@ -109,7 +109,7 @@ def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
       raise ExportError(f"{folder}: no checkpoint; has {run_dir} trained for an epoch?")
     return path
   if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise ExportError(f"checkpoint={checkpoint!r}: expected 'best', 'latest' or the "
+    raise ExportError(f"--checkpoint={checkpoint}: expected 'best', 'latest' or the "
                       "prefix of a checkpoint (a path whose .index file exists).")
   return checkpoint
 
