@@ -309,6 +309,20 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
     client.open_model(str(tmp_path))
 
 
+def test_the_rest_request_maker_reports_bad_input_in_one_line(runs, tmp_path):
+  script = os.path.join(REPO, "export", "requests", "make_transfer_request.py")
+  for args, line in (([str(tmp_path / "no.wav"), "Pno", "1"], f"{tmp_path}/no.wav: no such file."),
+                     ([os.path.join(REPO, "README.md"), "Pno", "1"], "cannot read it as audio"),
+                     ([runs["note"], "Pno", "2"], "alpha '2': expected a number in [0, 1].")):
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("ERROR: ") and line in done.stderr
+    assert done.stderr.count("\n") == 1 and not done.stdout, done.stderr
+  done = subprocess.run([sys.executable, script, runs["note"], "Pno", "0.5"],
+                        capture_output=True, text=True, timeout=120, check=True)
+  assert json.loads(done.stdout)["inputs"]["alpha"] == [0.5]
+
+
 def _cli(name, *args):
   return subprocess.run([sys.executable, os.path.join(REPO, "bin", name), *args], env=ENV,
                         capture_output=True, text=True, timeout=600)

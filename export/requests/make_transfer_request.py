@@ -10,6 +10,7 @@ cut to its first second (the model reads its first 0.5 s at any rate).
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -26,7 +27,24 @@ def transfer_body(path: str, target: str, alpha: float, seconds: float = 1.0) ->
                      "target_instrument": [target], "alpha": [float(alpha)]}}
 
 
-if __name__ == "__main__":
-  if len(sys.argv) != 4:
+def main(argv: list[str]) -> int:
+  if len(argv) != 4:
     sys.exit(__doc__)
-  json.dump(transfer_body(sys.argv[1], sys.argv[2], float(sys.argv[3])), sys.stdout)
+  try:
+    alpha = float(argv[3])
+  except ValueError:
+    alpha = float("nan")
+  if not 0.0 <= alpha <= 1.0:
+    sys.exit(f"ERROR: alpha {argv[3]!r}: expected a number in [0, 1].")
+  if not os.path.isfile(argv[1]):
+    sys.exit(f"ERROR: {argv[1]}: no such file.")
+  try:
+    body = transfer_body(argv[1], argv[2], alpha)
+  except (OSError, RuntimeError) as e:   # soundfile's errors: missing or undecodable
+    sys.exit(f"ERROR: {argv[1]}: cannot read it as audio ({e}).")
+  json.dump(body, sys.stdout)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
