@@ -12,9 +12,11 @@ import dataclasses
 import importlib.util
 import os
 import pathlib
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -246,3 +248,32 @@ def test_cli_renders_a_subset_end_to_end(tmp_path):
   assert first.suffix == ".wav"
   info = soundfile.info(first)
   assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+
+
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGTERM, 143, ""),
+                                           (signal.SIGINT, 130, "ERROR: interrupted.\n")])
+def test_cli_stopped_mid_render_leaves_nothing(tmp_path, sig, code, said):
+  out_dir = tmp_path / "corpus"
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.Popen([sys.executable, str(MAKE_DATASET), f"--out_dir={out_dir}"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().startswith(f"Rendering into {out_dir}")
+  deadline = time.monotonic() + 60   # until the first notes are on disk
+  while not list(tmp_path.glob(".corpus.partial-*/audio/*/*.flac")):
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == code and stderr == said, stderr
+  assert os.listdir(tmp_path) == []
+
+
+def test_cli_refuses_a_taken_out_dir_before_rendering(tmp_path):
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "mine.txt").write_text("mine")
+  result = run_make_dataset(f"--out_dir={tmp_path / 'taken'}", cwd=tmp_path)
+  assert result.returncode == 1 and not result.stdout
+  assert result.stderr == (f"ERROR: Output directory {tmp_path / 'taken'} already exists "
+                           "and is not empty; nothing is ever overwritten. Choose a new "
+                           "out_dir, or move/delete the old one first.\n")

@@ -337,7 +337,8 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
   return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def _check_out_dir(out_dir: pathlib.Path):
+def check_out_dir(out_dir: pathlib.Path):
+  """Raises FileExistsError unless `out_dir` is missing or an empty folder."""
   if out_dir.exists() or out_dir.is_symlink():
     if not out_dir.is_dir():
       raise FileExistsError(f"{out_dir} exists and is not a directory; refusing to overwrite "
@@ -449,7 +450,7 @@ def render_corpus(config: RenderConfig,
       clipped note; the message names the soundfont, program and pitch.
   """
   out_dir = pathlib.Path(config.out_dir).absolute()
-  _check_out_dir(out_dir)
+  check_out_dir(out_dir)
   for sf_path in config.soundfonts:
     if not os.path.isfile(sf_path):
       raise FileNotFoundError(f"Soundfont {sf_path} does not exist or is not a file.")
@@ -459,7 +460,7 @@ def render_corpus(config: RenderConfig,
   try:
     rows = _render_into(tmp, config, progress)
     write_labels(tmp / LABELS_FILENAME, rows)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     try:
       os.rename(tmp, out_dir)  # Atomic; replaces only a missing or empty directory.
     except OSError as e:
