@@ -334,6 +334,7 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   done = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=C4",
               f"--out={out}")
   assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.startswith(f"Using the export {runs['mgmvae_export']}\n")
   wave, rate = soundfile.read(out)
   assert rate == 22050 and wave.shape == (43 * 256,) and np.abs(wave).max() > 0
   # The file holds what the export's signature gives for that request, at the model's
@@ -367,6 +368,7 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
                  "--source=Pno", "--target=Vc", "--alpha=0.5", f"--out={tmp_path}/r.wav")
   assert sourced.returncode == 0, sourced.stderr[-2000:]
   assert "(Pno) -> Vc alpha=0.5" in sourced.stdout and os.path.isfile(f"{tmp_path}/r.png")
+  assert sourced.stdout.startswith(f"Using the run {runs['mgmvae']} at ckpt-")
   moved = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
                "--target=Pno,Vc", "--alpha=0,0.5,1", f"--out={tmp_path}/t.wav")
   assert moved.returncode == 0, moved.stderr[-2000:]

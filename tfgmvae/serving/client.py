@@ -36,6 +36,12 @@ class Model:
   meta: dict              # the export's assets.extra/tfgmvae.json (or the same for a run)
   keep: object = None     # the loaded object or live module that owns the signatures
 
+  def describe(self) -> str:
+    """The export folder, or the run folder and the checkpoint it serves."""
+    if os.path.isfile(os.path.join(self.path, "saved_model.pb")):
+      return f"the export {self.path}"
+    return f"the run {self.path} at {os.path.basename(self.meta['checkpoint'])}"
+
   def run(self, signature: str, **inputs) -> dict[str, np.ndarray]:
     """Calls a signature with NumPy-convertible inputs; returns NumPy outputs."""
     fn = self.signatures[signature]
