@@ -4,7 +4,6 @@ import collections
 import csv
 import json
 import os
-import stat
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import soundfile
 import tensorflow as tf
 
 from tfgmvae import audio
+from tfgmvae.data import paths
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
                                   prepare, source_flags, stratified_split)
 from tfgmvae.data.dataset import DataError, data_errors, note_dataset
@@ -46,7 +46,7 @@ def test_prepare_writes_split_vocab_stats(toy_csv, tmp_path):
   # Readable as any folder made here would be (e.g. by workers running as other users).
   umask = os.umask(0)
   os.umask(umask)
-  assert stat.S_IMODE(os.stat(tmp_path / "prep").st_mode) == 0o777 & ~umask
+  assert os.stat(tmp_path / "prep").st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_split_is_seeded_and_stratified(tmp_path):
@@ -400,3 +400,14 @@ def test_other_source_tells_which_data_path_a_prepared_folder_came_from(tmp_path
   assert source_flags(str(split)) == {"dataset": "csv", "data_path": "/c/x.csv",
                                       "validation_fraction": "0.25"}
   assert source_flags(str(tmp_path / "nothing")) == {}
+
+
+def test_temporary_folders_are_made_as_mkdir_makes_them(tmp_path):
+  shared = tmp_path / "shared"
+  shared.mkdir()
+  os.chmod(shared, 0o2775)   # setgid: new folders take the group and keep the bit
+  made = paths.make_temp_dir(str(shared), ".prepare-")
+  assert os.path.basename(made).startswith(".prepare-")
+  (shared / "plain").mkdir()
+  assert os.stat(made).st_mode == os.stat(shared / "plain").st_mode
+  assert paths.make_temp_dir(str(shared), ".prepare-") != made

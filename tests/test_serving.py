@@ -303,8 +303,11 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
     with pytest.raises(FileExistsError, match=f"{taken}.* refusing to overwrite"):
       client.check_free([out])
   assert (tmp_path / "n.wav").read_bytes() == b"mine"
-  with pytest.raises(NotADirectoryError, match=f"{tmp_path}/n.wav is a file, not a folder"):
+  with pytest.raises(NotADirectoryError, match=f"{tmp_path}/n.wav is not a folder"):
     client.check_free([str(tmp_path / "n.wav" / "deeper" / "x.wav")])
+  os.symlink(tmp_path / "gone", tmp_path / "dangling")
+  with pytest.raises(NotADirectoryError, match=f"{tmp_path}/dangling is not a folder"):
+    client.check_free([str(tmp_path / "dangling" / "x.wav")])
   with pytest.raises(client.ModelPathError, match=f"--model={tmp_path}: expected an export"):
     client.open_model(str(tmp_path))
 

@@ -20,10 +20,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.audio import metadata as audio_metadata
 from tensorboard.plugins.projector import ProjectorConfig
 
-from conftest import toy_specs, write_notes
+from conftest import toy_specs, write_notes, write_nsynth
 from tfgmvae import audio as audio_lib
 from tfgmvae.audio import display
-from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.data.dataset import PipelineConfig, data_errors, make_dataset
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.train import summaries
@@ -272,6 +272,12 @@ def test_spread_and_media_indices():
   assert len(set(wide.tolist())) == 1024 and wide[0] == 0 and wide[-1] == 12677
   with pytest.raises(ValueError, match="expected count >= 0 and size >= 1"):
     summaries.spread(5, 0)
+  # An equal share of each instrument, even one with few notes among many.
+  assert summaries.pick_notes(list("aabbcc"), 3) == [0, 2, 4]
+  assert summaries.pick_notes(list("aabbcc"), 1024) == [0, 1, 2, 3, 4, 5]
+  assert summaries.pick_notes(list("aaaaaaaaab"), 4) == [0, 8, 9]
+  assert summaries.pick_notes(list("abcde"), 2) == [0, 1, 2, 3, 4]   # one each at least
+  assert summaries.pick_notes([], 3) == []
   assert summaries.media_indices([0, 0, 0, 1, 1, 2], 3) == [0, 3, 5]
   assert summaries.media_indices([0, 0, 1], 3) == [0, 2, 1]   # then the next notes
   assert summaries.media_indices([4, 4], 3) == [0, 1]
@@ -279,7 +285,8 @@ def test_spread_and_media_indices():
 
 
 def test_training_summarises_notes_of_every_instrument(tmp_path):
-  """The projector and the media see every instrument, not the first in key order."""
+  """The projector and the media see every instrument, not the first in key order;
+  only the notes picked are decoded."""
   from tfgmvae.train import loop  # pylint: disable=g-import-not-at-top
   from tfgmvae.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
   names = ("a", "b", "c")
@@ -294,7 +301,7 @@ def test_training_summarises_notes_of_every_instrument(tmp_path):
   (every,) = callbacks(config, prepared, None, "mel")
   assert [prepared.instruments[i] for i in few.val_batch["instrument"]] == ["a", "b", "c"]
   assert [prepared.instruments[i] for i in every.val_batch["instrument"]] == order
-  np.testing.assert_array_equal(every.val_batch["mel"][[0, 2, 5]], few.val_batch["mel"])
+  np.testing.assert_array_equal(every.val_batch["mel"][[0, 2, 4]], few.val_batch["mel"])
   assert sorted(every.val_batch["instrument"][every.media]) == [0, 1, 2]
 
 
@@ -334,3 +341,31 @@ def test_the_tensorboard_command_serves_the_runs_scalars(run):
   finally:
     server.kill()
     server.communicate()
+
+
+def test_summaries_of_nsynth_records_follow_the_index_and_notice_a_repeated_note(tmp_path):
+  from tfgmvae.data.dataset import DataError  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train import loop  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  path = write_nsynth(str(tmp_path / "nsynth-valid.tfrecord"),
+                      families=(("brass", 9), ("guitar", 1)))   # records not in key order
+  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+  with tf.io.TFRecordWriter(path) as w:
+    for record in reversed(records):
+      w.write(record)
+  prepared = prepare(PrepareConfig("nsynth", path, str(tmp_path / "prep")),
+                     log=lambda *_: None)
+  config = TrainConfig(run_dir=str(tmp_path / "run"), prepared_dir=prepared.directory)
+  rows = prepared.index("validation")
+  callbacks = loop._summary_callbacks  # pylint: disable=protected-access
+  (cb,) = callbacks(config, prepared, None, "mel", 2)
+  picked = [rows[i]["key"] for i in summaries.pick_notes([r["instrument"] for r in rows], 2)]
+  assert [k.decode() for k in cb.val_batch["key"]] == picked and len(picked) == 2
+  assert sorted(cb.val_batch["instrument"]) == [0, 1]
+  repeated = next(r for r in records if picked[0].encode() in r)
+  with tf.io.TFRecordWriter(path) as w:   # the source changed: one note twice
+    for record in records + [repeated]:
+      w.write(record)
+  with pytest.raises(DataError, match="no longer matches its source"):
+    with data_errors(prepared):
+      callbacks(config, prepared, None, "mel", 2)

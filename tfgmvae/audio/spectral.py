@@ -213,24 +213,34 @@ def _overlap_add(frames, hop_length: int) -> tf.Tensor:
                                    axis=0))
 
 
-def _istft(spec, config: AudioConfig, length: int) -> tf.Tensor:
+def _istft_constants(config: AudioConfig, frames: int, length: int) -> dict:
+  """The window and overlap gain of `_istft` (made once per Griffin-Lim, not once per
+  iteration, so that a traced graph holds one copy of each)."""
+  half = config.n_fft // 2
+  gain = _inverse_gain(config.n_fft, config.hop_length, frames)
+  return {"window": tf.constant(_hann(config.n_fft).astype(np.float32)),
+          "gain": tf.constant(gain[half:half + length])}
+
+
+def _istft(spec, config: AudioConfig, length: int, constants: dict | None = None
+           ) -> tf.Tensor:
   """Inverse of the centred STFT [..., T, bins]: the `length` samples after the centring
   pad (windowed overlap-add, normalised by the frames' actual window overlap)."""
-  frames = tf.signal.irfft(spec, fft_length=[config.n_fft])
-  frames = frames * tf.constant(_hann(config.n_fft).astype(np.float32))
+  constants = constants or _istft_constants(config, spec.shape[-2], length)
+  frames = tf.signal.irfft(spec, fft_length=[config.n_fft]) * constants["window"]
   half = config.n_fft // 2
-  gain = _inverse_gain(config.n_fft, config.hop_length, spec.shape[-2])
   return (_overlap_add(frames, config.hop_length)[..., half:half + length]
-          * tf.constant(gain[half:half + length]))
+          * constants["gain"])
 
 
-def _frames_stft(x, config: AudioConfig, frames: int) -> tf.Tensor:
+def _frames_stft(x, config: AudioConfig, frames: int, window=None) -> tf.Tensor:
   half = config.n_fft // 2
   paddings = tf.concat([tf.zeros([tf.rank(x) - 1, 2], tf.int32),
                         tf.constant([[half, half]], tf.int32)], axis=0)
+  window = _window(config) if window is None else window
   spec = tf.signal.stft(tf.pad(x, paddings), frame_length=config.n_fft,
                         frame_step=config.hop_length, fft_length=config.n_fft,
-                        window_fn=lambda n, dtype: _window(config), pad_end=False)
+                        window_fn=lambda n, dtype: window, pad_end=False)
   return spec[..., :frames, :]
 
 
@@ -259,16 +269,17 @@ def griffin_lim(magnitude, config: AudioConfig = PAPER, n_iter: int = 32,
     phase = tf.random.stateless_uniform(tf.shape(mag)[-2:], [seed, 0], 0.0, 2.0 * np.pi)
     spec = tf.complex(mag * tf.cos(phase), mag * tf.sin(phase))
   beta = tf.constant(momentum / (1.0 + momentum), tf.complex64)
+  constants, window = _istft_constants(config, frames, length), _window(config)
   previous = None
   for _ in range(n_iter):
-    rebuilt = _frames_stft(_istft(spec, config, length), config, frames)
+    rebuilt = _frames_stft(_istft(spec, config, length, constants), config, frames, window)
     accelerated = rebuilt if previous is None else rebuilt - beta * previous
     previous = rebuilt
     # New phase of `accelerated` with the target magnitude, in real arithmetic.
     re, im = tf.math.real(accelerated), tf.math.imag(accelerated)
     scale = mag * tf.math.rsqrt(tf.maximum(re * re + im * im, 1e-30))
     spec = tf.complex(re * scale, im * scale)
-  return _istft(spec, config, length)
+  return _istft(spec, config, length, constants)
 
 
 def log_mel_to_audio(log_mel_values, config: AudioConfig = PAPER, n_iter: int = 32,

@@ -39,7 +39,7 @@ def _op_message(error: tf.errors.OpError) -> str:
 
 
 @contextlib.contextmanager
-def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
+def data_errors(prepared: Prepared | None = None, context="", suffix=""):
   """Turns a data error raised inside the block into a DataError: a failed data
   assertion of the pipeline (a note that cannot be read, NSynth records that changed),
   or a source file of `prepared` that is gone or cut short while a dataset reads it.
@@ -48,11 +48,13 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
   Args:
     prepared: The prepared data being read (names its source in the message).
     context: Text before the message, or a function called for it at the error.
-    suffix: Text after the message; also added to a DataError raised inside.
+    suffix: Text after the message, or a function called for it at the error; also added
+      to a DataError raised inside.
   """
   try:
     yield
   except DataError as e:   # raised inside (by note_dataset, or an inner data_errors)
+    suffix = suffix() if callable(suffix) else suffix
     if not suffix or paths.UNREACHABLE in str(e):
       raise
     raise DataError(str(e) + suffix) from None
@@ -68,14 +70,15 @@ def data_errors(prepared: Prepared | None = None, context="", suffix: str = ""):
             f in message for f in prepared.source["files"]):
           message = (f"reading the NSynth records ({', '.join(prepared.source['files'])}): "
                      + message)
-        message += _stale_hint(prepared)
+        message += stale_hint(prepared)
+    suffix = suffix() if callable(suffix) else suffix
     if paths.UNREACHABLE in message:   # a server down: nothing about the data to say
       suffix = ""
     raise DataError((context() if callable(context) else context) + message
                     + suffix) from None
 
 
-def _stale_hint(prepared: Prepared) -> str:
+def stale_hint(prepared: Prepared) -> str:
   return (f" (the data prepared in {prepared.directory} no longer matches its source: "
           "restore the source, or prepare the data again with bin/prepare_dataset and "
           "train a new run on it)")
@@ -173,9 +176,12 @@ def _lookup(keys, values, default):
       tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values)), default)
 
 
-def note_dataset(prepared: Prepared, split: str,
-                 config: PipelineConfig = PipelineConfig()) -> tuple[tf.data.Dataset, int]:
+def note_dataset(prepared: Prepared, split: str, config: PipelineConfig = PipelineConfig(),
+                 keys=None) -> tuple[tf.data.Dataset, int]:
   """Unbatched, cached notes of one split, and how many there are.
+
+  `keys` (a set of index keys) keeps only those notes, before any is decoded (NSynth's
+  records are still all read).
 
   Only `label_fraction`, `output` and `cache` of `config` apply here. Iterating the
   dataset stops with a data assertion (wrap it in `data_errors`) on a note that cannot
@@ -189,8 +195,11 @@ def note_dataset(prepared: Prepared, split: str,
   if split not in (TRAIN, VALIDATION):
     raise PrepareError(f"split {split!r}: expected '{TRAIN}' or '{VALIDATION}'.")
   rows = prepared.index(split)
+  if keys is not None:
+    rows = [r for r in rows if r["key"] in keys]
   if not rows:
-    raise PrepareError(f"{prepared.directory}: the {split} split is empty.")
+    raise PrepareError(f"{prepared.directory}: the {split} split is empty"
+                       + (" of the notes asked for." if keys is not None else "."))
   quota = prepared.labelled_quota(config.label_fraction)
   inst_id = {name: i for i, name in enumerate(prepared.instruments)}
   pitch_id = {p: i for i, p in enumerate(prepared.pitches)}
@@ -210,7 +219,7 @@ def note_dataset(prepared: Prepared, split: str,
     missing = [f for f in prepared.source["files"]   # (a URL fails when it is read)
                if not paths.is_url(f) and not os.path.isfile(f)]
     if missing:
-      raise DataError(f"{', '.join(missing)}: no such file{_stale_hint(prepared)}")
+      raise DataError(f"{', '.join(missing)}: no such file{stale_hint(prepared)}")
     ds = pipeline.nsynth_records(prepared.source["files"],
                                  prepared.source["instrument_field"], acfg)
     ds = ds.filter(lambda e: tables["pitch"].lookup(e["key"]) >= 0)
@@ -228,7 +237,7 @@ def note_dataset(prepared: Prepared, split: str,
     })
     ds = pipeline.decode_files(ds, acfg)
 
-  hint = _stale_hint(prepared)
+  hint = stale_hint(prepared)
 
   def finish(batch):
     """Stops on a note that fails to decode; else labels plus normalised mel or audio."""

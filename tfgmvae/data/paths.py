@@ -11,7 +11,7 @@ import io
 import os
 import posixpath
 import re
-import tempfile
+import secrets
 
 _CORE_SCHEMES = ("gs", "file")
 
@@ -24,14 +24,18 @@ _NO_CONNECTION = re.compile(r"Failed to connect|Couldn't connect|Could(?: not|n'
 
 
 def make_temp_dir(parent: str, prefix: str) -> str:
-  """A new folder in `parent` to fill and then rename into place, with the permissions
-  of a folder made by `mkdir` under the process's umask (`tempfile.mkdtemp` alone gives
-  0700, which would keep other users, e.g. other workers, out of the finished folder)."""
-  folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(folder, 0o777 & ~umask)
-  return folder
+  """A new folder `parent/<prefix><random>` to fill and then rename into place, made by
+  `mkdir` itself so that it gets what any new folder there gets (the umask, a setgid
+  parent's group, default ACLs); `tempfile.mkdtemp` would make it 0700, keeping other
+  users (e.g. workers running as another user) out of the finished folder."""
+  for _ in range(100):
+    folder = os.path.join(parent, prefix + secrets.token_hex(4))
+    try:
+      os.mkdir(folder, 0o777)
+      return folder
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"{parent}: no free folder name starting with {prefix!r}.")
 
 
 class UnreachableError(OSError):

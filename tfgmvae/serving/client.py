@@ -175,11 +175,10 @@ def check_free(paths: list[str]) -> None:
   NotADirectoryError when an output's folder is (under) a file."""
   for path in paths:
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
+    while not os.path.lexists(folder):   # (a dangling link is not a folder either)
       folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-      raise NotADirectoryError(f"{path}: {folder} is a file, not a folder; choose another "
-                               "--out.")
+      raise NotADirectoryError(f"{path}: {folder} is not a folder; choose another --out.")
   taken = [p for path in paths for p in (path, os.path.splitext(path)[0] + ".png")
            if os.path.exists(p)]
   if taken:

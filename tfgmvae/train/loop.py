@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
-                                    make_dataset, note_dataset)
+from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures, data_errors,
+                                    note_dataset, stale_hint)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
@@ -26,7 +26,7 @@ from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateErr
                                        remove_unfinished_saves, run_lock, write_flags)
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.optimizer import FusedAdam
-from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, spread
+from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, pick_notes
 
 
 class TrainingError(RuntimeError):
@@ -274,10 +274,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         inputs.available_memory(), log)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
-    # A resumed run cannot take other prepared data: say so beside the data errors' hint
-    # (one without a checkpoint has no weights to warm-start from).
-    after = (f" A run keeps the data it started with; --warm_start={config.run_dir} "
-             "starts a new run from this one's weights." if latest else "")
+    def after():   # beside the data errors' hint, once the run has weights to start from
+      if not manager.latest_checkpoint:
+        return ""
+      return (f" A run keeps the data it started with; --warm_start={config.run_dir} "
+              "starts a new run from this one's weights.")
     with data_errors(prepared, "Reading the notes for training: ", after):   # (stores)
       train_ds, steps = inputs.make_inputs(
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
@@ -367,19 +368,26 @@ def _val_count(prepared: Prepared, replicas: int) -> int:
 
 def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str | None,
                        output: str, size: int = SUMMARY_NOTES) -> list:
-  """The summaries' callback, with up to `size` validation notes spread evenly over the
-  split's index as its batch, in that order (the index is sorted by key, which groups
-  each instrument's notes in every supported dataset, so all instruments are there): read from the validation store when the notes are kept on disk
-  (so a resume reads no source), else from the source, in one pass."""
+  """The summaries' callback, with up to `size` validation notes as its batch, an equal
+  share of each instrument's (`pick_notes`), in index order: read from the validation
+  store when the notes are kept on disk (so a resume reads no source), else from the
+  source (only those notes are decoded). Call inside `data_errors`.
+
+  Raises:
+    DataError: the source no longer gives each of those notes once.
+  """
   rows = prepared.index("validation")
-  keys = [rows[i]["key"].encode() for i in spread(len(rows), size)]
+  keys = [rows[i]["key"].encode()
+          for i in pick_notes([r["instrument"] for r in rows], size)]
   if store_dir is None:
-    notes, _ = note_dataset(prepared, "validation", PipelineConfig(shuffle=False, cache=""))
-    wanted = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(keys), tf.ones(len(keys), tf.bool)), default_value=False)
-    batch = next(notes.filter(lambda note: wanted.lookup(note["key"]))
-                 .batch(len(keys)).as_numpy_iterator())
+    notes, _ = note_dataset(prepared, "validation", PipelineConfig(shuffle=False, cache=""),
+                            keys={key.decode() for key in keys})
+    parts = list(notes.batch(len(keys)).as_numpy_iterator())   # a whole pass: NSynth's
+    batch = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}   # rows checked
     place = {key: i for i, key in enumerate(batch["key"].tolist())}
+    if len(batch["key"]) != len(keys) or set(place) != set(keys):
+      raise DataError(f"the validation notes read for the summaries are not the "
+                      f"{len(keys)} asked for" + stale_hint(prepared))
     batch = {k: v[[place[key] for key in keys]] for k, v in batch.items()}
   else:   # the store make_inputs has written: opening it reads only its labels
     store = open_store(prepared, "validation", output, 1.0, store_dir, log=lambda _: None)

@@ -9,12 +9,13 @@
 * `validation`: the same losses, ELBO and accuracies from the `val_` logs; after the
   first epoch, every `media_every` epochs and when training ends (so the last model is
   always shown) the input and reconstructed log-mel of a few validation notes (of
-  different instruments where there are several) as images (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio
-  (`audio/input`, `audio/reconstruction`); and Embedding Projector data for the posterior
+  different instruments where there are several) as images
+  (`spectrograms/input_vs_reconstruction`) and as Griffin-Lim audio (`audio/input`,
+  `audio/reconstruction`); and Embedding Projector data for the posterior
   means of z_t and z_p of every note of the callback's batch (a checkpoint
   `embeddings-<epoch>`, `metadata.tsv` and `projector_config.pbtxt`). Training gives it up
-  to `SUMMARY_NOTES` validation notes spread evenly over the split's index (`spread`), so
-  that the projector shows every instrument, not only the first few in key order.
+  to `SUMMARY_NOTES` validation notes, an equal share of each instrument's (`pick_notes`),
+  so that the projector shows every instrument.
 
 The step of every summary is the number of completed epochs.
 `summaries/written_through_epoch` records the last epoch written; a restarted run does not
@@ -52,7 +53,8 @@ SUMMARY_NOTES = 1024
 
 
 def spread(count: int, size: int) -> np.ndarray:
-  """`min(count, size)` indices into `range(count)`, evenly spaced, first and last included.
+  """`min(count, size)` indices into `range(count)`, evenly spaced (the first and, for
+  size > 1, the last included).
 
   Raises:
     ValueError: count < 0 or size < 1.
@@ -62,6 +64,24 @@ def spread(count: int, size: int) -> np.ndarray:
   if count <= size:
     return np.arange(count, dtype=np.int64)
   return np.round(np.linspace(0, count - 1, size)).astype(np.int64)  # distinct: step > 1
+
+
+def pick_notes(instruments, size: int) -> list[int]:
+  """Indices of up to `size` notes (more only when there are more instruments than `size`:
+  one each), `size // instruments` or all of each instrument's, spread evenly over its
+  notes in their order; returned in order.
+
+  Args:
+    instruments: The instrument of each note, e.g. of a split's index rows.
+    size: How many notes to pick at most (with at most `size` instruments).
+  """
+  groups = {}
+  for i, inst in enumerate(instruments):
+    groups.setdefault(inst, []).append(i)
+  if not groups:
+    return []
+  quota = max(1, size // len(groups))
+  return sorted(group[j] for group in groups.values() for j in spread(len(group), quota))
 
 
 def media_indices(instruments, k: int) -> list[int]:
