@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow-io==0.37.1",
     "tensorflow-io-gcs-filesystem==0.37.1",
     "tensorboard==2.16.2",
-    # tensorboard 2.16 imports pkg_resources, which setuptools 81 and later no longer ship.
+    # tensorboard 2.16 imports pkg_resources, which setuptools 82 and later no longer ship.
     "setuptools==80.9.0",
     "numpy==1.26.4",
     "scipy==1.14.1",

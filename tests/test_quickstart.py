@@ -37,6 +37,13 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
       instruments=tuple(dataclasses.replace(by_name[n], low=57, high=62)
                         for n in ("Vc", "Pno")),
       dynamics=(("mf", 80),)))
+  # A choice the rendered corpus cannot serve is refused before preparing it.
+  other = _quickstart(tmp_path, os.path.join(REPO, "configs", "quickstart.flags"),
+                      "--pitch=70")
+  assert other.returncode == 1 and other.stderr.startswith(
+      f"ERROR: --pitch=70: expected a MIDI pitch of {tmp_path / 'data' / 'corpus'}, 57 to "
+      "62."), other.stderr
+  assert os.listdir(tmp_path / "data") == ["corpus"]
   shipped = open(os.path.join(REPO, "configs", "quickstart.flags")).read().splitlines()
   tiny = {"--filters": "8", "--hidden": "16", "--latent_dim": "4", "--batch_size": "8",
           "--epochs": "2", "--media_every": "0"}
