@@ -70,7 +70,7 @@ def data_errors(prepared: Prepared | None = None, context="", suffix=""):
             f in message for f in prepared.source["files"]):
           message = (f"reading the NSynth records ({', '.join(prepared.source['files'])}): "
                      + message)
-        message += stale_hint(prepared)
+        message += _stale_hint(prepared)
     suffix = suffix() if callable(suffix) else suffix
     if paths.UNREACHABLE in message:   # a server down: nothing about the data to say
       suffix = ""
@@ -78,7 +78,7 @@ def data_errors(prepared: Prepared | None = None, context="", suffix=""):
                     + suffix) from None
 
 
-def stale_hint(prepared: Prepared) -> str:
+def _stale_hint(prepared: Prepared) -> str:
   return (f" (the data prepared in {prepared.directory} no longer matches its source: "
           "restore the source, or prepare the data again with bin/prepare_dataset and "
           "train a new run on it)")
@@ -219,7 +219,7 @@ def note_dataset(prepared: Prepared, split: str, config: PipelineConfig = Pipeli
     missing = [f for f in prepared.source["files"]   # (a URL fails when it is read)
                if not paths.is_url(f) and not os.path.isfile(f)]
     if missing:
-      raise DataError(f"{', '.join(missing)}: no such file{stale_hint(prepared)}")
+      raise DataError(f"{', '.join(missing)}: no such file{_stale_hint(prepared)}")
     ds = pipeline.nsynth_records(prepared.source["files"],
                                  prepared.source["instrument_field"], acfg)
     ds = ds.filter(lambda e: tables["pitch"].lookup(e["key"]) >= 0)
@@ -237,7 +237,7 @@ def note_dataset(prepared: Prepared, split: str, config: PipelineConfig = Pipeli
     })
     ds = pipeline.decode_files(ds, acfg)
 
-  hint = stale_hint(prepared)
+  hint = _stale_hint(prepared)
 
   def finish(batch):
     """Stops on a note that fails to decode; else labels plus normalised mel or audio."""

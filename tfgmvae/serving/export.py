@@ -50,8 +50,6 @@ class ExportConfig:
   version: int | None = None
 
   def __post_init__(self):
-    if self.griffin_lim_iters < 1:
-      raise ExportError(f"--griffin_lim_iters={self.griffin_lim_iters}: expected >= 1.")
     if self.version is not None and self.version < 1:
       raise ExportError(f"version={self.version}: expected a positive integer.")
 

@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.data.dataset import (DataError, PipelineConfig, PreparedFeatures, data_errors,
-                                    note_dataset, stale_hint)
+from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
+                                    note_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
@@ -371,10 +371,8 @@ def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str |
   """The summaries' callback, with up to `size` validation notes as its batch, an equal
   share of each instrument's (`pick_notes`), in index order: read from the validation
   store when the notes are kept on disk (so a resume reads no source), else from the
-  source (only those notes are decoded). Call inside `data_errors`.
-
-  Raises:
-    DataError: the source no longer gives each of those notes once.
+  source (only those notes are decoded). Call inside `data_errors`, which turns a
+  source that no longer gives each of those notes once into a DataError.
   """
   rows = prepared.index("validation")
   keys = [rows[i]["key"].encode()
@@ -382,12 +380,10 @@ def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str |
   if store_dir is None:
     notes, _ = note_dataset(prepared, "validation", PipelineConfig(shuffle=False, cache=""),
                             keys={key.decode() for key in keys})
-    parts = list(notes.batch(len(keys)).as_numpy_iterator())   # a whole pass: NSynth's
-    batch = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}   # rows checked
+    # A whole pass, so that note_dataset's own check (each note once) runs at its end.
+    parts = list(notes.batch(len(keys)).as_numpy_iterator())
+    batch = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
     place = {key: i for i, key in enumerate(batch["key"].tolist())}
-    if len(batch["key"]) != len(keys) or set(place) != set(keys):
-      raise DataError(f"the validation notes read for the summaries are not the "
-                      f"{len(keys)} asked for" + stale_hint(prepared))
     batch = {k: v[[place[key] for key in keys]] for k, v in batch.items()}
   else:   # the store make_inputs has written: opening it reads only its labels
     store = open_store(prepared, "validation", output, 1.0, store_dir, log=lambda _: None)
