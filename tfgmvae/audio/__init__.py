@@ -14,7 +14,8 @@ from tfgmvae.audio.io import AudioDecodeError, SUPPORTED_EXTENSIONS, read, write
 from tfgmvae.audio.resample import resample
 from tfgmvae.audio.spectral import (denormalise, fit_segment, griffin_lim, log_mel,
                                     log_mel_to_audio, mel_filterbank, mel_power,
-                                    mel_to_linear_power, normalise, stft)
+                                    mel_pseudo_inverse, mel_to_linear_power, normalise,
+                                    stft)
 
 # Seconds of audio read past the segment so the resampler sees real context at its end.
 RESAMPLE_MARGIN = 0.01

@@ -3,9 +3,15 @@
 The mel filterbank is Slaney-style (librosa's default: Slaney's mel scale and
 area-normalised triangles), built once in NumPy and used as a constant;
 `tf.signal.linear_to_mel_weight_matrix` is HTK-style and unnormalised, so it is not used.
+
+The functions that use the filterbank or its pseudo-inverse take them as an optional
+`MelMatrices`. By default they are graph constants; an exported module passes its own
+variables instead, so a SavedModel holds one copy of each rather than one per traced
+function (about 1 MB each with the paper's settings).
 """
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -61,6 +67,34 @@ def mel_filterbank(config: AudioConfig = PAPER) -> np.ndarray:
                      float(config.fmin), float(config.fmax))
 
 
+@functools.lru_cache(maxsize=16)
+def _pseudo_inverse(sample_rate, n_fft, n_mels, fmin, fmax) -> np.ndarray:
+  fb = _filterbank(sample_rate, n_fft, n_mels, fmin, fmax).astype(np.float64)
+  inv = np.linalg.pinv(fb).astype(np.float32)      # [n_mels, n_bins]
+  inv.setflags(write=False)
+  return inv
+
+
+def mel_pseudo_inverse(config: AudioConfig = PAPER) -> np.ndarray:
+  """Moore-Penrose pseudo-inverse of `mel_filterbank`, float32 [n_mels, n_bins]."""
+  return _pseudo_inverse(config.sample_rate, config.n_fft, config.n_mels,
+                         float(config.fmin), float(config.fmax))
+
+
+class MelMatrices(NamedTuple):
+  """The filterbank M [n_bins, n_mels] and its pseudo-inverse [n_mels, n_bins], as
+  tensors or variables."""
+  filterbank: tf.Tensor
+  pseudo_inverse: tf.Tensor
+
+
+def _matrices(config: AudioConfig, matrices: MelMatrices | None) -> MelMatrices:
+  if matrices is not None:
+    return matrices
+  return MelMatrices(tf.constant(mel_filterbank(config)),
+                     tf.constant(mel_pseudo_inverse(config)))
+
+
 def fit_segment(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
   """Crops or zero-pads the last axis to the segment length (first `duration` seconds)."""
   x = tf.convert_to_tensor(waveform, tf.float32)
@@ -92,14 +126,17 @@ def stft(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
                         window_fn=lambda n, dtype: _window(config), pad_end=False)
 
 
-def mel_power(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
+def mel_power(waveform, config: AudioConfig = PAPER,
+              matrices: MelMatrices | None = None) -> tf.Tensor:
   """Mel power spectrogram of the segment, float32 [..., frames, n_mels]."""
   spec = stft(waveform, config)[..., :config.frames, :]
   power = tf.math.square(tf.math.real(spec)) + tf.math.square(tf.math.imag(spec))
-  return tf.tensordot(power, tf.constant(mel_filterbank(config)), axes=1)
+  filterbank = (mel_filterbank(config) if matrices is None else matrices.filterbank)
+  return tf.tensordot(power, filterbank, axes=1)
 
 
-def log_mel(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
+def log_mel(waveform, config: AudioConfig = PAPER,
+            matrices: MelMatrices | None = None) -> tf.Tensor:
   """Unnormalised log-mel of a note: log(mel power + floor).
 
   Args:
@@ -107,12 +144,13 @@ def log_mel(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
       note's segment (any offset already applied). Longer input is cropped to the first
       `duration` seconds, shorter input zero-padded.
     config: Front-end settings.
+    matrices: The filterbank to use (default: a constant built from `config`).
 
   Returns:
     float32 [frames, n_mels] ([batch, frames, n_mels] for batched input); [43, 256] with
     the paper's settings.
   """
-  return tf.math.log(mel_power(waveform, config) + config.log_floor)
+  return tf.math.log(mel_power(waveform, config, matrices) + config.log_floor)
 
 
 def normalise(log_mel_values, lo: float, hi: float) -> tf.Tensor:
@@ -127,14 +165,6 @@ def denormalise(values, lo: float, hi: float) -> tf.Tensor:
   return (x + 1.0) * 0.5 * (hi - lo) + lo
 
 
-@functools.lru_cache(maxsize=16)
-def _pseudo_inverse(sample_rate, n_fft, n_mels, fmin, fmax) -> np.ndarray:
-  fb = _filterbank(sample_rate, n_fft, n_mels, fmin, fmax).astype(np.float64)
-  inv = np.linalg.pinv(fb).astype(np.float32)      # [n_mels, n_bins]
-  inv.setflags(write=False)
-  return inv
-
-
 # Non-negative least-squares iterations of the mel -> linear inversion. Measured on 8
 # rendered notes (64 Griffin-Lim iterations): log-mel round-trip error in the loud bins
 # 0.28 nats with the clipped pseudo-inverse alone, 0.16 after 20 iterations, 0.14 after 50.
@@ -142,7 +172,8 @@ MEL_INVERSION_ITERS = 20
 
 
 def mel_to_linear_power(mel, config: AudioConfig = PAPER,
-                        n_iter: int = MEL_INVERSION_ITERS) -> tf.Tensor:
+                        n_iter: int = MEL_INVERSION_ITERS,
+                        matrices: MelMatrices | None = None) -> tf.Tensor:
   """Non-negative linear power spectrum S whose mel projection S @ M approximates `mel`.
 
   Starts from the pseudo-inverse clipped at 0, then runs `n_iter` multiplicative
@@ -153,17 +184,18 @@ def mel_to_linear_power(mel, config: AudioConfig = PAPER,
     mel: float [..., frames, n_mels] mel power.
     config: Front-end settings.
     n_iter: NNLS iterations (0: the clipped pseudo-inverse).
+    matrices: The filterbank and its pseudo-inverse (default: constants built from
+      `config`).
 
   Returns:
     float32 [..., frames, n_bins].
   """
-  key = (config.sample_rate, config.n_fft, config.n_mels, float(config.fmin),
-         float(config.fmax))
+  matrices = _matrices(config, matrices)
   mel = tf.convert_to_tensor(mel, tf.float32)
-  spec = tf.nn.relu(tf.tensordot(mel, tf.constant(_pseudo_inverse(*key)), axes=1))
+  spec = tf.nn.relu(tf.tensordot(mel, matrices.pseudo_inverse, axes=1))
   if n_iter:
-    fb = tf.constant(_filterbank(*key))              # M: [n_bins, n_mels]
-    fb_t = tf.constant(np.ascontiguousarray(_filterbank(*key).T))
+    fb = tf.convert_to_tensor(matrices.filterbank)   # M: [n_bins, n_mels]
+    fb_t = tf.transpose(fb)
     numerator = tf.tensordot(mel, fb_t, axes=1)
     spec = spec + 1e-12
     for _ in range(n_iter):
@@ -284,7 +316,8 @@ def griffin_lim(magnitude, config: AudioConfig = PAPER, n_iter: int = 32,
 
 def log_mel_to_audio(log_mel_values, config: AudioConfig = PAPER, n_iter: int = 32,
                      seed: int | None = 0, mel_iters: int = MEL_INVERSION_ITERS,
-                     chunk_size: int | None = None) -> tf.Tensor:
+                     chunk_size: int | None = None,
+                     matrices: MelMatrices | None = None) -> tf.Tensor:
   """Waveform from an unnormalised log-mel: exp, minus floor, mel -> linear, Griffin-Lim.
 
   Args:
@@ -296,6 +329,8 @@ def log_mel_to_audio(log_mel_values, config: AudioConfig = PAPER, n_iter: int = 
     chunk_size: For a batch [B, frames, n_mels]: invert at most this many notes at a
       time (one after the other). On a CPU, chunks of 16 run about 1.5x faster per note
       than a batch of 256, whose spectra do not fit in the caches.
+    matrices: The mel filterbank and its pseudo-inverse (default: constants built from
+      `config`).
 
   Returns:
     float32 [..., frames * hop_length] waveform at `config.sample_rate`.
@@ -308,9 +343,10 @@ def log_mel_to_audio(log_mel_values, config: AudioConfig = PAPER, n_iter: int = 
     chunks = tf.reshape(padded, tf.concat([[-1, size], tf.shape(values)[1:]], axis=0))
     length = values.shape[1] * config.hop_length
     waves = tf.map_fn(
-        lambda chunk: log_mel_to_audio(chunk, config, n_iter, seed, mel_iters),
+        lambda chunk: log_mel_to_audio(chunk, config, n_iter, seed, mel_iters,
+                                       matrices=matrices),
         chunks, fn_output_signature=tf.TensorSpec([None, length], tf.float32))
     return tf.reshape(waves, [-1, length])[:n]
   mel = tf.nn.relu(tf.exp(values) - config.log_floor)
-  magnitude = tf.sqrt(mel_to_linear_power(mel, config, mel_iters))
+  magnitude = tf.sqrt(mel_to_linear_power(mel, config, mel_iters, matrices))
   return griffin_lim(magnitude, config, n_iter=n_iter, seed=seed)

@@ -97,11 +97,21 @@ class ServingModule(tf.Module):
                                      trainable=False, name="timbre_scales")
     self.sample_rate = tf.Variable(audio_config.sample_rate, trainable=False,
                                    dtype=tf.int32, name="sample_rate")
+    # Variables, not graph constants: the SavedModel then holds one copy of each, not
+    # one per traced function that analyses or inverts a log-mel.
+    self.mel_filterbank = tf.Variable(spectral.mel_filterbank(audio_config),
+                                      trainable=False, name="mel_filterbank")
+    self.mel_pseudo_inverse = tf.Variable(spectral.mel_pseudo_inverse(audio_config),
+                                          trainable=False, name="mel_pseudo_inverse")
     self._sigma_p = float(np.exp(c.log_sigma_p))
 
   @property
   def model(self):
     return self._ref.model
+
+  @property
+  def _mel_matrices(self) -> spectral.MelMatrices:
+    return spectral.MelMatrices(self.mel_filterbank, self.mel_pseudo_inverse)
 
   # -- helpers (traced into the signatures) ---------------------------------------------
 
@@ -186,7 +196,7 @@ class ServingModule(tf.Module):
                      tf.int32)
       x = audio[:, start:start + keep]
       x = resample(x, rate64, a.sample_rate)
-    mel = spectral.log_mel(x, a)
+    mel = spectral.log_mel(x, a, self._mel_matrices)
     return tf.ensure_shape(spectral.normalise(mel, self._lo, self._hi),
                            [None, a.frames, a.n_mels])
 
@@ -204,7 +214,7 @@ class ServingModule(tf.Module):
   def _audio_out(self, mel):
     log_mel = spectral.denormalise(mel, self._lo, self._hi)
     return spectral.log_mel_to_audio(log_mel, self._audio, n_iter=self._iters,
-                                     chunk_size=AUDIO_CHUNK)
+                                     chunk_size=AUDIO_CHUNK, matrices=self._mel_matrices)
 
   def _decoded(self, z_timbre, z_pitch, with_audio=True) -> dict:
     mel = self.model.decode(z_timbre, z_pitch, training=False)
