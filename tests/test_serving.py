@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,28 +102,42 @@ def test_export_layout_versions_and_metadata(runs):
   os.remove(os.path.join(base, "3"))
 
 
-def _graph_constant_bytes(export_dir: str) -> list[int]:
-  """Byte sizes of every Const node in the SavedModel's graph and its functions."""
+def _graph(export_dir: str):
+  """The SavedModel's graph: its functions' names and op counts, and its constants'
+  byte sizes."""
   from tensorflow.core.protobuf import saved_model_pb2
   saved = saved_model_pb2.SavedModel()
   with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
     saved.ParseFromString(f.read())
   graph = saved.meta_graphs[0].graph_def
+  functions = {fn.signature.name: len(fn.node_def) for fn in graph.library.function}
   nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
-  return [len(n.attr["value"].tensor.tensor_content) for n in nodes if n.op == "Const"]
+  constants = [len(n.attr["value"].tensor.tensor_content) for n in nodes
+               if n.op == "Const"]
+  return functions, constants
 
 
-def test_the_mel_matrices_are_variables_saved_once(runs, loaded):
-  # As graph constants, the filterbank and its pseudo-inverse were copied into every
-  # traced function that analyses or inverts a log-mel: 30 copies, 31.5 of the
-  # quickstart export's 42.6 MB.
+def test_the_export_graph_holds_each_part_once(runs, loaded, tmp_path):
   from tfgmvae.audio import spectral
+  functions, constants = _graph(runs["mgmvae_export"])
+  # The mel filterbank and its pseudo-inverse are variables, saved once; as graph
+  # constants they were copied into every function that analyses or inverts a log-mel
+  # (30 copies, 31.5 of the quickstart export's 42.6 MB).
   filterbank = spectral.mel_filterbank()
   np.testing.assert_array_equal(loaded.mel_filterbank.numpy(), filterbank)
   np.testing.assert_array_equal(loaded.mel_pseudo_inverse.numpy(),
                                 spectral.mel_pseudo_inverse())
-  largest = max(_graph_constant_bytes(runs["mgmvae_export"]))
-  assert largest < filterbank.nbytes / 8, largest
+  assert max(constants) < filterbank.nbytes / 8, max(constants)
+  # Each signature is traced once (a trace made before saving was saved beside the
+  # save's own).
+  for name in ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel",
+               "transfer", "transfer_from_source"):
+    traces = [f for f in functions if re.fullmatch(f"__inference_{name}_[0-9]+", f)]
+    assert len(traces) == 1, (name, traces)
+  # Griffin-Lim and the NNLS inversion are graph loops: more iterations, same graph.
+  more = export_lib.export(export_lib.ExportConfig(
+      runs["mgmvae"], str(tmp_path), griffin_lim_iters=4 * GL_ITERS), log=_quiet)
+  assert sum(_graph(more)[0].values()) == sum(functions.values())
 
 
 def test_fresh_process_without_tfgmvae_matches_live_model(runs, live):
@@ -313,6 +328,13 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
     with pytest.raises(export_lib.ExportError,   # recorded count
                        match=f"--griffin_lim_iters={iters}: expected >= 1"):
       client.open_model(runs["mgmvae"], griffin_lim_iters=iters)
+  export_base = os.path.dirname(runs["mgmvae_export"])
+  with pytest.raises(ValueError, match=(
+      "^--checkpoint=latest: applies to a run directory, but --model=.* is the export "
+      f"{runs['mgmvae_export']} \\(of ckpt-[0-9]+, {GL_ITERS} Griffin-Lim iterations\\)")):
+    client.open_model(export_base, checkpoint="latest")     # it was ignored
+  with pytest.raises(ValueError, match="^--checkpoint=best and --griffin_lim_iters=8: "):
+    client.open_model(runs["mgmvae_export"], "best", 8)
   out = str(tmp_path / "n.wav")
   assert client.output_paths(out, ["Vc_60"]) == [out]
   assert client.output_paths(out, ["Vc_60", "Pno_60"]) == [
@@ -390,12 +412,18 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   bad = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60",
              "--w=nan", f"--out={tmp_path}/k.wav")
   assert bad.returncode != 0 and "expected finite values >= 0" in bad.stderr
+  bad = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60,C4",
+             f"--out={tmp_path}/k.wav")      # refused like --instrument=Vc,Vc, not merged
+  assert bad.returncode == 1 and bad.stderr == (
+      f"ERROR: several outputs would be written to {tmp_path}/k_Vc_60.wav; give each "
+      "instrument, pitch, w, seed, target or alpha once.\n")
   assert not [n for n in os.listdir(tmp_path) if n[:2] in ("k.", "k_")]
   sourced = _cli("transfer", f"--model={runs['mgmvae']}", f"--input={runs['note']}",
                  "--source=Pno", "--target=Vc", "--alpha=0.5", f"--out={tmp_path}/r.wav")
   assert sourced.returncode == 0, sourced.stderr[-2000:]
   assert "(Pno) -> Vc alpha=0.5" in sourced.stdout and os.path.isfile(f"{tmp_path}/r.png")
   assert sourced.stdout.startswith(f"Using the run {runs['mgmvae']} at ckpt-")
+  assert "WARNING" not in sourced.stderr          # the 0.8 s note covers the 0.5 s read
   moved = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
                "--target=Pno,Vc", "--alpha=0,0.5,1", f"--out={tmp_path}/t.wav")
   assert moved.returncode == 0, moved.stderr[-2000:]
@@ -450,6 +478,14 @@ def test_tensorflow_model_server_serves_the_export(runs, live, tmp_path):
   finally:
     server.terminate()
     server.wait(30)
+
+
+def test_a_note_shorter_than_the_segment_read_gets_a_warning():
+  model = types.SimpleNamespace(meta={"audio": {"offset": 0.1, "duration": 0.5}})
+  assert client.short_input(model, np.zeros(13230), 22050, "a.wav") is None   # 0.6 s
+  assert client.short_input(model, np.zeros(200), 22050, "a.wav") == (
+      "a.wav is 0.00907 s long; the model reads 0.1 s to 0.6 s of a note, so its last "
+      "0.591 s were taken as silence.")
 
 
 def test_a_pitch_outside_the_vocabulary_lists_the_pitches_when_few():

@@ -197,10 +197,13 @@ def mel_to_linear_power(mel, config: AudioConfig = PAPER,
     fb = tf.convert_to_tensor(matrices.filterbank)   # M: [n_bins, n_mels]
     fb_t = tf.transpose(fb)
     numerator = tf.tensordot(mel, fb_t, axes=1)
-    spec = spec + 1e-12
-    for _ in range(n_iter):
+
+    def update(i, spec):
       denominator = tf.tensordot(tf.tensordot(spec, fb, axes=1), fb_t, axes=1)
-      spec = spec * numerator / (denominator + 1e-30)
+      return i + 1, spec * numerator / (denominator + 1e-30)
+
+    # A graph loop, not a Python one: a traced function holds one update, not n_iter.
+    _, spec = tf.while_loop(lambda i, _: i < n_iter, update, [0, spec + 1e-12])
   return spec
 
 
@@ -302,15 +305,19 @@ def griffin_lim(magnitude, config: AudioConfig = PAPER, n_iter: int = 32,
     spec = tf.complex(mag * tf.cos(phase), mag * tf.sin(phase))
   beta = tf.constant(momentum / (1.0 + momentum), tf.complex64)
   constants, window = _istft_constants(config, frames, length), _window(config)
-  previous = None
-  for _ in range(n_iter):
+
+  def iteration(i, spec, previous):
     rebuilt = _frames_stft(_istft(spec, config, length, constants), config, frames, window)
-    accelerated = rebuilt if previous is None else rebuilt - beta * previous
-    previous = rebuilt
+    accelerated = rebuilt - beta * previous       # previous = 0 in the first iteration
     # New phase of `accelerated` with the target magnitude, in real arithmetic.
     re, im = tf.math.real(accelerated), tf.math.imag(accelerated)
     scale = mag * tf.math.rsqrt(tf.maximum(re * re + im * im, 1e-30))
-    spec = tf.complex(re * scale, im * scale)
+    return i + 1, tf.complex(re * scale, im * scale), rebuilt
+
+  # A graph loop, not a Python one: a traced function (an export's signatures) holds one
+  # iteration's ops, not n_iter copies, so it saves, loads and compiles faster.
+  _, spec, _ = tf.while_loop(lambda i, *_: i < n_iter, iteration,
+                             [0, spec, tf.zeros_like(spec)])
   return _istft(spec, config, length, constants)
 
 

@@ -70,16 +70,40 @@ def resolve(path: str) -> tuple[str, str]:
       "numbered versions written by bin/export) or a run directory (with model.json).")
 
 
-def open_model(path: str, checkpoint: str = "best", griffin_lim_iters: int = 32) -> Model:
-  """Opens an export or a run (see the module docstring)."""
+def open_model(path: str, checkpoint: str | None = None,
+               griffin_lim_iters: int | None = None) -> Model:
+  """Opens an export or a run (see the module docstring).
+
+  Args:
+    path: An export (version or base folder) or a run directory.
+    checkpoint: With a run: 'best' (the default) or 'latest'.
+    griffin_lim_iters: With a run: Griffin-Lim iterations of the audio (default 32).
+
+  Raises:
+    ValueError: `checkpoint` or `griffin_lim_iters` given with an export, which holds
+      one checkpoint and its own iteration count (both fixed by bin/export).
+  """
   kind, folder = resolve(path)
   if kind == "saved_model":
+    meta = metadata(folder)
+    given = [f"--{name}={value}" for name, value in (("checkpoint", checkpoint),
+                                                     ("griffin_lim_iters",
+                                                      griffin_lim_iters))
+             if value is not None]
+    if given:
+      raise ValueError(
+          f"{' and '.join(given)}: applies to a run directory, but --model={path} is the "
+          f"export {folder} (of {os.path.basename(str(meta.get('checkpoint', '?')))}, "
+          f"{meta.get('griffin_lim_iters', '?')} Griffin-Lim iterations); leave it out, "
+          "give the run directory instead, or export again with bin/export "
+          "--checkpoint=... --griffin_lim_iters=...")
     loaded = tf.saved_model.load(folder)
     return Model(folder, dict(loaded.signatures),
                  tuple(s.decode() for s in loaded.instruments.numpy()),
                  tuple(int(p) for p in loaded.pitches.numpy()),
-                 int(loaded.sample_rate.numpy()), metadata(folder), loaded)
-  module, meta = export_lib.build_module(folder, checkpoint, griffin_lim_iters)
+                 int(loaded.sample_rate.numpy()), meta, loaded)
+  module, meta = export_lib.build_module(
+      folder, checkpoint or "best", 32 if griffin_lim_iters is None else griffin_lim_iters)
   return Model(folder, module.signatures(), tuple(meta["instruments"]),
                tuple(meta["pitches"]), int(meta["output_sample_rate"]), meta, module)
 
@@ -119,6 +143,18 @@ def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> lis
                   seed=[c[3] for c in combos])
   return [{"instrument": i, "pitch": p, "w": w, "seed": s, "mel": out["mel"][j],
            "audio": out["audio"][j]} for j, (i, p, w, s) in enumerate(combos)]
+
+
+def short_input(model: Model, waveform, sample_rate: int, name: str) -> str | None:
+  """A warning when a note ends before the end of the segment the model reads (the
+  rest is taken as silence, as preparation pads a short note); None otherwise."""
+  config = model.meta["audio"]
+  start, end = config["offset"], config["offset"] + config["duration"]
+  seconds = len(waveform) / sample_rate
+  if seconds >= end:
+    return None
+  return (f"{name} is {seconds:.3g} s long; the model reads {start:g} s to {end:g} s of "
+          f"a note, so its last {end - seconds:.3g} s were taken as silence.")
 
 
 def transfer(model: Model, waveform, sample_rate: int, targets, alphas,

@@ -190,7 +190,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "mel_inversion_iters": spectral.MEL_INVERSION_ITERS,
       "output_sample_rate": info.audio.sample_rate,
       "output_samples": info.audio.frames * info.audio.hop_length,
-      "signatures": sorted(module.signatures())}
+      "signatures": sorted(module.SIGNATURES)}
   return module, metadata
 
 
@@ -222,7 +222,7 @@ def export(config: ExportConfig, log=print) -> str:
   tmp = os.path.join(config.export_dir, f".tmp-{version}-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   try:
-    tf.saved_model.save(module, tmp, signatures=module.signatures())
+    tf.saved_model.save(module, tmp, signatures=module.signatures(concrete=False))
     os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_FILE)), exist_ok=True)
     with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
       json.dump(metadata, f, indent=2)

@@ -315,10 +315,19 @@ class ServingModule(tf.Module):
     """As `transfer`, with the source instrument given instead of inferred."""
     return self._transfer(audio, sample_rate, source_instrument, target_instrument, alpha)
 
-  def signatures(self) -> dict:
-    """Signature name -> concrete function, as saved (`serving_default` = synthesize)."""
-    names = ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel", "transfer",
-             "transfer_from_source")
-    out = {name: getattr(self, name).get_concrete_function() for name in names}
+  SIGNATURES = ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel",
+                "transfer", "transfer_from_source", "serving_default")
+
+  def signatures(self, concrete: bool = True) -> dict:
+    """Signature name -> function (`serving_default` is `synthesize`).
+
+    Args:
+      concrete: Concrete functions, to call in this process. False gives the
+        `tf.function`s, for `tf.saved_model.save`, which then traces each once in its own
+        context (a function traced here beforehand would be saved twice, as two traces).
+    """
+    out = {name: getattr(self, name) for name in self.SIGNATURES[:-1]}
+    if concrete:
+      out = {name: fn.get_concrete_function() for name, fn in out.items()}
     out["serving_default"] = out["synthesize"]
     return out
