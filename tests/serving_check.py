@@ -6,8 +6,10 @@ Usage (by tests/test_serving.py):
 Checks that every op of the exported graph is a registered core TensorFlow op, then feeds
 the README's request payloads (export/requests/synthesize.json, the body written by
 export/requests/make_transfer_request.py, and the gRPC requests of
-export/requests/grpc_client.py) through the loaded signatures and saves every output
-(plus encode_mel/decode on fixed inputs) to OUT.npz for comparison with the live model.
+export/requests/grpc_client.py) through the loaded signatures, and the REST payloads
+through a session loader too (as TF Serving loads a model: graph, session, restore op),
+and saves every output (plus encode_mel/decode on fixed inputs) to OUT.npz for
+comparison with the live model.
 """
 
 import importlib.util
@@ -49,6 +51,27 @@ def run(signature, inputs):
           for k, v in out.items()}
 
 
+def run_in_session(export_dir, requests):
+  """Loads the export as TF Serving's C++ server does (a graph and a session, variables
+  restored by the SavedModel's restore op, not by object) and runs each
+  (signature name, inputs) request; returns a list of NumPy output dicts."""
+  tf1 = tf.compat.v1
+  outputs = []
+  with tf1.Graph().as_default(), tf1.Session() as session:
+    meta_graph = tf1.saved_model.loader.load(session, ["serve"], export_dir)
+    for name, inputs in requests:
+      signature = meta_graph.signature_def[name]
+      feed = {}
+      for key, info in signature.inputs.items():
+        dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
+        feed[info.name] = (np.array(inputs[key], dtype=object) if dtype == object
+                           else np.asarray(inputs[key], dtype=dtype))
+      fetched = session.run({k: v.name for k, v in signature.outputs.items()}, feed)
+      outputs.append({k: v.astype(str) if v.dtype == object else v
+                      for k, v in fetched.items()})
+  return outputs
+
+
 def main(export_dir, wav, out):
   ops = graph_ops(export_dir)
   unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
@@ -57,13 +80,17 @@ def main(export_dir, wav, out):
   results = {"ops": np.array(sorted(ops)), "unknown_ops": np.array(unknown, dtype=str),
              "signatures": np.array(sorted(sigs.keys()))}
   with open(os.path.join(REQUESTS, "synthesize.json"), encoding="utf-8") as f:
-    body = json.load(f)
-  for k, v in run(sigs[body["signature_name"]], body["inputs"]).items():
-    results[f"rest_synthesize/{k}"] = v
-  body = _module("make_transfer_request").transfer_body(wav, "Pno", 1.0)
-  body = json.loads(json.dumps(body))     # exactly what goes over the wire
-  for k, v in run(sigs[body["signature_name"]], body["inputs"]).items():
-    results[f"rest_transfer/{k}"] = v
+    synthesize_body = json.load(f)
+  transfer_body = _module("make_transfer_request").transfer_body(wav, "Pno", 1.0)
+  transfer_body = json.loads(json.dumps(transfer_body))   # exactly what goes over the wire
+  for name, body in (("synthesize", synthesize_body), ("transfer", transfer_body)):
+    for k, v in run(sigs[body["signature_name"]], body["inputs"]).items():
+      results[f"rest_{name}/{k}"] = v
+  in_session = run_in_session(export_dir, [(b["signature_name"], b["inputs"])
+                                           for b in (synthesize_body, transfer_body)])
+  for name, outputs in zip(("synthesize", "transfer"), in_session):
+    for k, v in outputs.items():
+      results[f"session_{name}/{k}"] = v
   grpc_client = _module("grpc_client")
   for name, request in (("synthesize", grpc_client.synthesize_request()),
                         ("transfer", grpc_client.transfer_request(wav, "Pno", 1.0))):

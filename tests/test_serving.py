@@ -162,7 +162,7 @@ def test_fresh_process_without_tfgmvae_matches_live_model(runs, live):
       "transfer": live.transfer(tf.constant(np.round(wave, 6)[None]), tf.constant(rate),
                                 tf.constant(["Pno"]), tf.constant([1.0])),
   }
-  for prefix in ("rest", "grpc"):
+  for prefix in ("rest", "grpc", "session"):
     for name, outputs in expected.items():
       for key, value in outputs.items():
         have = got[f"{prefix}_{name}/{key}"]

@@ -77,7 +77,11 @@ class ServingModule(tf.Module):
     super().__init__(name="tfgmvae")
     c = model.config
     self._ref = _Ref(model)
-    self.model_variables = list(model.variables)
+    # The tf.Variables under Keras 3's variable wrappers: the ones the traced signatures
+    # read. Saving the wrappers gave the SavedModel's restore op other variables, so a
+    # session loader (TF Serving's C++ SavedModelBundle, TF1's loader) left the model's
+    # weights uninitialised; only tf.saved_model.load, which restores by object, worked.
+    self.model_variables = [getattr(v, "value", v) for v in model.variables]
     self._audio = audio_config
     self._lo, self._hi = float(log_mel_min), float(log_mel_max)
     self._iters = int(griffin_lim_iters)
