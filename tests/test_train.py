@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -504,9 +505,18 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   lines = []
   # A large learning rate makes the validation ELBO fall back soon, so patience 2 stops.
   config = _config(run, prepared_dir, epochs=30, patience=2, learning_rate=0.03,
-                   checkpoint_every=5, keep_checkpoints=10)
+                   checkpoint_every=5, keep_checkpoints=10, verbose=2)
   result = train(config, log=lines.append)
   elbos = result["history"]["val_elbo"]
+  # verbose=2: one short line per epoch with the history's figures.
+  shown = [l for l in lines if l.startswith("Epoch ")]
+  assert len(shown) == len(elbos)
+  for epoch, line in enumerate(shown):
+    history = {k: v[epoch] for k, v in result["history"].items()}
+    assert re.fullmatch(f"Epoch {epoch + 1}/30 \\([0-9.]+ s\\): " + re.escape(
+        f"loss {history['loss']:.4g}, ELBO {history['elbo']:.4g}, validation ELBO "
+        f"{history['val_elbo']:.4g}, instrument acc. {history['val_instrument_accuracy']:.3f}"
+        f", pitch acc. {history['val_pitch_accuracy']:.3f}"), line), line
   best = int(np.argmax(elbos)) + 1
   assert result["stopped_early"] and result["best_epoch"] == best
   assert result["best_elbo"] == pytest.approx(max(elbos), rel=1e-6)

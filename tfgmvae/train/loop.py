@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -290,6 +291,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
           strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
       all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience,
                                           log, config.checkpoint_every)]
+      if config.verbose == 2 and chief:
+        all_callbacks.append(_EpochLine(config.epochs, log))
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     if chief and resuming:   # a resumed one once its first epoch here is done
@@ -306,7 +309,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                             steps_per_epoch=steps, validation_data=val_ds,
                             validation_steps=val_steps,
                             validation_freq=config.validation_every,
-                            callbacks=all_callbacks, verbose=config.verbose)
+                            callbacks=all_callbacks,
+                            verbose=0 if config.verbose == 2 else config.verbose)
     except tf.errors.InvalidArgumentError as e:
       if "is NaN or Inf" in str(e):
         raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager)) from None
@@ -316,6 +320,30 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
+
+
+class _EpochLine(keras.callbacks.Callback):
+  """`verbose=2`: one short line per epoch, with the figures to watch (Keras's own line
+  lists every term, about 700 characters; all of them are in TensorBoard)."""
+
+  SHOWN = (("loss", "loss", ".4g"), ("elbo", "ELBO", ".4g"),
+           ("val_elbo", "validation ELBO", ".4g"),
+           ("val_instrument_accuracy", "instrument acc.", ".3f"),
+           ("val_pitch_accuracy", "pitch acc.", ".3f"))
+
+  def __init__(self, epochs: int, log):
+    super().__init__()
+    self._epochs, self._log, self._start = epochs, log, 0.0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    shown = ", ".join(f"{label} {float(logs[key]):{form}}"
+                      for key, label, form in self.SHOWN if key in logs)
+    self._log(f"Epoch {epoch + 1}/{self._epochs} ({time.monotonic() - self._start:.1f} s): "
+              f"{shown}")
 
 
 class _RecordFlags(keras.callbacks.Callback):
