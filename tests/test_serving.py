@@ -333,7 +333,8 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
       "^--checkpoint=latest: applies to a run directory, but --model=.* is the export "
       f"{runs['mgmvae_export']} \\(of ckpt-[0-9]+, {GL_ITERS} Griffin-Lim iterations\\)")):
     client.open_model(export_base, checkpoint="latest")     # it was ignored
-  with pytest.raises(ValueError, match="^--checkpoint=best and --griffin_lim_iters=8: "):
+  with pytest.raises(ValueError, match="^--checkpoint=best and --griffin_lim_iters=8: "
+                     "apply to a run directory, .*; leave them out"):
     client.open_model(runs["mgmvae_export"], "best", 8)
   out = str(tmp_path / "n.wav")
   assert client.output_paths(out, ["Vc_60"]) == [out]
@@ -424,9 +425,14 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   assert "(Pno) -> Vc alpha=0.5" in sourced.stdout and os.path.isfile(f"{tmp_path}/r.png")
   assert sourced.stdout.startswith(f"Using the run {runs['mgmvae']} at ckpt-")
   assert "WARNING" not in sourced.stderr          # the 0.8 s note covers the 0.5 s read
-  moved = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
+  soundfile.write(f"{tmp_path}/short.wav", tone(60, 44100, 0.3, harmonics=9, amp=0.4),
+                  44100)
+  moved = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={tmp_path}/short.wav",
                "--target=Pno,Vc", "--alpha=0,0.5,1", f"--out={tmp_path}/t.wav")
   assert moved.returncode == 0, moved.stderr[-2000:]
+  assert moved.stderr == (f"WARNING: {tmp_path}/short.wav is 0.3 s long; the model reads "
+                          "0 s to 0.5 s of a note, so the last 0.2 s of that segment are "
+                          "silence.\n")
   assert len([n for n in os.listdir(tmp_path) if n.startswith("t_")]) == 12
   assert "t_Pno_a0.5.wav" in os.listdir(tmp_path)
   bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
@@ -483,9 +489,14 @@ def test_tensorflow_model_server_serves_the_export(runs, live, tmp_path):
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():
   model = types.SimpleNamespace(meta={"audio": {"offset": 0.1, "duration": 0.5}})
   assert client.short_input(model, np.zeros(13230), 22050, "a.wav") is None   # 0.6 s
+  assert client.short_input(model, np.zeros(13229), 22050, "a.wav") == (
+      "a.wav is 0.6 s long; the model reads 0.1 s to 0.6 s of a note, so the last "
+      "4.54e-05 s of that segment are silence.")                        # one sample short
   assert client.short_input(model, np.zeros(200), 22050, "a.wav") == (
-      "a.wav is 0.00907 s long; the model reads 0.1 s to 0.6 s of a note, so its last "
-      "0.591 s were taken as silence.")
+      "a.wav is 0.00907 s long; the model reads 0.1 s to 0.6 s of a note, so the last "
+      "0.5 s of that segment are silence.")     # all of it (the note ends before 0.1 s)
+  exact = types.SimpleNamespace(meta={"audio": {"offset": 0.2, "duration": 0.1}})
+  assert client.short_input(exact, np.zeros(6615), 22050, "a.wav") is None  # 0.2 + 0.1 s
 
 
 def test_a_pitch_outside_the_vocabulary_lists_the_pitches_when_few():

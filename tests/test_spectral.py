@@ -134,6 +134,22 @@ def test_mel_inversion_is_non_negative_and_nnls_beats_the_pseudo_inverse():
   assert errors[2] < 0.5 * errors[0], errors
 
 
+def _traced_op_count(fn, spec) -> int:
+  graph = tf.function(fn).get_concrete_function(spec).graph.as_graph_def()
+  return len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
+
+
+def test_the_iterations_are_graph_loops_not_copies():
+  # A traced function (an export's signature) holds one iteration of each loop, so that
+  # the SavedModel does not grow with the iteration counts (it held 8 copies of 52).
+  mel = tf.TensorSpec([None, 43, 256], tf.float32)
+  nnls = [_traced_op_count(lambda m, n=n: audio.mel_to_linear_power(m, n_iter=n), mel)
+          for n in (1, 20)]
+  gl = [_traced_op_count(lambda m, n=n: audio.log_mel_to_audio(m, n_iter=n, mel_iters=3),
+                         mel) for n in (1, 32)]
+  assert nnls[0] == nnls[1] and gl[0] == gl[1], (nnls, gl)
+
+
 def test_griffin_lim_improves_with_iterations():
   x = tone(64, SR, 0.6, harmonics=5, amp=0.4)
   mag = tf.abs(audio.stft(x)[:43]).numpy()

@@ -12,8 +12,8 @@ import numpy as np
 from tfgmvae.audio.config import AudioConfig, PAPER
 from tfgmvae.audio.io import AudioDecodeError, SUPPORTED_EXTENSIONS, read, write_wav
 from tfgmvae.audio.resample import resample
-from tfgmvae.audio.spectral import (denormalise, fit_segment, griffin_lim, log_mel,
-                                    log_mel_to_audio, mel_filterbank, mel_power,
+from tfgmvae.audio.spectral import (MelMatrices, denormalise, fit_segment, griffin_lim,
+                                    log_mel, log_mel_to_audio, mel_filterbank, mel_power,
                                     mel_pseudo_inverse, mel_to_linear_power, normalise,
                                     stft)
 
@@ -79,7 +79,7 @@ def load_segment(path: str, config: AudioConfig = PAPER) -> np.ndarray:
 __all__ = [
     "AudioConfig", "PAPER", "AudioDecodeError", "SUPPORTED_EXTENSIONS", "load",
     "load_segment", "silence_problem", "read", "write_wav", "resample", "log_mel",
-    "mel_power", "stft",
+    "mel_power", "stft", "MelMatrices", "mel_pseudo_inverse",
     "fit_segment", "mel_filterbank", "normalise", "denormalise", "mel_to_linear_power",
     "griffin_lim", "log_mel_to_audio",
 ]

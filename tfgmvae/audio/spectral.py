@@ -88,11 +88,9 @@ class MelMatrices(NamedTuple):
   pseudo_inverse: tf.Tensor
 
 
-def _matrices(config: AudioConfig, matrices: MelMatrices | None) -> MelMatrices:
-  if matrices is not None:
-    return matrices
-  return MelMatrices(tf.constant(mel_filterbank(config)),
-                     tf.constant(mel_pseudo_inverse(config)))
+def _filterbank_of(config: AudioConfig, matrices: MelMatrices | None):
+  return (tf.constant(mel_filterbank(config)) if matrices is None
+          else matrices.filterbank)
 
 
 def fit_segment(waveform, config: AudioConfig = PAPER) -> tf.Tensor:
@@ -131,8 +129,7 @@ def mel_power(waveform, config: AudioConfig = PAPER,
   """Mel power spectrogram of the segment, float32 [..., frames, n_mels]."""
   spec = stft(waveform, config)[..., :config.frames, :]
   power = tf.math.square(tf.math.real(spec)) + tf.math.square(tf.math.imag(spec))
-  filterbank = (mel_filterbank(config) if matrices is None else matrices.filterbank)
-  return tf.tensordot(power, filterbank, axes=1)
+  return tf.tensordot(power, _filterbank_of(config, matrices), axes=1)
 
 
 def log_mel(waveform, config: AudioConfig = PAPER,
@@ -190,11 +187,12 @@ def mel_to_linear_power(mel, config: AudioConfig = PAPER,
   Returns:
     float32 [..., frames, n_bins].
   """
-  matrices = _matrices(config, matrices)
   mel = tf.convert_to_tensor(mel, tf.float32)
-  spec = tf.nn.relu(tf.tensordot(mel, matrices.pseudo_inverse, axes=1))
+  inverse = (tf.constant(mel_pseudo_inverse(config)) if matrices is None
+             else matrices.pseudo_inverse)
+  spec = tf.nn.relu(tf.tensordot(mel, inverse, axes=1))
   if n_iter:
-    fb = tf.convert_to_tensor(matrices.filterbank)   # M: [n_bins, n_mels]
+    fb = tf.convert_to_tensor(_filterbank_of(config, matrices))   # M: [n_bins, n_mels]
     fb_t = tf.transpose(fb)
     numerator = tf.tensordot(mel, fb_t, axes=1)
 

@@ -91,10 +91,12 @@ def open_model(path: str, checkpoint: str | None = None,
                                                       griffin_lim_iters))
              if value is not None]
     if given:
+      it = "it" if len(given) == 1 else "them"
       raise ValueError(
-          f"{' and '.join(given)}: applies to a run directory, but --model={path} is the "
-          f"export {folder} (of {os.path.basename(str(meta.get('checkpoint', '?')))}, "
-          f"{meta.get('griffin_lim_iters', '?')} Griffin-Lim iterations); leave it out, "
+          f"{' and '.join(given)}: {'applies' if it == 'it' else 'apply'} to a run "
+          f"directory, but --model={path} is the export {folder} (of "
+          f"{os.path.basename(str(meta.get('checkpoint', '?')))}, "
+          f"{meta.get('griffin_lim_iters', '?')} Griffin-Lim iterations); leave {it} out, "
           "give the run directory instead, or export again with bin/export "
           "--checkpoint=... --griffin_lim_iters=...")
     loaded = tf.saved_model.load(folder)
@@ -102,8 +104,10 @@ def open_model(path: str, checkpoint: str | None = None,
                  tuple(s.decode() for s in loaded.instruments.numpy()),
                  tuple(int(p) for p in loaded.pitches.numpy()),
                  int(loaded.sample_rate.numpy()), meta, loaded)
-  module, meta = export_lib.build_module(
-      folder, checkpoint or "best", 32 if griffin_lim_iters is None else griffin_lim_iters)
+  given = {name: value for name, value in (("checkpoint", checkpoint),
+                                           ("griffin_lim_iters", griffin_lim_iters))
+           if value is not None}
+  module, meta = export_lib.build_module(folder, **given)
   return Model(folder, module.signatures(), tuple(meta["instruments"]),
                tuple(meta["pitches"]), int(meta["output_sample_rate"]), meta, module)
 
@@ -147,14 +151,15 @@ def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> lis
 
 def short_input(model: Model, waveform, sample_rate: int, name: str) -> str | None:
   """A warning when a note ends before the end of the segment the model reads (the
-  rest is taken as silence, as preparation pads a short note); None otherwise."""
+  rest of the segment is silence, as preparation pads a short note); None otherwise."""
   config = model.meta["audio"]
   start, end = config["offset"], config["offset"] + config["duration"]
-  seconds = len(waveform) / sample_rate
-  if seconds >= end:
+  if len(waveform) >= int(np.ceil(round(end * sample_rate, 6))):   # (0.2 + 0.1 > 0.3)
     return None
+  seconds = len(waveform) / sample_rate
+  missing = min(end - seconds, config["duration"])
   return (f"{name} is {seconds:.3g} s long; the model reads {start:g} s to {end:g} s of "
-          f"a note, so its last {end - seconds:.3g} s were taken as silence.")
+          f"a note, so the last {missing:.3g} s of that segment are silence.")
 
 
 def transfer(model: Model, waveform, sample_rate: int, targets, alphas,

@@ -190,7 +190,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "mel_inversion_iters": spectral.MEL_INVERSION_ITERS,
       "output_sample_rate": info.audio.sample_rate,
       "output_samples": info.audio.frames * info.audio.hop_length,
-      "signatures": sorted(module.SIGNATURES)}
+      "signatures": sorted(module.SIGNATURES + ("serving_default",))}
   return module, metadata
 
 

@@ -319,18 +319,19 @@ class ServingModule(tf.Module):
     """As `transfer`, with the source instrument given instead of inferred."""
     return self._transfer(audio, sample_rate, source_instrument, target_instrument, alpha)
 
+  # The traced methods served as signatures; `serving_default` is `synthesize` too.
   SIGNATURES = ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel",
-                "transfer", "transfer_from_source", "serving_default")
+                "transfer", "transfer_from_source")
 
   def signatures(self, concrete: bool = True) -> dict:
-    """Signature name -> function (`serving_default` is `synthesize`).
+    """Signature name -> function: `SIGNATURES`, and `serving_default` (`synthesize`).
 
     Args:
       concrete: Concrete functions, to call in this process. False gives the
         `tf.function`s, for `tf.saved_model.save`, which then traces each once in its own
         context (a function traced here beforehand would be saved twice, as two traces).
     """
-    out = {name: getattr(self, name) for name in self.SIGNATURES[:-1]}
+    out = {name: getattr(self, name) for name in self.SIGNATURES}
     if concrete:
       out = {name: fn.get_concrete_function() for name, fn in out.items()}
     out["serving_default"] = out["synthesize"]
