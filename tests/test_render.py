@@ -254,9 +254,12 @@ def test_cli_renders_a_subset_end_to_end(tmp_path):
 def test_cli_stopped_mid_render_leaves_nothing(tmp_path, sig, code, said):
   out_dir = tmp_path / "corpus"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  # Ctrl-C as in a terminal: a suite started in the background (`cmd &` in a script)
+  # passes SIGINT on as ignored, and Python then installs no handler for it.
   proc = subprocess.Popen([sys.executable, str(MAKE_DATASET), f"--out_dir={out_dir}"],
                           cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   assert proc.stdout.readline().startswith(f"Rendering into {out_dir}")
   deadline = time.monotonic() + 60   # until the first notes are on disk
   while not list(tmp_path.glob(".corpus.partial-*/audio/*/*.flac")):
