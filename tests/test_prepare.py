@@ -43,6 +43,11 @@ def test_prepare_writes_split_vocab_stats(toy_csv, tmp_path):
   assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-4)
   meta = json.load(open(tmp_path / "prep" / "prepared.json"))
   assert meta["audio"]["hop_length"] == 256 and meta["num_skipped"] == 0
+  # Each instrument's training pitches span (what synthesis warns outside of).
+  for name, (lo, hi) in p.pitch_ranges().items():
+    mine = [r["pitch"] for r in rows if r["split"] == "train" and r["instrument"] == name]
+    assert (lo, hi) == (min(mine), max(mine))
+  assert list(p.pitch_ranges()) == ["sine", "square"]
   # Readable as any folder made here would be (e.g. by workers running as other users).
   umask = os.umask(0)
   os.umask(umask)

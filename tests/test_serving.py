@@ -1,5 +1,6 @@
 """Export, signatures, fresh-process round trip, bad input, and the command-line tools."""
 
+import csv
 import json
 import os
 import re
@@ -484,6 +485,38 @@ def test_tensorflow_model_server_serves_the_export(runs, live, tmp_path):
   finally:
     server.terminate()
     server.wait(30)
+
+
+def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_path):
+  model = types.SimpleNamespace(meta={"pitch_ranges": {"Fl": [60, 96], "Vc": [36, 76]}})
+  assert client.range_warnings(model, ["Fl", "Vc", "Fl"], [40, 60, 100, 40]) == [
+      "Fl was trained on MIDI 60..96 only; 40, 100 are outside it, so expect a poor note.",
+      "Vc was trained on MIDI 36..76 only; 100 is outside it, so expect a poor note."]
+  assert client.range_warnings(model, ["Vc"], [77]) == [
+      "Vc was trained on MIDI 36..76 only; 77 is outside it, so expect a poor note."]
+  assert client.range_warnings(types.SimpleNamespace(meta={}), ["Fl"], [40]) == []
+  # The ranges go from the prepared data into model.json and the export's metadata.
+  rows = list(csv.DictReader(open(os.path.join(runs["prepared"], "index.csv"))))
+  expected = {name: [min(int(r["pitch"]) for r in rows
+                         if r["instrument"] == name and r["split"] == "train"),
+                     max(int(r["pitch"]) for r in rows
+                         if r["instrument"] == name and r["split"] == "train")]
+              for name in VOCAB}
+  assert client.metadata(runs["mgmvae_export"])["pitch_ranges"] == expected
+  # A run recorded before model.json held them reads them from its prepared data, and
+  # without that data it warns about nothing.
+  run = str(tmp_path / "old_run")
+  shutil.copytree(runs["mgmvae"], run, ignore=shutil.ignore_patterns("cache", "summaries"))
+  with open(os.path.join(run, "model.json")) as f:
+    meta = json.load(f)
+  del meta["pitch_ranges"]
+  with open(os.path.join(run, "model.json"), "w") as f:
+    json.dump(meta, f)
+  assert export_lib.read_run(run).pitch_ranges == expected
+  with open(os.path.join(run, "model.json"), "w") as f:
+    json.dump(dict(meta, prepared_dir=str(tmp_path / "gone")), f)
+  shutil.rmtree(os.path.join(run, "data"), ignore_errors=True)
+  assert export_lib.read_run(run).pitch_ranges is None
 
 
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():

@@ -110,6 +110,14 @@ class Prepared:
         out.append(r)
     return out
 
+  def pitch_ranges(self) -> dict[str, list[int]]:
+    """Instrument -> [lowest, highest] MIDI pitch among its training notes."""
+    ranges = {}
+    for row in self.index(TRAIN):
+      lo, hi = ranges.get(row["instrument"], (row["pitch"], row["pitch"]))
+      ranges[row["instrument"]] = [min(lo, row["pitch"]), max(hi, row["pitch"])]
+    return {name: ranges[name] for name in self.instruments if name in ranges}
+
   def labelled_quota(self, fraction: float) -> dict[str, int]:
     """Labelled training notes per instrument when keeping `fraction` of the labels."""
     if not 0.0 <= fraction <= 1.0:

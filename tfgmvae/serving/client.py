@@ -134,6 +134,25 @@ def _checked(model: Model, instruments, pitches=()):
                        f"{known}.")
 
 
+def range_warnings(model: Model, instruments, pitches) -> list[str]:
+  """One line per instrument asked for pitches outside the range of its training notes
+  (the model knows such a pitch from other instruments only, so the note is a guess);
+  none for a model that does not record the ranges."""
+  ranges = model.meta.get("pitch_ranges") or {}
+  out = []
+  for name in dict.fromkeys(instruments):
+    if name not in ranges:
+      continue
+    lo, hi = ranges[name]
+    outside = [p for p in dict.fromkeys(pitches) if not lo <= p <= hi]
+    if outside:
+      out.append(f"{name} was trained on MIDI {lo}..{hi} only; "
+                 f"{', '.join(str(p) for p in outside)} "
+                 f"{'is' if len(outside) == 1 else 'are'} outside it, so expect a poor "
+                 "note.")
+  return out
+
+
 def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> list[dict]:
   """One note per combination of instrument, pitch, w and seed.
 

@@ -64,13 +64,14 @@ class RunInfo:
   log_mel_min: float
   log_mel_max: float
   prepared_dir: str
+  pitch_ranges: dict | None = None   # instrument -> [lowest, highest] training pitch
 
 
 def run_metadata(prepared: Prepared) -> dict:
   """The prepared data's facts a run records in model.json (so export needs no data)."""
   return {"instruments": list(prepared.instruments), "pitches": list(prepared.pitches),
           "audio": prepared.audio.to_dict(), "log_mel_min": prepared.log_mel_min,
-          "log_mel_max": prepared.log_mel_max}
+          "log_mel_max": prepared.log_mel_max, "pitch_ranges": prepared.pitch_ranges()}
 
 
 def read_run(run_dir: str) -> RunInfo:
@@ -89,13 +90,19 @@ def read_run(run_dir: str) -> RunInfo:
     except PrepareError as e:
       raise ExportError(f"{path} does not record the vocabularies and its prepared data "
                         f"cannot be read: {e}") from e
+  if "pitch_ranges" not in meta:      # a run recorded before model.json held them
+    try:
+      meta["pitch_ranges"] = Prepared.load(prepared_dir).pitch_ranges()
+    except (PrepareError, OSError):
+      meta["pitch_ranges"] = None      # (then nothing warns about a pitch's range)
   config = dict(meta["model"], synchronized_bn=False)
   return RunInfo(model=ModelConfig.from_dict(config),
                  instruments=tuple(meta["instruments"]),
                  pitches=tuple(int(p) for p in meta["pitches"]),
                  audio=AudioConfig.from_dict(meta["audio"]),
                  log_mel_min=float(meta["log_mel_min"]),
-                 log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir)
+                 log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir,
+                 pitch_ranges=meta["pitch_ranges"])
 
 
 def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
@@ -190,6 +197,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "mel_inversion_iters": spectral.MEL_INVERSION_ITERS,
       "output_sample_rate": info.audio.sample_rate,
       "output_samples": info.audio.frames * info.audio.hop_length,
+      "pitch_ranges": info.pitch_ranges,
       "signatures": sorted(module.SIGNATURES + ("serving_default",))}
   return module, metadata
 
