@@ -43,15 +43,28 @@ def test_prepare_writes_split_vocab_stats(toy_csv, tmp_path):
   assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-4)
   meta = json.load(open(tmp_path / "prep" / "prepared.json"))
   assert meta["audio"]["hop_length"] == 256 and meta["num_skipped"] == 0
-  # Each instrument's training pitches span (what synthesis warns outside of).
-  for name, (lo, hi) in p.pitch_ranges().items():
-    mine = [r["pitch"] for r in rows if r["split"] == "train" and r["instrument"] == name]
-    assert (lo, hi) == (min(mine), max(mine))
-  assert list(p.pitch_ranges()) == ["sine", "square"]
   # Readable as any folder made here would be (e.g. by workers running as other users).
   umask = os.umask(0)
   os.umask(umask)
   assert os.stat(tmp_path / "prep").st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_pitch_ranges_span_each_instruments_training_notes(tmp_path):
+  specs = [s for s in toy_specs() if not (s[1] == "square" and s[2] < 62)]
+  p = _prepare(write_notes(str(tmp_path / "notes"), specs), tmp_path / "prep")
+  assert p.pitch_ranges() == {"sine": [60, 65], "square": [62, 65]}
+  # Validation notes do not count: with square's 65s moved there, its range ends at 64.
+  path = tmp_path / "prep" / "index.csv"
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    if r["instrument"] == "square" and r["pitch"] == "65":
+      r["split"] = "validation"
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  assert p.pitch_ranges() == {"sine": [60, 65], "square": [62, 64]}
 
 
 def test_split_is_seeded_and_stratified(tmp_path):

@@ -255,11 +255,13 @@ def test_cli_stopped_mid_render_leaves_nothing(tmp_path, sig, code, said):
   out_dir = tmp_path / "corpus"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   # Ctrl-C as in a terminal: a suite started in the background (`cmd &` in a script)
-  # passes SIGINT on as ignored, and Python then installs no handler for it.
-  proc = subprocess.Popen([sys.executable, str(MAKE_DATASET), f"--out_dir={out_dir}"],
-                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # passes SIGINT on as ignored, and Python then installs no handler for it; so a small
+  # trampoline restores the default, then becomes bin/make_dataset (same process).
+  trampoline = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+  proc = subprocess.Popen([sys.executable, "-c", trampoline, str(MAKE_DATASET),
+                           f"--out_dir={out_dir}"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert proc.stdout.readline().startswith(f"Rendering into {out_dir}")
   deadline = time.monotonic() + 60   # until the first notes are on disk
   while not list(tmp_path.glob(".corpus.partial-*/audio/*/*.flac")):

@@ -1,6 +1,5 @@
 """Export, signatures, fresh-process round trip, bad input, and the command-line tools."""
 
-import csv
 import json
 import os
 import re
@@ -495,13 +494,10 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
   assert client.range_warnings(model, ["Vc"], [77]) == [
       "Vc was trained on MIDI 36..76 only; 77 is outside it, so expect a poor note."]
   assert client.range_warnings(types.SimpleNamespace(meta={}), ["Fl"], [40]) == []
-  # The ranges go from the prepared data into model.json and the export's metadata.
-  rows = list(csv.DictReader(open(os.path.join(runs["prepared"], "index.csv"))))
-  expected = {name: [min(int(r["pitch"]) for r in rows
-                         if r["instrument"] == name and r["split"] == "train"),
-                     max(int(r["pitch"]) for r in rows
-                         if r["instrument"] == name and r["split"] == "train")]
-              for name in VOCAB}
+  # The ranges go from the prepared data (test_prepare checks them) into model.json and
+  # the export's metadata.
+  expected = Prepared.load(runs["prepared"]).pitch_ranges()
+  assert set(expected) == set(VOCAB)
   assert client.metadata(runs["mgmvae_export"])["pitch_ranges"] == expected
   # A run recorded before model.json held them reads them from its prepared data, and
   # without that data it warns about nothing.
@@ -513,10 +509,24 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
   with open(os.path.join(run, "model.json"), "w") as f:
     json.dump(meta, f)
   assert export_lib.read_run(run).pitch_ranges == expected
+  for broken in ("gone", "broken"):     # no data, or unreadable data: no ranges, no error
+    (tmp_path / "broken").mkdir(exist_ok=True)
+    (tmp_path / "broken" / "prepared.json").write_text('{"format_version": ')
+    with open(os.path.join(run, "model.json"), "w") as f:
+      json.dump(dict(meta, prepared_dir=str(tmp_path / broken)), f)
+    shutil.rmtree(os.path.join(run, "data"), ignore_errors=True)
+    assert export_lib.read_run(run).pitch_ranges is None
+  # bin/synthesize says so once the request is accepted (here Vc's range narrowed).
   with open(os.path.join(run, "model.json"), "w") as f:
-    json.dump(dict(meta, prepared_dir=str(tmp_path / "gone")), f)
-  shutil.rmtree(os.path.join(run, "data"), ignore_errors=True)
-  assert export_lib.read_run(run).pitch_ranges is None
+    json.dump(dict(meta, pitch_ranges={"Vc": [60, 62], "Pno": [58, 67]}), f)
+  done = _cli("synthesize", f"--model={run}", "--instrument=Vc,Pno", "--pitch=64",
+              "--griffin_lim_iters=1", f"--out={tmp_path}/r.wav")
+  assert done.returncode == 0 and done.stderr == (
+      "WARNING: Vc was trained on MIDI 60..62 only; 64 is outside it, so expect a poor "
+      "note.\n"), done.stderr[-2000:]
+  refused = _cli("synthesize", f"--model={run}", "--instrument=Vc,Kazoo", "--pitch=64",
+                 "--griffin_lim_iters=1", f"--out={tmp_path}/k.wav")
+  assert refused.returncode == 1 and refused.stderr.startswith("ERROR: instrument 'Kazoo'")
 
 
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import keras
 import numpy as np
@@ -22,6 +23,7 @@ from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.train.checkpoints import RunStateError, moved_run_dir, run_lock
 from tfgmvae.train.config import ConfigError, TrainConfig
 from tfgmvae.train.loop import TrainingError, train
+from tfgmvae.train.summaries import read_written
 
 from conftest import REPO
 
@@ -97,6 +99,12 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
       .replace(f"--data_path={toy_csv}\n", f"--data_path={relative_csv}\n")
   with open(path, "w") as f:
     f.write(older)
+  with open(os.path.join(run, "model.json")) as f:     # nor model.json the pitch ranges
+    record = json.load(f)
+  ranges = record.pop("pitch_ranges")
+  assert set(ranges) == {"sine", "square"}
+  with open(os.path.join(run, "model.json"), "w") as f:
+    json.dump(record, f)
   changed = _run([f"--flagfile={path}", "--timbre_adversary=5"], timeout=120,
                  cwd=str(tmp_path))
   assert changed.returncode == 1 and "+--timbre_adversary=5.0" in changed.stderr
@@ -107,6 +115,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
       resumed.stderr[-2000:]
   assert "--timbre_adversary=0.0" in open(path).read()
   assert f"--run_dir={run}\n" in open(path).read()
+  with open(os.path.join(run, "model.json")) as f:
+    assert json.load(f)["pitch_ranges"] == ranges
   # --bn_momentum changes only the inference statistics: a resumed run may change it.
   momentum = _run([f"--flagfile={path}", "--epochs=5", "--bn_momentum=0.9"])
   assert momentum.returncode == 0 and "Done: 5 epochs" in momentum.stdout, \
@@ -149,6 +159,7 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
     ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
     ("--bn_momentum=1", "--bn_momentum=1.0: expected a number in [0, 1)"),
+    ("--verbose=3", "--verbose=3: expected 0 (quiet), 1 (progress bar) or 2"),
     # The model takes its front end from the prepared data: a different one is refused.
     ("--hop_length=512", "was prepared with other audio settings than this command's "
      "(--hop_length: prepared 256, this command 512)"),
@@ -274,9 +285,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
                           env=ENV | {"PYTHONUNBUFFERED": "1"})
   guard = threading.Timer(240, proc.kill)   # (a run that never gets there)
   guard.start()
-  for line in proc.stdout:
-    if line.startswith("Epoch 5/40"):
+  for line in proc.stdout:   # epoch 4's line, then its summaries: epoch 5 is beginning
+    if line.startswith("Epoch 4/40"):
       break
+  while read_written(os.path.join(killed, "summaries")) < 4:
+    time.sleep(0.01)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   guard.cancel()
@@ -514,9 +527,11 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   for epoch, line in enumerate(shown):
     history = {k: v[epoch] for k, v in result["history"].items()}
     assert re.fullmatch(f"Epoch {epoch + 1}/30 \\([0-9.]+ s\\): " + re.escape(
-        f"loss {history['loss']:.4g}, ELBO {history['elbo']:.4g}, validation ELBO "
-        f"{history['val_elbo']:.4g}, instrument acc. {history['val_instrument_accuracy']:.3f}"
+        f"loss {history['loss']:.1f}, ELBO {history['elbo']:.1f}, validation ELBO "
+        f"{history['val_elbo']:.1f}, instrument acc. {history['val_instrument_accuracy']:.3f}"
         f", pitch acc. {history['val_pitch_accuracy']:.3f}"), line), line
+  # The early stop is said after its epoch's line.
+  assert lines.index(shown[-1]) < [i for i, l in enumerate(lines) if "Early stop" in l][0]
   best = int(np.argmax(elbos)) + 1
   assert result["stopped_early"] and result["best_epoch"] == best
   assert result["best_elbo"] == pytest.approx(max(elbos), rel=1e-6)

@@ -91,10 +91,13 @@ def read_run(run_dir: str) -> RunInfo:
       raise ExportError(f"{path} does not record the vocabularies and its prepared data "
                         f"cannot be read: {e}") from e
   if "pitch_ranges" not in meta:      # a run recorded before model.json held them
-    try:
-      meta["pitch_ranges"] = Prepared.load(prepared_dir).pitch_ranges()
-    except (PrepareError, OSError):
-      meta["pitch_ranges"] = None      # (then nothing warns about a pitch's range)
+    meta["pitch_ranges"] = None        # (then nothing warns about a pitch's range)
+    try:    # advisory only: no failure to read them may stop the run from opening
+      prepared = Prepared.load(prepared_dir)
+      if list(prepared.instruments) == list(meta["instruments"]):   # still its data
+        meta["pitch_ranges"] = prepared.pitch_ranges()
+    except Exception:  # pylint: disable=broad-except
+      pass
   config = dict(meta["model"], synchronized_bn=False)
   return RunInfo(model=ModelConfig.from_dict(config),
                  instruments=tuple(meta["instruments"]),

@@ -275,6 +275,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         inputs.available_memory(), log)
     if chief and latest:
       _record_bn_momentum(model_file, mconfig, start, state, log)
+      _record_pitch_ranges(model_file, prepared)
     def after():   # beside the data errors' hint, once the run has weights to start from
       if not manager.latest_checkpoint:
         return ""
@@ -289,10 +290,12 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
           prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
           config.seed, config.latent_dim, 1.0, output=output,
           strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
-      all_callbacks = [CheckpointCallback(state, manager, best_manager, config.patience,
-                                          log, config.checkpoint_every)]
-      if config.verbose == 2 and chief:
-        all_callbacks.append(_EpochLine(config.epochs, log))
+      # (The epoch's line first, then what the checkpoint callback says about it.)
+      all_callbacks = [_EpochLine(config.epochs, log)] if config.verbose == 2 and chief \
+          else []
+      all_callbacks.append(CheckpointCallback(state, manager, best_manager,
+                                              config.patience, log,
+                                              config.checkpoint_every))
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
     if chief and resuming:   # a resumed one once its first epoch here is done
@@ -324,10 +327,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
 
 class _EpochLine(keras.callbacks.Callback):
   """`verbose=2`: one short line per epoch, with the figures to watch (Keras's own line
-  lists every term, about 700 characters; all of them are in TensorBoard)."""
+  lists every term, about 700 characters; all of them are in TensorBoard). Epochs
+  without validation (`validation_every` > 1) show the training figures only."""
 
-  SHOWN = (("loss", "loss", ".4g"), ("elbo", "ELBO", ".4g"),
-           ("val_elbo", "validation ELBO", ".4g"),
+  SHOWN = (("loss", "loss", ".1f"), ("elbo", "ELBO", ".1f"),
+           ("val_elbo", "validation ELBO", ".1f"),
            ("val_instrument_accuracy", "instrument acc.", ".3f"),
            ("val_pitch_accuracy", "pitch acc.", ".3f"))
 
@@ -387,6 +391,19 @@ def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
       f"(recorded in {model_file}). Validation ELBOs from now on use the new moving "
       f"statistics; the best so far ({float(state.best_elbo.numpy()):.2f} at epoch "
       f"{int(state.best_epoch.numpy())}) was measured with the old ones.")
+
+
+def _record_pitch_ranges(model_file: str, prepared: Prepared) -> None:
+  """Adds the instruments' pitch ranges to the model.json of a run recorded before it
+  held them (synthesis warns outside them)."""
+  with open(model_file, encoding="utf-8") as f:
+    record = json.load(f)
+  if "pitch_ranges" in record:
+    return
+  record["pitch_ranges"] = prepared.pitch_ranges()
+  with open(model_file + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2)
+  os.replace(model_file + ".tmp", model_file)
 
 
 def _val_count(prepared: Prepared, replicas: int) -> int:

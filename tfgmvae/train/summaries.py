@@ -303,14 +303,18 @@ class SummaryCallback(keras.callbacks.Callback):
     with self.validation_writer.as_default(step=step):
       for tag, value in scalar_summaries(logs, "val_").items():
         tf.summary.scalar(tag, value)
-      if self._media_on and (step == 1 or step % self.media_every == 0):
-        self.write_media(step)
-    if self.embeddings_every > 0 and step % self.embeddings_every == 0:
-      self.write_embeddings(step)
+    # Recorded as soon as the scalars are on disk: a kill in the much longer media and
+    # embeddings writing below then loses those of this epoch, instead of making the
+    # restart write the epoch's scalars a second time.
     self.train_writer.flush()
     self.validation_writer.flush()
     _record_written(self.summary_dir, step)
     self.written = step
+    if self._media_on and (step == 1 or step % self.media_every == 0):
+      self.write_media(step)
+    if self.embeddings_every > 0 and step % self.embeddings_every == 0:
+      self.write_embeddings(step)
+    self.validation_writer.flush()
 
   @property
   def _media_on(self) -> bool:
