@@ -277,6 +277,7 @@ def test_signatures_follow_the_model(live, runs):
   own = model.decode(codes["z_timbre_mean"], codes["z_pitch_mean"]).numpy()
   np.testing.assert_allclose(same["mel"].numpy(), own, atol=1e-5)
   assert same["source_instrument"].numpy()[0] == codes["instrument"].numpy()[0]
+  assert same["pitch"].numpy()[0] == codes["pitch"].numpy()[0]     # as the model hears it
   moved = live.transfer_from_source(tf.constant(wave[None]), tf.constant(rate),
                                     tf.constant(["Vc"]), tf.constant(["Pno"]),
                                     tf.constant([0.5]))
@@ -527,6 +528,17 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
   refused = _cli("synthesize", f"--model={run}", "--instrument=Vc,Kazoo", "--pitch=64",
                  "--griffin_lim_iters=1", f"--out={tmp_path}/k.wav")
   assert refused.returncode == 1 and refused.stderr.startswith("ERROR: instrument 'Kazoo'")
+  # bin/transfer: for each target, the pitch the model hears in the note (here every
+  # pitch of the vocabulary is outside Vc's range).
+  with open(os.path.join(run, "model.json"), "w") as f:
+    json.dump(dict(meta, pitch_ranges={"Vc": [90, 91], "Pno": [58, 67]}), f)
+  done = _cli("transfer", f"--model={run}", f"--input={runs['note']}", "--target=Vc,Pno",
+              "--griffin_lim_iters=1", f"--out={tmp_path}/t.wav")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert re.fullmatch(
+      f"WARNING: the model hears MIDI ([0-9]+) in {re.escape(runs['note'])}; Vc was "
+      "trained on MIDI 90..91 only; \\1 is outside it, so expect a poor note.\n",
+      done.stderr), done.stderr
 
 
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():

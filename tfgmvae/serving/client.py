@@ -208,7 +208,7 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
   else:
     out = model.run("transfer", **inputs)
   return [{"target": t, "alpha": a, "source": out["source_instrument"][j].decode(),
-           "mel": out["mel"][j], "audio": out["audio"][j]}
+           "pitch": int(out["pitch"][j]), "mel": out["mel"][j], "audio": out["audio"][j]}
           for j, (t, a) in enumerate(combos)]
 
 

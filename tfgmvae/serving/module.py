@@ -13,7 +13,8 @@ and the inverse (mel -> linear magnitude -> Griffin-Lim). Its signatures, all ba
   `instrument`, `pitch`, `w`, `seed` [B] -> z_p ~ N(mu_pitch, (w sigma_p)^2),
   z_t ~ N(mu_instrument, (w sigma_t)^2), decoded;
 * `transfer`: audio, `sample_rate`, `target_instrument`, `alpha` [B] ->
-  z_t' = z_t + alpha (mu_target - mu_source), the source being the inferred instrument;
+  z_t' = z_t + alpha (mu_target - mu_source), the source being the inferred instrument
+  (also returned, with the pitch the model hears, `pitch`);
   `transfer_from_source` takes the source as `source_instrument` [B].
 
 Bad input (an unknown name, a pitch outside the vocabulary, alpha outside [0, 1], a
@@ -258,6 +259,7 @@ class ServingModule(tf.Module):
     z_timbre = codes["z_timbre_mean"] + alpha[:, None] * shift
     out = self._decoded(z_timbre, codes["z_pitch_mean"])
     out["source_instrument"] = tf.gather(self.instruments, src)
+    out["pitch"] = codes["pitch"]        # the note's pitch as the model hears it (MIDI)
     return out
 
   # -- signatures -----------------------------------------------------------------------
