@@ -84,16 +84,16 @@ def open_model(path: str, checkpoint: str | None = None,
       one checkpoint and its own iteration count (both fixed by bin/export).
   """
   kind, folder = resolve(path)
+  given = {name: value for name, value in (("checkpoint", checkpoint),
+                                           ("griffin_lim_iters", griffin_lim_iters))
+           if value is not None}
   if kind == "saved_model":
     meta = metadata(folder)
-    given = [f"--{name}={value}" for name, value in (("checkpoint", checkpoint),
-                                                     ("griffin_lim_iters",
-                                                      griffin_lim_iters))
-             if value is not None]
     if given:
       it = "it" if len(given) == 1 else "them"
       raise ValueError(
-          f"{' and '.join(given)}: {'applies' if it == 'it' else 'apply'} to a run "
+          f"{' and '.join(f'--{k}={v}' for k, v in given.items())}: "
+          f"{'applies' if it == 'it' else 'apply'} to a run "
           f"directory, but --model={path} is the export {folder} (of "
           f"{os.path.basename(str(meta.get('checkpoint', '?')))}, "
           f"{meta.get('griffin_lim_iters', '?')} Griffin-Lim iterations); leave {it} out, "
@@ -104,9 +104,6 @@ def open_model(path: str, checkpoint: str | None = None,
                  tuple(s.decode() for s in loaded.instruments.numpy()),
                  tuple(int(p) for p in loaded.pitches.numpy()),
                  int(loaded.sample_rate.numpy()), meta, loaded)
-  given = {name: value for name, value in (("checkpoint", checkpoint),
-                                           ("griffin_lim_iters", griffin_lim_iters))
-           if value is not None}
   module, meta = export_lib.build_module(folder, **given)
   return Model(folder, module.signatures(), tuple(meta["instruments"]),
                tuple(meta["pitches"]), int(meta["output_sample_rate"]), meta, module)

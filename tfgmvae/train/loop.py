@@ -274,8 +274,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         os.path.join(config.run_dir, "cache", *(() if chief else (task,))),
         inputs.available_memory(), log)
     if chief and latest:
-      _record_bn_momentum(model_file, mconfig, start, state, log)
-      _record_pitch_ranges(model_file, prepared)
+      _update_model_file(model_file, mconfig, prepared, start, state, log)
     def after():   # beside the data errors' hint, once the run has weights to start from
       if not manager.latest_checkpoint:
         return ""
@@ -374,36 +373,30 @@ def _record_flags(run_dir: str, flag_record: tuple[str, frozenset]) -> None:
     write_flags(run_dir, text)
 
 
-def _record_bn_momentum(model_file: str, mconfig: ModelConfig, epoch: int,
-                        state: RunState, log) -> None:
-  """Updates model.json when a resumed run changes --bn_momentum, and says so."""
+def _update_model_file(model_file: str, mconfig: ModelConfig, prepared: Prepared,
+                       epoch: int, state: RunState, log) -> None:
+  """Brings a resumed run's model.json up to date: a changed --bn_momentum (and says
+  so), and the pitch ranges of a run recorded before model.json held them (synthesis
+  warns outside them)."""
   with open(model_file, encoding="utf-8") as f:
     record = json.load(f)
   recorded = ModelConfig.from_dict(record["model"])
   before = recorded.bn_momentum
-  if before == mconfig.bn_momentum:
+  changed_momentum = before != mconfig.bn_momentum
+  if changed_momentum:
+    record["model"] = dataclasses.replace(recorded,
+                                          bn_momentum=mconfig.bn_momentum).to_dict()
+  if not changed_momentum and "pitch_ranges" in record:
     return
-  record["model"] = dataclasses.replace(recorded, bn_momentum=mconfig.bn_momentum).to_dict()
+  record.setdefault("pitch_ranges", prepared.pitch_ranges())
   with open(model_file + ".tmp", "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   os.replace(model_file + ".tmp", model_file)
-  log(f"BatchNorm momentum {before} -> {mconfig.bn_momentum} from epoch {epoch + 1} "
-      f"(recorded in {model_file}). Validation ELBOs from now on use the new moving "
-      f"statistics; the best so far ({float(state.best_elbo.numpy()):.2f} at epoch "
-      f"{int(state.best_epoch.numpy())}) was measured with the old ones.")
-
-
-def _record_pitch_ranges(model_file: str, prepared: Prepared) -> None:
-  """Adds the instruments' pitch ranges to the model.json of a run recorded before it
-  held them (synthesis warns outside them)."""
-  with open(model_file, encoding="utf-8") as f:
-    record = json.load(f)
-  if "pitch_ranges" in record:
-    return
-  record["pitch_ranges"] = prepared.pitch_ranges()
-  with open(model_file + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  os.replace(model_file + ".tmp", model_file)
+  if changed_momentum:
+    log(f"BatchNorm momentum {before} -> {mconfig.bn_momentum} from epoch {epoch + 1} "
+        f"(recorded in {model_file}). Validation ELBOs from now on use the new moving "
+        f"statistics; the best so far ({float(state.best_elbo.numpy()):.2f} at epoch "
+        f"{int(state.best_epoch.numpy())}) was measured with the old ones.")
 
 
 def _val_count(prepared: Prepared, replicas: int) -> int:
