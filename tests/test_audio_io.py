@@ -109,6 +109,43 @@ def test_corrupt_file(tmp_path):
   _expect_error(path)
 
 
+def _wav_bytes(tmp_path, seconds=1.0, rate=22050, **kwargs):
+  path = str(tmp_path / "whole.wav")
+  soundfile.write(path, tone(60, rate, seconds), rate, **kwargs)
+  return open(path, "rb").read()
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_truncated_wav_is_an_error_not_a_shorter_note(tmp_path, subtype):
+  data = _wav_bytes(tmp_path, subtype=subtype)
+  path = str(tmp_path / "cut.wav")
+  open(path, "wb").write(data[:len(data) // 3])     # an interrupted copy or download
+  held = (len(data) // 3 - data.index(b"data") - 8) // (2 if subtype == "PCM_16" else 4)
+  message = _expect_error(path, "is truncated", "declares 22050 frames (1.000 s)",
+                          f"holds {held} frames", "expected a complete file")
+  with pytest.raises(AudioDecodeError, match="truncated"):
+    audio.load_segment(path)          # the analysed segment lies in the part still there
+  assert message.startswith(path)
+
+
+def test_wav_of_unknown_length_reads_to_its_end(tmp_path):
+  # Streaming writers leave the data size at 0xFFFFFFFF when they cannot seek back.
+  data = bytearray(_wav_bytes(tmp_path, seconds=0.5))
+  assert data[36:40] == b"data"
+  data[40:44] = b"\xff\xff\xff\xff"
+  path = str(tmp_path / "stream.wav")
+  open(path, "wb").write(bytes(data))
+  wave, rate = audio.load(path)
+  assert rate == 22050 and len(wave) == 11025
+
+
+def test_wav_with_trailing_chunks_is_complete(tmp_path):
+  data = _wav_bytes(tmp_path, seconds=0.5) + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+  path = str(tmp_path / "tagged.wav")
+  open(path, "wb").write(data)
+  assert len(audio.load(path)[0]) == 11025
+
+
 def test_missing_file(tmp_path):
   _expect_error(str(tmp_path / "nope.wav"), "no such file")
 

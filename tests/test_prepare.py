@@ -128,8 +128,11 @@ def _bad_folder(tmp_path):
   ])
   (folder / "audio" / "empty.wav").write_bytes(b"")
   (folder / "audio" / "text.wav").write_text("not audio")
+  whole = (folder / "audio" / "sine_60_0.3.wav").read_bytes()
+  (folder / "audio" / "cut.wav").write_bytes(whole[:len(whole) // 4])   # interrupted copy
   with open(csv_path, "a") as f:
     f.write("audio/empty.wav,sine,60\n")
+    f.write("audio/cut.wav,sine,60\n")
     f.write("audio/text.wav,sine,60\n")
     f.write("audio/missing.wav,sine,60\n")
     f.write("audio/sine_60_0.3.wav,sine,60\n")      # duplicate
@@ -143,13 +146,13 @@ def test_bad_notes_are_all_listed_with_their_file_or_row(tmp_path):
     _prepare(csv_path, tmp_path / "prep")
   message = str(info.value)
   for needle in ("silent.wav: is silent", "nan.wav: holds", "empty.wav: the file is empty",
-                 "text.wav: cannot be decoded", "missing.wav: audio file",
+                 "text.wav: cannot be decoded", "cut.wav: is truncated", "missing.wav: audio file",
                  "duplicate of row", "'H4' is not a note name", "--on_bad_file=skip"):
     assert needle in message, needle
   # Every note is named by its CSV row, decoding problems too, in the CSV's order.
   listed = [l for l in message.splitlines() if l.startswith("  - ")]
   assert [l.split(" row ")[1].split(" ")[0] for l in listed] == [
-      str(r) for r in range(13, 20)]
+      str(r) for r in range(13, 21)]
   assert all(l.startswith(f"  - {csv_path} row ") for l in listed)
   assert "(a relative path is read from " + str(tmp_path / "bad") + ")" in message
   assert not (tmp_path / "prep").exists()
@@ -186,9 +189,9 @@ def test_skip_policy_reports_every_skipped_note(tmp_path):
   p = _prepare(csv_path, tmp_path / "prep", on_bad_file="skip")
   with open(tmp_path / "prep" / "skipped.csv") as f:
     skipped = list(csv.DictReader(f))
-  assert len(skipped) == 7
+  assert len(skipped) == 8
   assert sum(p.counts["train"].values()) + sum(p.counts["validation"].values()) == 12
-  assert json.load(open(tmp_path / "prep" / "prepared.json"))["num_skipped"] == 7
+  assert json.load(open(tmp_path / "prep" / "prepared.json"))["num_skipped"] == 8
 
 
 def test_csv_missing_columns_is_a_clear_error(tmp_path):
@@ -317,6 +320,10 @@ def test_sources_read_over_http_like_local_files(http_root, tmp_path):
     _prepare(f"{base}/notes", tmp_path / "remote2")
   with pytest.raises(SourceError, match="no such CSV"):
     open_source("csv", f"{base}/nothing/labels.csv")
+  whole = (folder / "notes" / local.index()[0]["key"]).read_bytes()
+  (folder / "cut.wav").write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(audio.AudioDecodeError, match=f"^{base}/cut.wav: is truncated"):
+    audio.load(f"{base}/cut.wav")
   write_tinysol(folder / "TinySOL")
   tinysol = _prepare(f"{base}/TinySOL", tmp_path / "tinysol", dataset="tinysol")
   assert tinysol.instruments == ("Fl", "Vc") and tinysol.pitches == (60, 62, 64)

@@ -8,6 +8,7 @@ such a URL is first opened); those are read through `tf.io.gfile`.
 
 import io as _io
 import os
+import struct
 
 import numpy as np
 import soundfile
@@ -36,6 +37,55 @@ def _read_url(path: str) -> bytes:
     raise AudioDecodeError(f"{path}: cannot be read ({paths.short_message(e)}).") from None
 
 
+def _wav_truncation(stream) -> tuple[int, int] | None:
+  """(frames the header declares, frames the file holds) of a RIFF/WAVE stream whose
+  data chunk runs past the end of the file; None for a complete or non-WAVE stream.
+
+  A data size of 0xFFFFFFFF is what streaming writers leave when the length is not known;
+  libsndfile reads such files to their end, and they are not called truncated.
+  """
+  stream.seek(0, os.SEEK_END)
+  total = stream.tell()
+  stream.seek(0)
+  head = stream.read(12)
+  if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    return None
+  pos, block_align = 12, 0
+  while pos + 8 <= total:
+    stream.seek(pos)
+    chunk_id, size = struct.unpack("<4sI", stream.read(8))
+    if chunk_id == b"fmt ":
+      body = stream.read(min(size, 16))
+      if len(body) >= 14:
+        block_align = struct.unpack("<H", body[12:14])[0]
+    elif chunk_id == b"data":
+      if size == 0xFFFFFFFF or not block_align:
+        return None
+      declared, held = size // block_align, (total - pos - 8) // block_align
+      return (declared, held) if declared > held else None
+    pos += 8 + size + (size & 1)
+  return None
+
+
+def _checked(path: str, f: soundfile.SoundFile, open_bytes) -> soundfile.SoundFile:
+  """`f`, or AudioDecodeError (and `f` closed) if it is a WAV file cut short, e.g. by an
+  interrupted copy or download: libsndfile reads the samples that are there and says
+  nothing, so the note would be padded with silence. `open_bytes()` opens the file's
+  bytes."""
+  if f.format not in ("WAV", "WAVEX"):
+    return f
+  with open_bytes() as stream:
+    cut = _wav_truncation(stream)
+  if not cut:
+    return f
+  rate = f.samplerate
+  f.close()
+  declared, held = (f"{n} frames" + (f" ({n / rate:.3f} s)" if rate > 0 else "") for n in cut)
+  raise AudioDecodeError(
+      f"{path}: is truncated: its header declares {declared} but the file holds {held}; "
+      "expected a complete file (was a copy or download interrupted?).")
+
+
 def _open(path: str) -> soundfile.SoundFile:
   """Opens `path` with libsndfile, raising AudioDecodeError that names the file."""
   try:
@@ -43,14 +93,14 @@ def _open(path: str) -> soundfile.SoundFile:
       data = _read_url(path)
       if not data:
         raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
-      return soundfile.SoundFile(_io.BytesIO(data))
+      return _checked(path, soundfile.SoundFile(_io.BytesIO(data)), lambda: _io.BytesIO(data))
     if not os.path.exists(path):
       raise AudioDecodeError(f"{path}: no such file.")
     if os.path.isdir(path):
       raise AudioDecodeError(f"{path}: is a directory; expected an audio file.")
     if os.path.getsize(path) == 0:
       raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
-    return soundfile.SoundFile(path)
+    return _checked(path, soundfile.SoundFile(path), lambda: open(path, "rb"))
   except AudioDecodeError:
     raise
   except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError) as e:
@@ -74,8 +124,9 @@ def read(path: str, offset: float = 0.0, duration: float | None = None,
     waveform may be shorter than asked when the file is.
 
   Raises:
-    AudioDecodeError: the file is missing, empty, not decodable, has no samples, or holds
-      NaN or infinite samples. The message names the file.
+    AudioDecodeError: the file is missing, empty, not decodable, truncated (a WAV whose
+      data chunk runs past the end of the file), has no samples, or holds NaN or infinite
+      samples. The message names the file.
   """
   with _open(path) as f:
     rate = int(f.samplerate)
@@ -94,7 +145,8 @@ def read(path: str, offset: float = 0.0, duration: float | None = None,
         f.seek(start)
       data = f.read(frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as e:
-      raise AudioDecodeError(f"{path}: decoding failed part-way: {e}") from e
+      raise AudioDecodeError(
+          f"{path}: decoding failed part-way (is the file truncated?): {e}") from e
   if data.shape[0] == 0:
     raise AudioDecodeError(f"{path}: holds no audio samples after offset {offset} s.")
   wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
