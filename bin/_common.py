@@ -79,6 +79,7 @@ def run(main):
 
   def checked(argv):
     try:
+      _refuse_unexpanded_tilde(flags.FLAGS)
       return main(argv)
     except KeyboardInterrupt:   # whatever was half-written has been cleaned up by then
       print("ERROR: interrupted.", file=sys.stderr)
@@ -94,6 +95,21 @@ def run(main):
       return 1
 
   app.run(checked)
+
+
+def _refuse_unexpanded_tilde(flag_values):
+  """Raises UsageError for a flag given as `~/...` (or `~user/...`) that names nothing:
+  the shell expands `~` only at the start of a word, so `--out_dir=~/x` (and a flagfile's
+  line) reaches the script as is, and would create a folder literally named `~`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  for name in flag_values:
+    flag = flag_values[name]
+    value = flag.value
+    if (flag.present and isinstance(value, str) and value.startswith("~")
+        and not os.path.exists(value)):
+      home = "$HOME" + value[1:] if value[1:2] in ("", "/") else "an absolute path"
+      raise app.UsageError(f"--{name}={value}: '~' is not expanded after --flag= or in a "
+                           f"flagfile; write {home} instead")
 
 
 def _data_error(error: Exception) -> str | None:

@@ -18,7 +18,8 @@ def test_midi_numbers(value, midi):
   assert parse_pitch(value) == midi
 
 
-@pytest.mark.parametrize("bad", ["H4", "C", "C#", "60.5", "", "128", "-1", "G#9", "do4"])
+@pytest.mark.parametrize("bad", ["H4", "C", "C#", "60.5", "", "128", "-1", "G#9", "do4",
+                                 "inf", "-inf", "nan", "1e400"])
 def test_bad_pitches_are_errors_that_quote_the_value(bad):
   with pytest.raises(ValueError) as info:
     parse_pitch(bad)

@@ -184,6 +184,82 @@ def test_a_note_listed_twice_with_other_labels_says_so(tmp_path):
       "each note once" in [str(p) for p in problems]
 
 
+def test_csv_quirks_of_spreadsheets_and_hand_edits(tmp_path):
+  folder = tmp_path / "d"
+  csv_path = write_notes(str(folder), toy_specs())
+  lines = open(csv_path).read().splitlines()
+  # A trailing comma on every row (an empty extra field) is harmless.
+  with open(csv_path, "w") as f:
+    f.write("\n".join([lines[0]] + [l + "," for l in lines[1:]]) + "\n")
+  assert len(open_source("csv", csv_path).notes) == len(lines) - 1
+  # A value with an unquoted comma shifts the row: named, not a crash.
+  with open(csv_path, "w") as f:
+    f.write("\n".join(lines + ["audio/sine_60_0.2.wav,sine,60,forte"]) + "\n")
+  problems = [str(p) for p in open_source("csv", csv_path).problems]
+  assert problems == [f"{csv_path} row {len(lines)} (line {len(lines) + 1}): has 4 fields "
+                      "but the header has 3 columns; expected one value per column (quote "
+                      "a value that holds a comma)"]
+  # The same file written two ways is one note listed twice.
+  with open(csv_path, "w") as f:
+    f.write("\n".join(lines + ["./audio/sine_60_0.2.wav,sine,60"]) + "\n")
+  problems = [str(p) for p in open_source("csv", csv_path).problems]
+  assert problems == [f"{csv_path} row {len(lines)} (line {len(lines) + 1}): "
+                      "./audio/sine_60_0.2.wav: duplicate of row "
+                      f"{next(i for i, l in enumerate(lines) if l.startswith('audio/sine_60_0.2'))}"
+                      "; expected each note once"]
+  # Pitches that are not numbers a MIDI note can have.
+  with open(csv_path, "w") as f:
+    f.write("\n".join(lines[:-2] + [lines[-2].rsplit(",", 1)[0] + ",inf",
+                                    lines[-1].rsplit(",", 1)[0] + ",nan"]) + "\n")
+  problems = [str(p) for p in open_source("csv", csv_path).problems]
+  assert len(problems) == 2 and all("is not a whole MIDI number (expected 0..127" in p
+                                    for p in problems)
+  # A spreadsheet's Windows-1252 export: the file, line and byte, and what to do.
+  with open(csv_path, "wb") as f:
+    f.write(("path,instrument,pitch,comment\n" + lines[1] + ",ok\n" + lines[2]
+             + ",crescendo très doux\n").encode("cp1252"))
+  with pytest.raises(SourceError) as info:
+    open_source("csv", csv_path)
+  assert str(info.value).startswith(
+      f"{csv_path}: line 3 is not UTF-8 text (byte 0xe8 at offset ")
+  assert "expected a UTF-8 file" in str(info.value)
+
+
+def test_a_tinysol_note_missing_is_that_notes_problem(tmp_path):
+  write_tinysol(tmp_path)
+  first = open(tmp_path / "TinySOL_metadata.csv").read().splitlines()[1].split(",")[0]
+  os.remove(tmp_path / "TinySOL" / first)
+  with pytest.raises(PrepareError, match=f"{first}: audio file .* does not exist"):
+    _prepare(tmp_path, tmp_path / "prep", dataset="tinysol")
+  p = _prepare(tmp_path, tmp_path / "prep", dataset="tinysol", on_bad_file="skip")
+  assert len(p.index()) == 11
+  with open(tmp_path / "prep" / "skipped.csv") as f:
+    assert [r["key"] for r in csv.DictReader(f)] == [first]
+  for f in (tmp_path / "TinySOL").rglob("*.wav"):
+    os.remove(f)
+  with pytest.raises(SourceError, match="cannot find TinySOL's audio \\(none of the "
+                     "metadata's first 12 files"):
+    open_source("tinysol", str(tmp_path))
+
+
+def test_notes_without_a_repeated_pitch_leave_no_validation_split(tmp_path):
+  specs = [(f"audio/fl_{p}.wav", "fl", p, tone(p, 22050, 0.6), 22050) for p in range(72, 78)]
+  specs += [(f"audio/vc_{p}.wav", "vc", p, tone(p, 22050, 0.6), 22050) for p in range(48, 54)]
+  with pytest.raises(PrepareError) as info:
+    _prepare(write_notes(str(tmp_path / "d"), specs), tmp_path / "prep")
+  assert "no note can go to the validation split" in str(info.value)
+  assert "(12 notes, 12 pitches)" in str(info.value)
+  assert not (tmp_path / "prep").exists()
+  # One instrument without a shared pitch trains, and the summary says what it lacks.
+  specs += [(f"audio/ob_{p}.wav", "ob", p, tone(p, 22050, 0.6), 22050) for p in range(48, 54)]
+  messages = []
+  prepare(PrepareConfig("csv", write_notes(str(tmp_path / "e"), specs),
+                        str(tmp_path / "prep")), log=messages.append)
+  assert ("Note: 'fl' has no validation notes (a validation note's pitch must also be in "
+          "training, and none of its pitches has another note), so its validation "
+          "accuracy is not measured.") in messages
+
+
 def test_skip_policy_reports_every_skipped_note(tmp_path):
   csv_path = _bad_folder(tmp_path)
   p = _prepare(csv_path, tmp_path / "prep", on_bad_file="skip")
@@ -258,6 +334,72 @@ def test_nsynth_tfrecords_stream_with_labels(tmp_path):
            for pitch, h in [(int(r["key"][-7:-4]), 9 if r["key"].startswith("brass") else 1)]]
   assert p.log_mel_min == pytest.approx(min(t.min() for t in train), abs=1e-3)
   assert p.log_mel_max == pytest.approx(max(t.max() for t in train), abs=1e-3)
+
+
+def _nsynth_example(drop=(), **changes):
+  """One serialized NSynth example (a guitar's C4, 4 s at 16 kHz) without the features in
+  `drop` and with `changes` (name -> tf.train.Feature)."""
+  def feature(value):
+    if isinstance(value, str):
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+    if isinstance(value, int):
+      return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(value)))
+  example = {"note_str": feature("guitar_acoustic_000-060-075"), "pitch": feature(60),
+             "sample_rate": feature(16000), "instrument_family_str": feature("guitar"),
+             "audio": feature(tone(60, 16000, 4.0))}
+  example = {k: v for k, v in example.items() if k not in drop} | changes
+  return tf.train.Example(features=tf.train.Features(feature=example)).SerializeToString()
+
+
+def test_records_that_are_not_nsynth_are_named_with_what_was_expected(tmp_path):
+  good = write_nsynth(str(tmp_path / "good.tfrecord"))
+  whole = open(good, "rb").read()
+  cases = {
+      "no_family": ([_nsynth_example(drop=("instrument_family_str",))],
+                    "instrument_family_str"),
+      "float_pitch": ([_nsynth_example(pitch=tf.train.Feature(
+          float_list=tf.train.FloatList(value=[60.0])))], "pitch"),
+  }
+  for name, (records, said) in cases.items():
+    path = str(tmp_path / f"{name}.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+      for r in records:
+        w.write(r)
+    with pytest.raises(SourceError) as info:
+      _prepare(path, tmp_path / f"prep_{name}", dataset="nsynth")
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot be read as NSynth records (") and said in message
+    assert "expected TFRecord files of tf.train.Example with note_str (bytes), pitch " \
+        "(int64), instrument_family_str (bytes), audio (float list)" in message
+    assert "function_node" not in message and "[[" not in message
+    assert not (tmp_path / f"prep_{name}").exists()
+  cut = tmp_path / "cut.tfrecord"                   # an interrupted download
+  cut.write_bytes(whole[:len(whole) // 2])
+  tar = tmp_path / "nsynth-train.jsonwav.tar.gz"    # the wrong download
+  tar.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(4000))
+  for path, said in ((cut, "truncated record"), (tar, "corrupted record")):
+    with pytest.raises(SourceError, match=f"^{path}: cannot be read as NSynth records "
+                       f"\\(.*{said}"):
+      _prepare(path, tmp_path / "prep_bad", dataset="nsynth")
+  with pytest.raises(SourceError, match=f"^one of {cut}, {good}: cannot be read as NSynth"):
+    _prepare(str(tmp_path / "[cg]*.tfrecord"), tmp_path / "prep_two", dataset="nsynth")
+
+
+def test_an_nsynth_note_silent_in_its_analysed_segment_is_refused_as_a_file_is(tmp_path):
+  wave = tone(60, 16000, 4.0)
+  wave[:32000] = 0.0          # silent for 2 s, the analysed segment (0 to 0.5 s) included
+  path = str(tmp_path / "late.tfrecord")
+  with tf.io.TFRecordWriter(path) as w:
+    w.write(_nsynth_example(audio=tf.train.Feature(float_list=tf.train.FloatList(
+        value=wave.tolist()))))
+  with pytest.raises(PrepareError, match="guitar_acoustic_000-060-075: is silent in its "
+                     "analysed segment"):
+    _prepare(path, tmp_path / "prep", dataset="nsynth")
+  soundfile.write(str(tmp_path / "late.wav"), wave, 16000, subtype="FLOAT")
+  (tmp_path / "labels.csv").write_text("path,instrument,pitch\nlate.wav,guitar,60\n")
+  with pytest.raises(PrepareError, match="late.wav: is silent in its analysed segment"):
+    _prepare(tmp_path / "labels.csv", tmp_path / "prep_wav")
 
 
 def test_unknown_dataset_and_missing_paths_are_named(tmp_path):

@@ -47,6 +47,22 @@ def test_a_bad_flag_value_is_one_error_line():
                          "(usage: transfer --help)\n")
 
 
+def test_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path):
+  # The shell leaves ~ alone after --flag= (and a flagfile never expands it): the script
+  # would create a folder literally named "~" in the working directory.
+  (tmp_path / "args.flags").write_text("--dataset=csv\n--data_path=/nowhere\n"
+                                       "--out_dir=~/prepared\n")
+  for args in (["--dataset=csv", "--data_path=/nowhere", "--out_dir=~/prepared"],
+               [f"--flagfile={tmp_path / 'args.flags'}"]):
+    done = subprocess.run([sys.executable, os.path.join(BIN, "prepare_dataset"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == ("ERROR: --out_dir=~/prepared: '~' is not expanded after "
+                           "--flag= or in a flagfile; write $HOME/prepared instead "
+                           "(usage: prepare_dataset --help)\n")
+  assert sorted(os.listdir(tmp_path)) == ["args.flags"]
+
+
 def test_tensorflow_start_up_drops_only_the_plugin_noise():
   # With every TF log level on, importing TensorFlow plainly prints the three "Unable to
   # register cu... factory" lines; through _common it prints the other lines alone.

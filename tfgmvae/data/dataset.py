@@ -32,12 +32,6 @@ class DataError(PrepareError):
   """A note of prepared data could not be read, or its source changed since then."""
 
 
-def _op_message(error: tf.errors.OpError) -> str:
-  """An op error's own sentence, without TensorFlow's function and node decorations."""
-  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-  return re.split(r"\n\s*\[\[|\s*\[Op:", text, maxsplit=1)[0].strip()
-
-
 @contextlib.contextmanager
 def data_errors(prepared: Prepared | None = None, context="", suffix=""):
   """Turns a data error raised inside the block into a DataError: a failed data
@@ -64,7 +58,7 @@ def data_errors(prepared: Prepared | None = None, context="", suffix=""):
     if message is None:
       if isinstance(e, tf.errors.InvalidArgumentError) or "IteratorGetNext" not in str(e):
         raise
-      message = _op_message(e)   # from a dataset's source: a file gone or cut short
+      message = pipeline.op_message(e)   # from a dataset's source: a file gone or cut short
       if prepared is not None:
         if prepared.source["dataset"] == "nsynth" and not any(
             f in message for f in prepared.source["files"]):

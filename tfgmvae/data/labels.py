@@ -1,5 +1,6 @@
 """Pitch labels: MIDI numbers and note names such as `C#4`, `Bb2` or `A0`."""
 
+import math
 import re
 
 _STEPS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -41,8 +42,9 @@ def parse_pitch(value) -> int:
       number = float(text)
     except ValueError:
       return note_name_to_midi(text)
-    if number != int(number):
-      raise ValueError(f"pitch {text!r} is not a whole MIDI number")
+    if not math.isfinite(number) or number != int(number):
+      raise ValueError(f"pitch {text!r} is not a whole MIDI number (expected 0..127 or a "
+                       "note name like C#4)")
     midi = int(number)
   if not 0 <= midi <= 127:
     raise ValueError(f"pitch {value!r} is outside MIDI 0..127")

@@ -150,8 +150,27 @@ def resolve(root: str, rel: str) -> str:
   return f"{scheme}://{host}" + posixpath.normpath(posixpath.join("/" + folder, rel))
 
 
+class EncodingError(ValueError):
+  """A text file is not UTF-8; the message names the file, the line and the byte."""
+
+
 def open_text(path: str):
-  """A text file object for a CSV (BOM stripped, universal newlines as csv wants)."""
-  if not is_url(path):
-    return open(path, newline="", encoding="utf-8-sig")
-  return io.StringIO(read_bytes(path).decode("utf-8-sig"), newline="")
+  """A text file object for a CSV (BOM stripped, universal newlines as csv wants).
+
+  Raises:
+    EncodingError: the file is not UTF-8 (e.g. a spreadsheet's Windows-1252 export).
+  """
+  if is_url(path):
+    data = read_bytes(path)
+  else:
+    with open(path, "rb") as f:
+      data = f.read()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise EncodingError(
+        f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+        f"{e.start}); expected a UTF-8 file (a spreadsheet's 'CSV UTF-8' export, or "
+        "convert it, e.g. iconv -f windows-1252 -t utf-8).") from None
+  return io.StringIO(text, newline="")

@@ -119,8 +119,14 @@ def nsynth_records(files, instrument_field: str, config: AudioConfig | None = No
       start = tf.cast(tf.round(config.offset * tf.cast(ex["sample_rate"], tf.float32)),
                       tf.int32)
       wave = wave[start:]
-      finite = tf.reduce_all(tf.math.is_finite(wave))
-      peak = tf.reduce_max(tf.abs(tf.concat([wave, [0.0]], 0)))
+      rate = tf.cast(ex["sample_rate"], tf.int32)
+      length = tf.cast(tf.math.ceil((config.duration + audio.RESAMPLE_MARGIN)
+                                    * tf.cast(rate, tf.float32)), tf.int32)
+      analysed = tf.cast(tf.math.ceil(config.duration * tf.cast(rate, tf.float32)),
+                         tf.int32)
+      # As for files: the samples read must be finite, the analysed segment must sound.
+      finite = tf.reduce_all(tf.math.is_finite(wave[:length]))
+      peak = tf.reduce_max(tf.abs(tf.concat([wave[:analysed], [0.0]], 0)))
       error = tf.case(
           [(tf.equal(tf.size(wave), 0),
             lambda: tf.strings.join([ex["note_str"], ": holds no audio after the offset"])),
@@ -129,9 +135,6 @@ def nsynth_records(files, instrument_field: str, config: AudioConfig | None = No
            (peak < config.silence_threshold,
             lambda: tf.strings.join([ex["note_str"], ": is silent in its analysed segment"]))],
           default=lambda: tf.constant(""))
-      rate = tf.cast(ex["sample_rate"], tf.int32)
-      length = tf.cast(tf.math.ceil((config.duration + audio.RESAMPLE_MARGIN)
-                                    * tf.cast(rate, tf.float32)), tf.int32)
       wave = tf.where(tf.equal(error, ""), wave, tf.zeros_like(wave))[:length]
       out["wave"] = tf.pad(wave, [[0, length - tf.shape(wave)[0]]])
       out["rate"] = rate
@@ -175,6 +178,12 @@ def check_errors(errors, hint: str = ""):
   hint = tf.where(reached, hint, "")
   return tf.debugging.Assert(tf.equal(tf.size(bad), 0),
                              [tf.strings.join([DATA_ERROR, first, hint])])
+
+
+def op_message(error: tf.errors.OpError) -> str:
+  """An op error's own sentence, without TensorFlow's function and node decorations."""
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+  return re.split(r"\n\s*\[\[|\s*\[Op:", text, maxsplit=1)[0].strip()
 
 
 def data_error(error: Exception) -> str | None:

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfgmvae.audio import AudioConfig, PAPER
 from tfgmvae.data import paths, pipeline
-from tfgmvae.data.sources import (FileSource, Note, Problem,
+from tfgmvae.data.sources import (FileSource, Note, Problem, SourceError,
                                   open_source)
 
 FORMAT_VERSION = 1
@@ -319,7 +319,7 @@ def _scan(source, config: PrepareConfig, log=print):
               num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
   stats, problems, scanned, seen = {}, [], [], {}
   start, count = time.time(), 0
-  for i, elem in enumerate(ds.as_numpy_iterator()):
+  for i, elem in enumerate(_records(ds, source)):
     if notes is not None:
       note = notes[elem["index"]]
     else:
@@ -350,6 +350,28 @@ def _scan(source, config: PrepareConfig, log=print):
     scanned.sort(key=lambda n: order[n.key])
     problems.sort(key=lambda p: order.get(p.key, -1))
   return scanned, stats, problems
+
+
+def _records(ds: tf.data.Dataset, source):
+  """`ds`'s elements as numpy; for NSynth, records that cannot be read or parsed (a file
+  cut short, another schema) raise SourceError naming the files and what was expected."""
+  if isinstance(source, FileSource):
+    yield from ds.as_numpy_iterator()
+    return
+  files = source.files
+  named = files[0] if len(files) == 1 else "one of " + ", ".join(files[:3]) + (
+      f" ... ({len(files)} files)" if len(files) > 3 else "")
+  try:
+    yield from ds.as_numpy_iterator()
+  except tf.errors.OpError as e:
+    unreachable = paths.unreachable(named, e)
+    if unreachable is not None:
+      raise unreachable from None
+    raise SourceError(
+        f"{named}: cannot be read as NSynth records ({pipeline.op_message(e)}); expected "
+        "TFRecord files of tf.train.Example with note_str (bytes), pitch (int64), "
+        f"{source.instrument_field} (bytes), audio (float list) and optionally "
+        "sample_rate (int64), e.g. nsynth-train.tfrecord as downloaded whole.") from None
 
 
 def _report(problems: list[Problem], limit: int = 25) -> str:
@@ -393,6 +415,13 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
     raise PrepareError(f"{config.data_path}: no usable notes left.")
   ranks = label_ranks(notes, split, config.seed)
   train = [n for n in notes if split[n.key] == TRAIN]
+  if len(train) == len(notes):
+    raise PrepareError(
+        f"{config.data_path}: no note can go to the validation split: a validation note's "
+        "pitch must also be in the training split, and each pitch here has a single "
+        f"note ({len(notes)} notes, "
+        f"{len({n.pitch for n in notes})} pitches). Training needs validation notes; "
+        "add notes that repeat pitches (another dynamic, take or instrument).")
   lo = min(stats[n.key][0] for n in train)
   hi = max(stats[n.key][1] for n in train)
   if not hi > lo:
@@ -449,6 +478,10 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
       f"[{lo:.3f}, {hi:.3f}] -> {config.out_dir}")
   totals = collections.Counter(n.instrument for n in notes)
   log("Notes per instrument: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+  for name in sorted(set(totals) - set(counts[VALIDATION])):
+    log(f"Note: {name!r} has no validation notes (a validation note's pitch must also be "
+        "in training, and none of its pitches has another note), so its validation "
+        "accuracy is not measured.")
   for names in _case_variants(totals):
     log(f"Note: {', '.join(repr(n) for n in names)} differ only in case, so they are "
         "different instruments; if they are one, fix the labels and prepare again.")

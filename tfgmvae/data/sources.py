@@ -89,12 +89,25 @@ class NSynthSource:
             "instrument_field": self.instrument_field}
 
 
+# A row's fields past the header's columns (csv.DictReader's `restkey`).
+_EXTRA = "\0extra fields"
+
+
+def _open_csv(path: str):
+  try:
+    return paths.open_text(path)
+  except paths.EncodingError as e:
+    raise SourceError(str(e)) from None
+
+
 def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], list[str]]:
+  """The CSV's rows as stripped {column: value} dicts, and its header. A row with more
+  non-empty fields than the header has columns holds (fields, columns) under `_EXTRA`."""
   if not paths.isfile(csv_path):
     raise SourceError(f"{csv_path}: no such CSV file (expected a label file with columns "
                       f"{', '.join(required)}).")
-  with paths.open_text(csv_path) as f:
-    reader = csv.DictReader(f)
+  with _open_csv(csv_path) as f:
+    reader = csv.DictReader(f, restkey=_EXTRA)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
     if missing:
@@ -105,7 +118,12 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
               (f" (columns separated by commas; this header uses {name})"
                for sep, name in ((";", "semicolons"), ("\t", "tabs"))
                if len(header) == 1 and sep in header[0]), "") + ".")
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    rows = []
+    for row in reader:
+      extra = [v for v in row.pop(_EXTRA, []) if v.strip()]   # (a trailing comma is fine)
+      rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+      if extra:
+        rows[-1][_EXTRA] = (len(header) + len(extra), len(header))
   if not rows:
     raise SourceError(f"{csv_path}: has a header but no rows; expected one row per note.")
   return rows, header
@@ -118,6 +136,12 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
   for i, row in enumerate(rows):
     where = f"{csv_path} row {i + 1} (line {i + 2})"
     rel, instrument = row.get(path_col, ""), row.get(instrument_col, "")
+    if _EXTRA in row:
+      fields, columns = row[_EXTRA]
+      problems.append(Problem(where, f"has {fields} fields but the header has {columns} "
+                                     "columns; expected one value per column (quote a "
+                                     "value that holds a comma)", rel, i))
+      continue
     if not rel:
       problems.append(Problem(where, f"empty '{path_col}'; expected an audio file path",
                               row=i))
@@ -134,16 +158,16 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
     except ValueError as e:
       problems.append(Problem(where, f"{rel}: {e}", rel, i))
       continue
-    if rel in seen:
-      first, labels = seen[rel]
+    path = paths.resolve(audio_root, rel)   # (./a.wav and a.wav are one note)
+    if path in seen:
+      first, labels = seen[path]
       other = ("" if labels == (instrument, pitch) else
                f" with other labels (there {labels[0]} {labels[1]}, here {instrument} "
                f"{pitch})")
       problems.append(Problem(where, f"{rel}: duplicate of row {first + 1}{other}; "
                                      "expected each note once", rel, i))
       continue
-    seen[rel] = (i, (instrument, pitch))
-    path = paths.resolve(audio_root, rel)
+    seen[path] = (i, (instrument, pitch))
     if not paths.isfile(path):
       relative = ("" if os.path.isabs(rel) or paths.is_url(rel) else
                   f" (a relative path is read from {audio_root})")
@@ -170,25 +194,32 @@ def read_csv_source(csv_path: str, name: str = "csv", path_column: str = "path",
   return FileSource(name, csv_path, tuple(notes), tuple(problems))
 
 
-def _tinysol_paths(root: str) -> tuple[str, str]:
-  """(metadata csv, audio root) of a TinySOL download under `root`."""
+def _tinysol_metadata(root: str) -> str:
+  """The path of TinySOL's metadata CSV under `root`."""
   candidates = [paths.join(root, "TinySOL_metadata.csv"),
                 paths.join(root, "annotation", "TinySOL_metadata.csv")]
   meta = next((c for c in candidates if paths.isfile(c)), None)
   if meta is None:
     raise SourceError(f"{root}: no TinySOL_metadata.csv found (looked at "
                       f"{', '.join(candidates)}); expected TinySOL's metadata CSV.")
-  with paths.open_text(meta) as f:
-    first = next(csv.DictReader(f), None)
-  rel = (first or {}).get("Path", "").strip()
+  return meta
+
+
+def _tinysol_audio_root(root: str, rels: list[str], tries: int = 20) -> str:
+  """The folder TinySOL's audio paths `rels` are relative to: the first of the usual
+  places that holds one of the first `tries` files (a missing file is then reported as
+  that note's problem, not the whole dataset's)."""
   roots = [root, paths.join(root, "TinySOL"), paths.join(root, "audio"),
            paths.join(root, "audio", "TinySOL")]
-  for audio_root in roots:
-    if rel and paths.isfile(paths.resolve(audio_root, rel)):
-      return meta, audio_root
-  raise SourceError(f"{root}: cannot find TinySOL's audio (the first row's file {rel!r} "
-                    f"is in none of {', '.join(roots)}); expected the extracted "
-                    "TinySOL.tar.gz next to the metadata.")
+  tried = [r for r in rels if r][:tries]
+  for rel in tried:
+    for audio_root in roots:
+      if paths.isfile(paths.resolve(audio_root, rel)):
+        return audio_root
+  raise SourceError(f"{root}: cannot find TinySOL's audio (none of the metadata's first "
+                    f"{len(tried)} files, e.g. {tried[0] if tried else ''!r}, is in any of "
+                    f"{', '.join(roots)}); expected the extracted TinySOL.tar.gz next to "
+                    "the metadata.")
 
 
 def read_tinysol(root: str) -> FileSource:
@@ -197,13 +228,14 @@ def read_tinysol(root: str) -> FileSource:
   The instrument is the abbreviation column ('Instrument (abbr.)' or 'Instrument'), the
   pitch 'Pitch ID' (MIDI) or else 'Pitch' (note name).
   """
-  meta, audio_root = _tinysol_paths(root)
-  with paths.open_text(meta) as f:
+  meta = _tinysol_metadata(root)
+  with _open_csv(meta) as f:
     header = [h.strip() for h in (csv.DictReader(f).fieldnames or [])]
   instrument_col = next((c for c in ("Instrument (abbr.)", "Instrument") if c in header),
                         "Instrument (abbr.)")
   pitch_col = "Pitch ID" if "Pitch ID" in header else "Pitch"
   rows, _ = _read_rows(meta, ("Path", instrument_col, pitch_col))
+  audio_root = _tinysol_audio_root(root, [row.get("Path", "") for row in rows])
   notes, problems = _notes_from_rows(meta, rows, "Path", instrument_col, pitch_col,
                                      audio_root, pitch_fallback_col="Pitch")
   return FileSource("tinysol", meta, tuple(notes), tuple(problems))
