@@ -168,3 +168,59 @@ def audio_config(values):
     return AudioConfig(**fields)
   except ValueError as e:
     raise flags.ValidationError(str(e)) from e
+
+
+def define_evaluate_flags(flag_values=flags.FLAGS):
+  """bin/evaluate's flags, into `flag_values` (bin/reproduce checks its --evaluate_arg
+  values against them before the grid's first training)."""
+  fv = flag_values
+  flags.DEFINE_string("run_dir", None, "The trained run (a folder written by bin/train).",
+                      flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "Where the report goes (must not exist).",
+                      flag_values=fv)
+  flags.DEFINE_string("checkpoint", "best", "'best' (best validation ELBO), 'latest', or "
+                      "a checkpoint path prefix.", flag_values=fv)
+  flags.DEFINE_string("cnn_dir", "", "Saved CNN baselines (default: OUT_DIR/../cnn).",
+                      flag_values=fv)
+  flags.DEFINE_list("representatives", [], "Instruments for timbre transfer (default: the "
+                    "most frequent of each family: brass, keyboard, strings, woodwinds).",
+                    flag_values=fv)
+  flags.DEFINE_list("ws", ["0", "0.5", "1"], "Sampling spreads w of the synthesis test.",
+                    flag_values=fv)
+  flags.DEFINE_integer("draws", 30, "Draws per validation note and w.", flag_values=fv)
+  flags.DEFINE_list("alphas", ["0", "0.25", "0.5", "0.75", "1"], "Transfer strengths.",
+                    flag_values=fv)
+  flags.DEFINE_float("shift", 2.0, "Centroid test: shift of a z_t dimension in sigma_t.",
+                     flag_values=fv)
+  flags.DEFINE_integer("cnn_epochs", 30, "CNN baseline: epochs at most.", flag_values=fv)
+  flags.DEFINE_integer("cnn_patience", 30, "CNN baseline: early-stopping patience on the "
+                       "held-out loss (at --cnn_epochs, the default, it trains them all "
+                       "and keeps the best epoch).", flag_values=fv)
+  flags.DEFINE_integer("tsne_max_notes", 2000, "Notes in the t-SNE map at most.",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of probes, CNNs, draws and t-SNE.", flag_values=fv)
+  flags.DEFINE_boolean("summaries", True, "Also write TensorBoard summaries into the run.",
+                       flag_values=fv)
+
+
+def eval_config(values):
+  """EvalConfig (not yet validated) from the flags of `define_evaluate_flags`.
+
+  Raises:
+    EvaluationError: a list flag holds something other than numbers.
+  """
+  from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError  # pylint: disable=g-import-not-at-top
+
+  def numbers(name):
+    try:
+      return tuple(float(v) for v in values[name].value)
+    except ValueError as e:
+      raise EvaluationError(f"--{name}={','.join(values[name].value)}: expected numbers "
+                            "separated by commas") from e
+
+  return EvalConfig(
+      run_dir=values.run_dir, out_dir=values.out_dir, checkpoint=values.checkpoint,
+      cnn_dir=values.cnn_dir, representatives=tuple(values.representatives),
+      ws=numbers("ws"), draws=values.draws, alphas=numbers("alphas"), shift=values.shift,
+      cnn_epochs=values.cnn_epochs, cnn_patience=values.cnn_patience,
+      tsne_max_notes=values.tsne_max_notes, seed=values.seed, summaries=values.summaries)

@@ -464,10 +464,53 @@ def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
     evaluate(EvalConfig(toy["mgmvae"], str(toy["root"] / "y"),
                         representatives=("Fhn", "Tuba")), log=_quiet)
   assert not os.path.exists(toy["root"] / "y")
+  with pytest.raises(EvaluationError) as info:
+    EvalConfig(toy["mgmvae"], str(toy["root"] / "x"), shift=float("inf"),
+               ws=(0.0, float("inf")), representatives=("Pno", "Vc", "Pno")).validate()
+  assert "--ws=0.0,inf: expected finite non-negative numbers" in str(info.value)
+  assert "--shift=inf: expected a positive, finite number of sigmas" in str(info.value)
+  assert "--representatives=Pno,Vc,Pno: names Pno twice" in str(info.value)
   done = subprocess.run([sys.executable, os.path.join(REPO, "bin", "evaluate"),
                          f"--run_dir={toy['root']}", "--out_dir=/tmp/never"],
                         capture_output=True, text=True, env=ENV, check=False)
   assert done.returncode == 1 and "model.json: not found" in done.stderr
+
+
+def test_too_few_labels_for_an_instrument_cnn_at_n_give_a_dash_not_a_failure(toy, evaluated):
+  from tfgmvae.evaluate.evaluate import _cnns  # pylint: disable=import-outside-toplevel
+  from tfgmvae.serving.export import load_run  # pylint: disable=import-outside-toplevel
+  prepared = Prepared.load(toy["prepared"])
+  _, info, _ = load_run(toy["mgmvae"], "best")
+  fraction = 0.01   # round(0.01 * n) is 0 for every toy instrument
+  assert sum(prepared.labelled_quota(fraction).values()) == 0
+  config = EvalConfig(toy["mgmvae"], "unused", cnn_epochs=3)
+  messages = []
+  cnns, records = _cnns(prepared, info, fraction, str(toy["root"] / "cnn"), config,
+                        messages.append)
+  assert cnns["instrument_n"] is None and cnns["instrument"] is not None
+  reason = "0 labelled training notes at N = 0.01, fewer than the 2 a CNN needs"
+  assert records["instrument_n001"] == {"skipped": reason}
+  assert f"No instrument CNN at N = 0.01: {reason}." in messages
+  # The report says so where it lists the CNNs, and Table 1 shows '–'.
+  metrics, out_dir = evaluated["mgmvae"]
+  changed = json.loads(json.dumps(metrics))
+  changed["cnn"] = records
+  changed["table1"]["cnn"]["instrument"] = None
+  pictures = {k: f"{k}.png" for k in ("fig2_tsne", "fig3_synthesis", "fig5_transfer",
+                                       "fig7_centroid", "fig8_traverse", "components")}
+  text = report.markdown(changed, pictures, "MGMVAE, N = 1 %")
+  assert f"instrument_n001: not trained, {reason}" in text
+  assert "| log-mel | CNN (encoder + softmax) | – | – |" in text
+
+
+def test_metrics_json_holds_null_for_an_undefined_statistic():
+  from tfgmvae.evaluate.evaluate import _finite_or_null  # pylint: disable=import-outside-toplevel
+  nan = stats.paired_t_test([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])   # every difference is 1
+  assert np.isnan(nan["p"])
+  value = {"a": [nan["p"], 1.5, {"b": float("-inf")}], "c": (2, "x"), "d": True}
+  assert _finite_or_null(value) == {"a": [None, 1.5, {"b": None}], "c": [2, "x"],
+                                    "d": True}
+  json.dumps(_finite_or_null(value), allow_nan=False)
 
 
 # -- bin/reproduce --------------------------------------------------------------------------
@@ -561,6 +604,11 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert (f"_n100 trains on the prepared data at {toy['prepared']}, not this grid's "
           f"({other}): the grid's cells must share one dataset.") in mixed.stderr
   assert train_log == (out / "logs" / "mgmvae_n100.train.log").read_text()
+  # Nor with --notrain, which only evaluates the runs placed in the grid.
+  mixed = subprocess.run([a.replace(str(toy["prepared"]), other) for a in command]
+                         + ["--notrain"], capture_output=True, text=True, env=ENV,
+                         check=False)
+  assert mixed.returncode == 1 and "not this grid's" in mixed.stderr, mixed.stderr
   other = subprocess.run([a for a in command if a != "--evaluate_arg=--draws=2"]
                          + ["--evaluate_arg=--draws=3", "--models=mvae"],
                          capture_output=True, text=True, env=ENV, check=False)
@@ -575,6 +623,41 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
                        capture_output=True, text=True, env=ENV, check=False)
   assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr
+
+
+def test_reproduce_refuses_what_would_fail_late_before_training(toy, tmp_path):
+  from tfgmvae.evaluate.reproduce import Grid, ReproduceConfig  # pylint: disable=import-outside-toplevel
+  # Representatives the data does not have: refused before the first cell trains.
+  grid = Grid(ReproduceConfig(str(tmp_path / "g1"), prepared_dir=toy["prepared"],
+                              fractions=(1.0,), representatives=("Fhn", "Oboe")),
+              log=_quiet)
+  with pytest.raises(ReproduceError, match="--representatives=Fhn,Oboe: expected two or "
+                     "more of the data's instruments .*unknown: Oboe"):
+    grid.run()
+  assert not (tmp_path / "g1").exists()
+  # bin/evaluate flags bin/evaluate would refuse, or that the grid sets itself.
+  for arg, said in (("--evaluate_arg=--draws=0", "--evaluate_arg: --draws=0: expected a "
+                     "positive integer"),
+                    ("--evaluate_arg=--drawz=3", "Unknown command line flag 'drawz'"),
+                    ("--evaluate_arg=--out_dir=x", "--evaluate_arg=--out_dir: the grid sets "
+                     "each evaluation's --out_dir itself"),
+                    ("--representatives=Pno,Pno", "names Pno twice")):
+    done = subprocess.run([sys.executable, os.path.join(REPO, "bin", "reproduce"),
+                           f"--out_dir={tmp_path / 'g2'}", f"--prepared_dir={toy['prepared']}",
+                           arg], capture_output=True, text=True, env=ENV, check=False)
+    assert done.returncode == 1 and said in done.stderr, (arg, done.stderr)
+  assert not (tmp_path / "g2").exists()
+  # A grid's data prepared from one source, asked for with another: named, not reused.
+  first = write_notes(str(tmp_path / "a"), toy_specs(pitches=range(60, 63)))
+  second = write_notes(str(tmp_path / "b"), toy_specs(pitches=range(60, 63)))
+  assert Grid(ReproduceConfig(str(tmp_path / "g3"), dataset="csv", data_path=first),
+              log=_quiet).prepared_dir() == str(tmp_path / "g3" / "data")
+  assert Grid(ReproduceConfig(str(tmp_path / "g3"), dataset="csv", data_path=first),
+              log=_quiet).prepared_dir() == str(tmp_path / "g3" / "data")
+  with pytest.raises(ReproduceError, match=f"g3/data holds the grid's data, prepared from "
+                     f"csv notes listed in {first}, not --dataset=csv --data_path={second}"):
+    Grid(ReproduceConfig(str(tmp_path / "g3"), dataset="csv", data_path=second),
+         log=_quiet).prepared_dir()
 
 
 def test_the_cnn_budget_defaults_agree_and_train_every_epoch():

@@ -25,6 +25,10 @@ from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import Prepared
 
 
+# A CNN trains on at least this many labelled notes (one held out for early stopping).
+MIN_NOTES = 2
+
+
 class ClassifierError(ValueError):
   """A saved classifier does not fit this evaluation; the message names the file."""
 
@@ -147,9 +151,9 @@ def _splits(prepared: Prepared, spec: CnnSpec, batch_size: int):
   if spec.task == "instrument":
     notes = notes.filter(lambda n: tf.cast(n["labelled"], tf.bool))
     count = sum(prepared.labelled_quota(spec.label_fraction).values())
-  if count < 2:
+  if count < MIN_NOTES:
     raise ClassifierError(f"{prepared.directory}: {count} labelled training notes; the "
-                          f"{spec.name} CNN needs at least 2.")
+                          f"{spec.name} CNN needs at least {MIN_NOTES}.")
   # At least ~20 steps an epoch, so small datasets still train (and settle BN).
   batch_size = min(batch_size, max(8, count // 20))
   pairs = notes.enumerate().map(lambda i, n: (i, (n["mel"], n[spec.task])))

@@ -11,6 +11,7 @@ evaluating the same checkpoint again leaves them as they are.
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -67,22 +68,26 @@ class EvalConfig:
   seed: int = 0
   summaries: bool = True
 
-  def validate(self) -> "EvalConfig":
+  def validate(self, folders: bool = True) -> "EvalConfig":
     """Checks the settings before any work.
+
+    Args:
+      folders: Also check --run_dir and --out_dir (bin/reproduce checks the other
+        settings before its grid has made the folders).
 
     Raises:
       EvaluationError: naming every bad setting.
     """
     p = []
-    if not self.run_dir or not os.path.isdir(self.run_dir):
+    if folders and (not self.run_dir or not os.path.isdir(self.run_dir)):
       p.append(f"--run_dir={self.run_dir!r}: not a folder (expected a run of bin/train)")
-    if not self.out_dir:
+    if folders and not self.out_dir:
       p.append("--out_dir is required")
-    elif os.path.exists(self.out_dir):
+    elif folders and os.path.exists(self.out_dir):
       p.append(f"--out_dir={self.out_dir}: already exists; evaluations are never "
                "overwritten, choose a new folder")
-    if not self.ws or any(not w >= 0 for w in self.ws):
-      p.append(f"--ws={','.join(map(str, self.ws))}: expected non-negative numbers")
+    if not self.ws or any(not 0 <= w < math.inf for w in self.ws):
+      p.append(f"--ws={','.join(map(str, self.ws))}: expected finite non-negative numbers")
     if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
       p.append(f"--alphas={','.join(map(str, self.alphas))}: expected numbers in [0, 1]")
     elif list(self.alphas) != sorted(set(self.alphas)) or len(self.alphas) < 2:
@@ -95,8 +100,12 @@ class EvalConfig:
         p.append(f"--{name}={getattr(self, name)}: expected a positive integer")
     if self.cnn_patience < 0:
       p.append(f"--cnn_patience={self.cnn_patience}: expected >= 0")
-    if not self.shift > 0:
-      p.append(f"--shift={self.shift}: expected a positive number of sigmas")
+    if not 0 < self.shift < math.inf:
+      p.append(f"--shift={self.shift}: expected a positive, finite number of sigmas")
+    twice = sorted({r for r in self.representatives if self.representatives.count(r) > 1})
+    if twice:
+      p.append(f"--representatives={','.join(self.representatives)}: names "
+               f"{', '.join(twice)} twice; expected each instrument once")
     if p:
       raise EvaluationError("; ".join(p))
     return self
@@ -255,7 +264,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     pictures = report.draw(tmp, metrics, arrays, val, info.instruments, title,
                            model.timbre_prior is not None)
     with open(os.path.join(tmp, METRICS_FILE), "w", encoding="utf-8") as f:
-      json.dump(metrics, f, indent=2)
+      json.dump(_finite_or_null(metrics), f, indent=2, allow_nan=False)
     with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as f:
       f.write(report.markdown(metrics, pictures, title))
     if os.path.exists(out_dir):
@@ -287,17 +296,34 @@ def _cnns(prepared, info, fraction, cnn_dir, config, log) -> tuple[dict, dict]:
   specs = {"instrument": classifiers.CnnSpec("instrument", 1.0,
                                              num_classes=m.num_instruments, **base),
            "pitch": classifiers.CnnSpec("pitch", 1.0, num_classes=m.num_pitches, **base)}
+  out, records = {"instrument_n": None}, {}   # None: no CNN at N, the paper's '-'
   if 0.0 < fraction < 1.0:
-    specs["instrument_n"] = dataclasses.replace(specs["instrument"],
-                                                label_fraction=fraction)
-  out, records = {}, {}
+    partial = dataclasses.replace(specs["instrument"], label_fraction=fraction)
+    labelled = sum(prepared.labelled_quota(fraction).values())
+    if labelled >= classifiers.MIN_NOTES:
+      specs["instrument_n"] = partial
+    else:
+      records[partial.name] = {"skipped": (
+          f"{labelled} labelled training note{'s' * (labelled != 1)} at N = "
+          f"{fraction:g}, fewer than the {classifiers.MIN_NOTES} a CNN needs")}
+      log(f"No instrument CNN at N = {fraction:g}: {records[partial.name]['skipped']}.")
   for key, spec in specs.items():
     out[key], records[spec.name] = classifiers.cnn_for(prepared, spec, cnn_dir, log=log)
   if fraction >= 1.0:
     out["instrument_n"] = out["instrument"]
-  elif fraction <= 0.0:
-    out["instrument_n"] = None   # no labels: the paper's '-'
   return out, records
+
+
+def _finite_or_null(value):
+  """`value` with every NaN or infinite float replaced by None (JSON's null), e.g. the
+  p-value of a t-test whose differences are all equal, so metrics.json is standard JSON."""
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
 
 
 def load_metrics(out_dir: str) -> dict:

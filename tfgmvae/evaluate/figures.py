@@ -134,7 +134,7 @@ def centroid(path, centroids, labels, instruments, metrics, title):
     p = metrics["per_instrument"][instruments[i]]["p_value"]
     names.append(f"{instruments[i]}\np={p:.1g}")
   ax.set_xticks(np.arange(len(present)) * 4 + 1, names, fontsize=7)
-  ax.set(xlabel="instrument (two-tailed Welch t-test, -shift vs +shift)",
+  ax.set(xlabel="instrument (two-tailed paired t-test, -shift vs +shift)",
          ylabel="spectral centroid (Hz)",
          title=f"{title}: z_t dimension {metrics['dimension']}")
   ax.legend(fontsize=8)

@@ -82,7 +82,8 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
   lines += [f"| log-mel | CNN (encoder + softmax) | {_f(ci.get('f1_weighted'))} | "
             f"{_f(ci.get('f1_macro'))} | {_f(cp['f1_weighted'])} | {_f(cp['f1_macro'])} |",
             "", "The instrument CNN saw the same share N of instrument labels as the run "
-            "(none at N = 0, hence '–'); the pitch CNN saw every pitch label.", ""]
+            "(none at N = 0, hence '–', as when N leaves too few labelled notes to train "
+            "one); the pitch CNN saw every pitch label.", ""]
   if "clusters" in metrics:
     c = metrics["clusters"]
     lines += ["## Timbre components as clusters (beyond the paper)", "",
@@ -95,7 +96,8 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
               "| --- |" + " --- |" * len(c["components"]),
               "| instrument | " + " | ".join(c["components"].values()) + " |", "",
               f"![components]({pictures['components']})", ""]
-  cnn = "; ".join(f"{name}: {r['epochs']} epochs (best {r['best_epoch']}), held-out "
+  cnn = "; ".join(f"{name}: not trained, {r['skipped']}" if "skipped" in r else
+                  f"{name}: {r['epochs']} epochs (best {r['best_epoch']}), held-out "
                   f"accuracy {r['holdout_accuracy']:.3f}" for name, r in metrics["cnn"].items())
   lines += [f"CNNs (from `{metrics['cnn_dir']}`): {cnn}.", ""]
   if run["label_fraction"] == 0.0 and "clusters" in metrics:

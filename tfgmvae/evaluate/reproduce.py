@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 
-from tfgmvae.data.prepare import Prepared, PrepareConfig, PrepareError, prepare, read_record
+from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
+                                  prepare, read_record)
 from tfgmvae.train.checkpoints import read_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,6 +145,29 @@ def best_epoch(run_dir: str) -> int | None:
   return int(first.rsplit("ckpt-", 1)[1].strip().strip('"'))
 
 
+def check_run(run: str, model: str, fraction: float, prepared_dir: str) -> None:
+  """Refuses a run placed in a cell it does not belong to: another model or N, or
+  trained on other data than the grid's.
+
+  Raises:
+    ReproduceError: naming the run, what it records and what the cell needs.
+  """
+  flags = read_flags(run)
+  if flags.get("model") != model or float(flags.get("label_fraction", -1)) != fraction:
+    raise ReproduceError(
+        f"{run}/flags.txt records --model={flags.get('model')} "
+        f"--label_fraction={flags.get('label_fraction')}, not this cell's "
+        f"{model} at {fraction}; move that folder away.")
+  data = flags.get("prepared_dir") or os.path.join(run, "data")
+  trained_on = (read_record(data) or {}).get("index_sha256")
+  if trained_on != (read_record(prepared_dir) or {}).get("index_sha256"):
+    raise ReproduceError(
+        f"{run} trains on the prepared data at {data}, "
+        + ("which is not there" if trained_on is None else "not this grid's")
+        + f" ({prepared_dir}): the grid's cells must share one dataset. Move that "
+        "run away, or run the grid on its data with --prepared_dir.")
+
+
 def machine() -> str:
   """One line about this machine: CPU model, cores, memory, Python."""
   model = platform.processor() or platform.machine()
@@ -211,6 +235,12 @@ class Grid:
       return os.path.abspath(c.prepared_dir)
     folder = os.path.join(self.out, "data")
     if os.path.isfile(os.path.join(folder, "prepared.json")):
+      other = other_source(folder, c.dataset, c.data_path)
+      if other:
+        raise ReproduceError(
+            f"{folder} holds the grid's data, prepared from {other}, not "
+            f"--dataset={c.dataset} --data_path={c.data_path}; give those flags as they "
+            "were, or use another --out_dir for a grid on other data.")
       return folder
     source = os.path.abspath(c.data_path)
     if c.dataset == "rendered" and not os.path.exists(source):
@@ -229,20 +259,7 @@ class Grid:
     run = os.path.join(self.out, "runs", name)
     epochs = [f"--epochs={self.config.epochs}"] if self.config.epochs else []
     if os.path.isfile(os.path.join(run, "flags.txt")):
-      flags = read_flags(run)
-      if flags.get("model") != model or float(flags.get("label_fraction", -1)) != fraction:
-        raise ReproduceError(
-            f"{run}/flags.txt records --model={flags.get('model')} "
-            f"--label_fraction={flags.get('label_fraction')}, not this cell's "
-            f"{model} at {fraction}; move that folder away.")
-      data = flags.get("prepared_dir") or os.path.join(run, "data")
-      trained_on = (read_record(data) or {}).get("index_sha256")
-      if trained_on != (read_record(prepared_dir) or {}).get("index_sha256"):
-        raise ReproduceError(
-            f"{run} trains on the prepared data at {data}, "
-            + ("which is not there" if trained_on is None else "not this grid's")
-            + f" ({prepared_dir}): the grid's cells must share one dataset. Move that "
-            "run away, or run the grid on its data with --prepared_dir.")
+      check_run(run, model, fraction, prepared_dir)
       args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}",
               f"--run_dir={run}"] + epochs   # (a run placed here goes on here)
     else:
@@ -282,11 +299,12 @@ class Grid:
       self.log(f"[{name}] reusing the evaluation {out}")
       return out
     self.log(f"[{name}] evaluating epoch {epoch}")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(record, "w", encoding="utf-8") as f:   # (before: OUT appears complete)
+      json.dump(args, f)
     self._child(f"{name}.evaluate", ["evaluate", f"--run_dir={run}", f"--out_dir={out}",
                                      f"--cnn_dir={os.path.join(self.out, 'eval', 'cnn')}"]
                 + args, accumulate=False)
-    with open(record, "w", encoding="utf-8") as f:
-      json.dump(args, f)
     return out
 
   def run(self) -> str:
@@ -294,6 +312,12 @@ class Grid:
     prepared_dir = self.prepared_dir()
     prepared = Prepared.load(prepared_dir)
     representatives = self.representatives(prepared)
+    unknown = [r for r in representatives if r not in prepared.instruments]
+    if unknown or len(representatives) == 1:
+      raise ReproduceError(   # (before any training, not at the first evaluation)
+          f"--representatives={','.join(representatives)}: expected two or more of the "
+          f"data's instruments ({', '.join(prepared.instruments)})"
+          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
     evaluations = {}
     for fraction in self.config.fractions:
       for model in self.config.models:
@@ -305,6 +329,7 @@ class Grid:
           if best_epoch(run) is None:
             self.log(f"[{name}] not trained and --notrain: left out")
             continue
+          check_run(run, model, fraction, prepared_dir)
         evaluations[name] = self.evaluate(name, run, representatives)
     if not evaluations:
       raise ReproduceError(f"{self.out}: no cell has a trained run to evaluate")
