@@ -501,6 +501,13 @@ def test_too_few_labels_for_an_instrument_cnn_at_n_give_a_dash_not_a_failure(toy
   text = report.markdown(changed, pictures, "MGMVAE, N = 1 %")
   assert f"instrument_n001: not trained, {reason}" in text
   assert "| log-mel | CNN (encoder + softmax) | – | – |" in text
+  assert "no validation notes, so no transfer" not in text
+  # A representative without validation notes: its pairs as the source are left out,
+  # and the report says why.
+  changed["transfer"]["pairs"] = {k: v for k, v in changed["transfer"]["pairs"].items()
+                                  if not k.startswith("Fhn->")}
+  assert ("Fhn has no validation notes, so no transfer starts from it (it is still a "
+          "target).") in report.markdown(changed, pictures, "MGMVAE, N = 1 %")
 
 
 def test_metrics_json_holds_null_for_an_undefined_statistic():

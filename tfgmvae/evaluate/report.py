@@ -134,6 +134,13 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
                  f"{_f(a['target_probability'])} | {_f(b['source_probability'])} | "
                  f"{_f(b['target_probability'])} | {_f(a['pitch']['f1_weighted'])} | "
                  f"{_f(b['pitch']['f1_weighted'])} |")
+  sources = {pair.split("->")[0] for pair in metrics["transfer"]["pairs"]}
+  idle = [r for r in metrics["transfer"]["representatives"] if r not in sources]
+  if idle:
+    one = len(idle) == 1
+    lines += ["", f"{', '.join(idle)} {'has' if one else 'have'} no validation notes, so "
+              f"no transfer starts from {'it' if one else 'them'} "
+              f"({'it is still a target' if one else 'they are still targets'})."]
   if "fig5_transfer" in pictures:
     lines += ["", f"![transfer]({pictures['fig5_transfer']})"]
   lines += swap_lines(metrics.get("swap"))
