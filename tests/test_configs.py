@@ -117,7 +117,7 @@ def test_dataset_configs_train_as_the_readme_says(name, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "Done: 1 epochs" in done.stdout
+  assert "Done: 1 epoch;" in done.stdout
   with open(os.path.join(run_dir, "data", "prepared.json"), encoding="utf-8") as f:
     prepared = json.load(f)
   assert prepared["source"]["dataset"] == name.split("_")[0]

@@ -155,7 +155,10 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--checkpoint_every=0", "--checkpoint_every=0: expected a positive integer"),
     ("--strategy=multi_worker", "needs the TF_CONFIG environment variable"),
     ("--precision=mixed_float16", "needs a GPU"),
-    ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoints/"),
+    ("--warm_start=/nonexistent/run", "--warm_start=/nonexistent/run: no checkpoint there"),
+    ("--seed=-1", "--seed=-1: expected an integer in 0..4294967295"),
+    ("--seed=4294967296", "--seed=4294967296: expected an integer in 0..4294967295"),
+    ("--learning_rate=inf", "--learning_rate=inf: expected a finite number > 0"),
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
     ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
     ("--bn_momentum=1", "--bn_momentum=1.0: expected a number in [0, 1)"),
@@ -236,11 +239,14 @@ def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
   assert os.path.exists(flags_path) and not os.path.exists(os.path.join(run, "data"))
   # Now the data is prepared, but training fails before it starts (a warm start from a
   # run that has no checkpoint).
-  empty = tmp_path / "empty"
+  empty = tmp_path / "empty"   # (its model.json says MVAE: refused before any restore)
   (empty / "checkpoints").mkdir(parents=True)
+  (empty / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+  (empty / "checkpoints" / "ckpt-1.index").write_bytes(b"")
+  (empty / "model.json").write_text('{"model": {"kind": "mvae"}}')
   big = _run(base + ["--on_bad_file=skip", f"--warm_start={empty}"])
-  assert big.returncode == 1 and "no checkpoint in its checkpoints/" in big.stderr, \
-      big.stderr[-2000:]
+  assert big.returncode == 1 and "it is an MVAE run and this is an MGMVAE run" in \
+      big.stderr, big.stderr[-2000:]
   assert "--on_bad_file=skip" in open(flags_path).read()
   assert os.path.exists(os.path.join(run, "data", "prepared.json"))
   assert not os.path.exists(os.path.join(run, "checkpoints", "checkpoint"))
@@ -250,7 +256,7 @@ def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
   assert reseeded.returncode == 1 and "the run has not trained yet" in reseeded.stderr
   assert "+--seed=3" in reseeded.stderr and f"--warm_start={empty}" not in reseeded.stderr
   done = _run(base + ["--on_bad_file=skip", "--hidden=12"])
-  assert done.returncode == 0 and "Done: 1 epochs" in done.stdout, done.stderr[-2000:]
+  assert done.returncode == 0 and "Done: 1 epoch;" in done.stdout, done.stderr[-2000:]
   assert "--hidden=12" in open(flags_path).read()
   with open(os.path.join(run, "model.json")) as f:
     assert json.load(f)["model"]["hidden"] == 12
@@ -415,6 +421,68 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
         log=messages.append)
   assert any(m.startswith("Warm-started") and m.endswith(".") and "afresh" not in m
              for m in messages)
+  with open(tmp_path / "plain" / "model.json") as f:
+    assert json.load(f)["warm_started_from"] == tf.train.latest_checkpoint(
+        str(adversarial / "checkpoints"))
+  # Another instrument or pitch vocabulary: refused, though the shapes would fit.
+  from conftest import toy_specs, write_notes  # pylint: disable=g-import-not-at-top
+  shifted = str(tmp_path / "shifted")
+  prepare(PrepareConfig("csv", write_notes(str(tmp_path / "notes2"),
+                                           toy_specs(pitches=range(62, 68))), shifted),
+          log=lambda *_: None)
+  with pytest.raises(RunStateError, match="trained on other pitches \\(60, 61, 62, 63, 64, "
+                     "65\\) than this run's data \\(62, 63, 64, 65, 66, 67\\)"):
+    train(_config(tmp_path / "other_vocabulary", shifted, warm_start=str(source)),
+          log=lambda *_: None)
+
+
+def test_a_warm_start_is_recorded_as_its_checkpoint_and_replays_from_it(prepared_dir,
+                                                                        tmp_path):
+  source, run, replay = (str(tmp_path / n) for n in ("source", "warm", "replay"))
+  train(_config(source, prepared_dir, epochs=1), log=lambda *_: None)
+  first = tf.train.latest_checkpoint(os.path.join(source, "checkpoints"))
+  base = [f"--run_dir={run}", f"--prepared_dir={prepared_dir}", "--epochs=1"] + TINY
+  done = _run(base + [f"--warm_start={source}"])
+  assert done.returncode == 0, done.stderr[-2000:]
+  flags_path = os.path.join(run, "flags.txt")
+  assert f"--warm_start={first}\n" in open(flags_path).read()
+  # The source trains on; a replay of the warm-started run still starts from the
+  # checkpoint it started from.
+  train(_config(source, prepared_dir, epochs=2), log=lambda *_: None)
+  again = _run([f"--flagfile={flags_path}", f"--run_dir={replay}"])
+  assert again.returncode == 0 and f"from the weights of {first}" in again.stdout, \
+      again.stderr[-2000:]
+  # Once it has trained, the warm-started run goes on without its source.
+  shutil.rmtree(source)
+  more = _run(base[:2] + ["--epochs=2"] + TINY + [f"--warm_start={source}"])
+  assert more.returncode == 0 and "Done: 2 epochs;" in more.stdout, more.stderr[-2000:]
+  assert f"--warm_start={first}\n" in open(flags_path).read()
+
+
+def test_a_run_without_its_training_checkpoints_is_not_replaced(prepared_dir, tmp_path):
+  run = tmp_path / "pruned"
+  train(_config(run, prepared_dir, epochs=2), log=lambda *_: None)
+  shutil.rmtree(run / "checkpoints")        # to save space, say
+  kept = {name: (run / name).read_bytes() for name in ("model.json",)}
+  best = tf.train.latest_checkpoint(str(run / "best"))
+  with pytest.raises(RunStateError, match=f"has a best checkpoint \\({best}\\) but no "
+                     f"training checkpoint .* --warm_start={best} and another --run_dir"):
+    train(_config(run, prepared_dir, epochs=3, latent_dim=6), log=lambda *_: None)
+  assert {name: (run / name).read_bytes() for name in kept} == kept
+  assert tf.train.latest_checkpoint(str(run / "best")) == best
+  # Its best weights start a new run.
+  train(_config(tmp_path / "from_best", prepared_dir, epochs=1, warm_start=best),
+        log=lambda *_: None)
+
+
+def test_the_last_epoch_is_always_validated(prepared_dir, tmp_path):
+  result = train(_config(tmp_path / "rare", prepared_dir, epochs=3, validation_every=5),
+                 log=lambda *_: None)
+  assert len(result["history"]["val_elbo"]) == 1 and result["best_epoch"] == 3
+  assert tf.train.latest_checkpoint(str(tmp_path / "rare" / "best")).endswith("ckpt-3")
+  result = train(_config(tmp_path / "every2", prepared_dir, epochs=3, validation_every=2),
+                 log=lambda *_: None)
+  assert len(result["history"]["val_elbo"]) == 2     # epochs 2 and 3
 
 
 def test_one_process_at_a_time_trains_into_a_run_directory(prepared_dir, tmp_path):
@@ -451,6 +519,7 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
   message = str(info.value)
   assert "'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
+  assert message.endswith("Try a lower --learning_rate.")   # (it is float32 already)
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
@@ -551,6 +620,7 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   again = train(dataclasses.replace(config, epochs=40), log=lines.append)
   assert again["epoch"] == result["epoch"] and again["history"] == {}
   assert "already finished" in lines[-1] and "stopped early" in lines[-1]
+  assert lines[-1].endswith(f"start a new run with --warm_start={run}.")
 
 
 def test_unlabelled_notes_add_no_instrument_loss_in_training(prepared_dir, tmp_path):

@@ -25,10 +25,11 @@ from tfgmvae.data.prepare import SOURCE_FLAGS
 FLAGS_FILE = "flags.txt"
 # Flags a resumed run may change: none of them changes the weights a training step
 # computes. (bn_momentum changes only the BatchNorm statistics used in inference, and so
-# the validation ELBO from the next epoch on.)
+# the validation ELBO from the next epoch on; warm_start acts before the first
+# checkpoint only, and a continued run keeps the checkpoint its record names.)
 RESUME_MAY_CHANGE = ("epochs", "verbose", "media_every", "embeddings_every",
                      "griffin_lim_iters", "keep_checkpoints", "checkpoint_every",
-                     "bn_momentum", "cache")
+                     "bn_momentum", "cache", "warm_start")
 
 
 # Flags that decide the data a run prepares into RUN_DIR/data.

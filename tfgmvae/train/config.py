@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import re
 
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.data import paths
@@ -14,6 +15,34 @@ from tfgmvae.model.config import KINDS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 CACHES = ("auto", "memory", "disk")
+
+
+MAX_SEED = 2**32 - 1   # (TensorFlow's and NumPy's seeds are 32-bit)
+
+
+def latest_checkpoint(folder: str) -> str | None:
+  """The newest checkpoint prefix that `folder`/checkpoint records and that exists (what
+  tf.train.latest_checkpoint gives, without importing TensorFlow)."""
+  try:
+    with open(os.path.join(folder, "checkpoint"), encoding="utf-8") as f:
+      text = f.read()
+  except OSError:
+    return None
+  match = re.search(r'^model_checkpoint_path:\s*"(.*)"', text, re.MULTILINE)
+  if not match:
+    return None
+  prefix = os.path.join(folder, match.group(1))   # (an absolute path stays as it is)
+  return prefix if os.path.isfile(prefix + ".index") else None
+
+
+def warm_start_checkpoint(path: str) -> str | None:
+  """The checkpoint `--warm_start=path` names: `path` itself when it is one (a prefix
+  such as RUN/best/ckpt-N), else the newest in `path`/checkpoints (another run's
+  directory); None if there is none. Absolute."""
+  if os.path.isfile(path + ".index"):
+    return os.path.abspath(path)
+  found = latest_checkpoint(os.path.join(path, "checkpoints"))
+  return os.path.abspath(found) if found else None
 
 
 class ConfigError(ValueError):
@@ -140,8 +169,10 @@ class TrainConfig:
     if not 0.0 <= self.bn_momentum < 1.0:
       p.append(f"--bn_momentum={self.bn_momentum}: expected a number in [0, 1) (0.9 is "
                "the authors' PyTorch BatchNorm, 0.99 Keras's default)")
-    if not self.learning_rate > 0:
-      p.append(f"--learning_rate={self.learning_rate}: expected > 0")
+    if not 0 < self.learning_rate < math.inf:
+      p.append(f"--learning_rate={self.learning_rate}: expected a finite number > 0")
+    if not 0 <= self.seed <= MAX_SEED:
+      p.append(f"--seed={self.seed}: expected an integer in 0..{MAX_SEED}")
     if self.strategy not in STRATEGIES:
       p.append(f"--strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
@@ -161,13 +192,15 @@ class TrainConfig:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       if not tf.config.list_physical_devices("GPU"):
         p.append("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
-    if self.warm_start:
-      if not os.path.isdir(os.path.join(self.warm_start, "checkpoints")):
-        p.append(f"--warm_start={self.warm_start}: no checkpoints/ folder there (expected "
-                 "the run directory of another run)")
-      if self.run_dir and os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir):
-        p.append("--warm_start names this run itself; to continue a run, run the same "
-                 "command again without --warm_start")
+    if self.warm_start and self.run_dir and (
+        os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir)):
+      p.append("--warm_start names this run itself; to continue a run, run the same "
+               "command again without --warm_start")
+    elif self.warm_start and not (self.run_dir and latest_checkpoint(
+        os.path.join(self.run_dir, "checkpoints"))):   # (a run going on needs it no more)
+      if warm_start_checkpoint(self.warm_start) is None:
+        p.append(f"--warm_start={self.warm_start}: no checkpoint there (expected another "
+                 "run's directory, or a checkpoint such as RUN/best/ckpt-N)")
     if self.model == "mvae" and self.label_fraction == 0.0:
       pass   # allowed: the auxiliary classifier then never sees a label (paper's grid)
     if self.on_bad_file not in ("error", "skip"):

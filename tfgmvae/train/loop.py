@@ -25,7 +25,8 @@ from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
                                        check_flags, checkpoint_parts,
                                        remove_unfinished_saves, run_lock, write_flags)
-from tfgmvae.train.config import ConfigError, TrainConfig
+from tfgmvae.train.config import (ConfigError, TrainConfig, latest_checkpoint,
+                                  warm_start_checkpoint)
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, pick_notes
 
@@ -131,17 +132,63 @@ def _warm_start_failure(source: str, mconfig: ModelConfig, exclude) -> str | Non
   return failure
 
 
+def _check_not_orphaned(run_dir: str) -> None:
+  """Refuses a run directory with a best checkpoint but no training checkpoint (deleted
+  to save space, say): it cannot go on, and a new run there would replace its records
+  and best weights."""
+  best = latest_checkpoint(os.path.join(run_dir, "best"))
+  if best and not latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+    raise RunStateError(
+        f"{run_dir} has a best checkpoint ({best}) but no training checkpoint in "
+        f"{os.path.join(run_dir, 'checkpoints')}: it cannot go on (its optimizer state "
+        "is gone), and a new run there would replace its records. Start a new run from "
+        f"its best weights with --warm_start={best} and another --run_dir.")
+
+
+def _validation_epochs(every: int, start: int, epochs: int):
+  """Keras's `validation_freq`: every `every`-th epoch, and always the last one, so that
+  the best checkpoint and early stopping see the final weights."""
+  if every == 1:
+    return 1
+  return [e for e in range(start + 1, epochs + 1) if e % every == 0 or e == epochs]
+
+
+def _warm_start_mismatch(source: str, mconfig: ModelConfig, prepared) -> str | None:
+  """Why the run that wrote checkpoint `source` (RUN/checkpoints/ckpt-N or
+  RUN/best/ckpt-N) is no start for this one: another model kind, or other instrument
+  or pitch names (the weights' shapes alone may fit); None if it fits or RUN records
+  nothing to compare."""
+  try:
+    with open(os.path.join(os.path.dirname(os.path.dirname(source)), MODEL_FILE),
+              encoding="utf-8") as f:
+      other = json.load(f)
+  except (OSError, ValueError):
+    return None
+  kind = other.get("model", {}).get("kind")
+  if kind and kind != mconfig.kind:
+    return (f"it is an {kind.upper()} run and this is an {mconfig.kind.upper()} run; "
+            "a warm start needs the same model")
+  for name, ours in (("instruments", prepared.instruments), ("pitches", prepared.pitches)):
+    theirs = other.get(name)
+    if theirs is not None and list(theirs) != list(ours):
+      return (f"it was trained on other {name} ({', '.join(map(str, theirs))}) than this "
+              f"run's data ({', '.join(map(str, ours))}); a warm start needs the same "
+              "instrument and pitch vocabularies")
+  return None
+
+
 def _last_checkpoint(manager) -> str:
   return (f"the last good checkpoint is {manager.latest_checkpoint}"
           if manager.latest_checkpoint else "no checkpoint was written yet")
 
 
-def _nan_message(error: Exception, epoch: int, manager) -> str:
+def _nan_message(error: Exception, epoch: int, manager, precision: str) -> str:
   match = re.search(r"loss term '([a-z_]+)' is NaN or Inf", str(error))
   term = match.group(1) if match else "unknown"
+  remedy = ("a lower --learning_rate" if precision == "float32" else
+            "a lower --learning_rate or --precision=float32")
   return (f"Training stopped: the loss term '{term}' became NaN or Inf during epoch "
-          f"{epoch + 1}; {_last_checkpoint(manager)}. Try a lower --learning_rate or "
-          "--precision=float32.")
+          f"{epoch + 1}; {_last_checkpoint(manager)}. Try {remedy}.")
 
 
 def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
@@ -180,6 +227,7 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
       preparation (names the file; checkpoints written before stay).
   """
   config.validate()
+  _check_not_orphaned(config.run_dir)
   strategy = make_strategy(config)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -232,15 +280,18 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         max_to_keep=1)
     # Every worker resumes from the chief's checkpoints.
     latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints"))
+    source = None   # the checkpoint a new run is warm-started from
     if latest:
       checkpoint.restore(latest).assert_existing_objects_matched()
       log(f"Resuming {config.run_dir} from {latest} "
           f"(epoch {int(state.epoch.numpy())}).")
     elif config.warm_start:
-      source = tf.train.latest_checkpoint(os.path.join(config.warm_start, "checkpoints"))
+      source = warm_start_checkpoint(config.warm_start)
       if source is None:
-        raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint in its "
-                            "checkpoints/ folder.")
+        raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint there.")
+      mismatch = _warm_start_mismatch(source, mconfig, prepared)
+      if mismatch:
+        raise RunStateError(f"--warm_start={config.warm_start}: {mismatch}")
       # A run without the pitch adversary can warm-start one with it: the adversary
       # then starts from its initial weights.
       fresh = (("timbre_adversary",) if model.timbre_adversary is not None
@@ -260,11 +311,16 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       with open(model_file, "w", encoding="utf-8") as f:
         json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
             prepared.directory), "label_fraction": config.label_fraction}
-                | run_metadata(prepared), f, indent=2)
+                | run_metadata(prepared)
+                | ({"warm_started_from": source} if source else {}),
+                  f, indent=2)
     start = int(state.epoch.numpy())
     if bool(state.stopped.numpy()) or start >= config.epochs:
+      more = (f" To train on from its weights anyway, start a new run with "
+              f"--warm_start={config.run_dir}." if bool(state.stopped.numpy())
+              and start < config.epochs else "")
       log(f"{config.run_dir} is already finished (epoch {start}"
-          f"{', stopped early' if bool(state.stopped.numpy()) else ''}).")
+          f"{', stopped early' if bool(state.stopped.numpy()) else ''}).{more}")
       return _result({}, state)
     # Every worker keeps its own notes: the chief in RUN_DIR/cache, the others in a
     # folder of their own in it, which outlives their temporary save_dir, so a resume
@@ -310,12 +366,14 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
                             steps_per_epoch=steps, validation_data=val_ds,
                             validation_steps=val_steps,
-                            validation_freq=config.validation_every,
+                            validation_freq=_validation_epochs(
+                                config.validation_every, start, config.epochs),
                             callbacks=all_callbacks,
                             verbose=0 if config.verbose == 2 else config.verbose)
     except tf.errors.InvalidArgumentError as e:
       if "is NaN or Inf" in str(e):
-        raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager)) from None
+        raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager,
+                                         config.precision)) from None
       raise
     return _result(history.history, state)
   finally:
