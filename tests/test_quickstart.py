@@ -82,6 +82,14 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   assert os.listdir(tmp_path / "export") == ["1"]
   assert {n: (out / n).read_bytes() for n in wavs} == written
   assert {n: os.stat(out / n).st_mtime_ns for n in wavs} == mtimes
+  # A note's WAV gone but its PNG there: refused, and nothing half-written.
+  os.remove(out / wavs[0])
+  lone = _quickstart(tmp_path, flagfile)
+  assert lone.returncode == 1 and lone.stderr.startswith(
+      f"ERROR: {out / wavs[0].replace('.wav', '.png')} already exist(s); refusing to "
+      "overwrite."), lone.stderr[-2000:]
+  assert sorted(os.listdir(out)) == sorted([wavs[1]] + [n.replace(".wav", ".png")
+                                                        for n in wavs])
   # A choice the prepared data cannot serve is refused before any step runs.
   third = _quickstart(tmp_path, flagfile, "--target=Fl")
   assert third.returncode == 1 and third.stderr.startswith(

@@ -10,6 +10,7 @@ musescore-general-soundfont-lossless packages; the module is skipped without the
 import csv
 import dataclasses
 import importlib.util
+import math
 import os
 import pathlib
 import signal
@@ -226,9 +227,54 @@ def test_cli_rejects_unknown_instrument_before_any_work(tmp_path):
   out_dir = tmp_path / "out"
   result = run_make_dataset(f"--out_dir={out_dir}", "--instruments=Fl,Kazoo", cwd=tmp_path)
   assert result.returncode != 0
-  assert "Kazoo" in result.stderr
-  assert "Pno, Vn, Vc, Ehn, Fhn, Trtb, Trop, Sax, Bn, Clr, Fl, Ob" in result.stderr
+  assert result.stderr.startswith("ERROR: --instruments=Fl,Kazoo: unknown Kazoo; expected "
+                                  "some of Pno, Vn, Vc, Ehn, Fhn, Trtb, Trop, Sax, Bn, Clr, "
+                                  "Fl, Ob.")
   assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("changes,said", [
+    (dict(gain=11.0), "--gain=11.0: expected FluidSynth's master gain range, above 0 up "
+     "to 10"),
+    (dict(gain=math.inf), "--gain=inf: expected"),
+    (dict(gain=0.0), "--gain=0.0: expected"),
+    (dict(note_seconds=math.inf), "--note_seconds=inf: expected 0.0029 (one 64-sample "
+     "FluidSynth block) to 60 seconds"),
+    (dict(note_seconds=1e-5, release_seconds=0.0), "--note_seconds=1e-05: expected"),
+    (dict(note_seconds=1e7), "--note_seconds=10000000.0: expected"),
+    (dict(release_seconds=59.6), "--release_seconds=59.6: expected 0 to 59.5 seconds"),
+    (dict(release_seconds=-1.0), "--release_seconds=-1.0: expected"),
+    (dict(sample_rate=100), "--sample_rate=100: expected FluidSynth's range 8000..96000"),
+])
+def test_render_settings_out_of_range_are_named(tmp_path, changes, said):
+  with pytest.raises(ValueError) as info:
+    tiny_config(tmp_path / "out", **changes)
+  assert str(info.value).startswith(said)
+
+
+def test_the_gain_asked_for_is_the_gain_rendered_with(tmp_path):
+  quiet, loud = (render.render_corpus(tiny_config(
+      tmp_path / name, soundfonts=SOUNDFONTS[:1], instruments=TINY_INSTRUMENTS[:1],
+      gain=gain)) for name, gain in (("quiet", 1.0), ("loud", 4.0)))
+  peaks = [max(np.abs(soundfile.read(tmp_path / name / r["path"])[0]).max()
+               for r in rows) for name, rows in (("quiet", quiet), ("loud", loud))]
+  assert peaks[1] == pytest.approx(4 * peaks[0], rel=0.01)
+
+
+def test_cli_refuses_a_link_as_out_dir_before_rendering(tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "link").symlink_to(tmp_path / "empty")
+  result = run_make_dataset(f"--out_dir={tmp_path / 'link'}", "--instruments=Ob",
+                            "--soundfonts=", cwd=tmp_path)
+  assert result.returncode != 0 and result.stderr.startswith(
+      "ERROR: --soundfonts is empty; expected .sf2/.sf3 paths")
+  result = run_make_dataset(f"--out_dir={tmp_path / 'link'}", "--instruments=Ob",
+                            cwd=tmp_path)
+  assert result.returncode == 1 and not result.stdout
+  assert result.stderr == (f"ERROR: {tmp_path / 'link'} is a symbolic link (to "
+                           f"{tmp_path / 'empty'}); give the folder itself, or a new "
+                           "path, as out_dir.\n")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "link"]
 
 
 def test_cli_renders_a_subset_end_to_end(tmp_path):

@@ -542,16 +542,30 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
 
 
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():
-  model = types.SimpleNamespace(meta={"audio": {"offset": 0.1, "duration": 0.5}})
+  audio = {"offset": 0.1, "duration": 0.5, "hop_length": 256, "sample_rate": 22050}
+  model = types.SimpleNamespace(meta={"audio": audio})
   assert client.short_input(model, np.zeros(13230), 22050, "a.wav") is None   # 0.6 s
-  assert client.short_input(model, np.zeros(13229), 22050, "a.wav") == (
-      "a.wav is 0.6 s long; the model reads 0.1 s to 0.6 s of a note, so the last "
-      "4.54e-05 s of that segment are silence.")                        # one sample short
+  # Short by less than a hop (the model's own notes are 11,008 of 11,025 samples): fine.
+  assert client.short_input(model, np.zeros(13230 - 256), 22050, "a.wav") is None
+  assert client.short_input(model, np.zeros(13230 - 257), 22050, "a.wav") == (
+      "a.wav is 0.588 s long; the model reads 0.1 s to 0.6 s of a note, so the last "
+      "0.0117 s of that segment are silence.")
   assert client.short_input(model, np.zeros(200), 22050, "a.wav") == (
       "a.wav is 0.00907 s long; the model reads 0.1 s to 0.6 s of a note, so the last "
       "0.5 s of that segment are silence.")     # all of it (the note ends before 0.1 s)
-  exact = types.SimpleNamespace(meta={"audio": {"offset": 0.2, "duration": 0.1}})
-  assert client.short_input(exact, np.zeros(6615), 22050, "a.wav") is None  # 0.2 + 0.1 s
+  own = types.SimpleNamespace(meta={"audio": audio | {"offset": 0.0}})
+  assert client.short_input(own, np.zeros(11008), 22050, "note.wav") is None
+  exact = types.SimpleNamespace(meta={"audio": audio | {"offset": 0.2, "duration": 0.1}})
+  assert client.short_input(exact, np.zeros(6615 - 256), 22050, "a.wav") is None
+
+
+def test_an_unknown_transfer_instrument_says_whether_source_or_target():
+  model = types.SimpleNamespace(instruments=("Pno", "Vc"), pitches=(60,))
+  with pytest.raises(ValueError, match="^target instrument 'Xx' is not in the model's "
+                     "vocabulary; expected one of Pno, Vc.$"):
+    client.transfer(model, np.zeros(100), 22050, ["Xx"], [1.0], source="Vc")
+  with pytest.raises(ValueError, match="^source instrument 'Yy' is not"):
+    client.transfer(model, np.zeros(100), 22050, ["Vc"], [1.0], source="Yy")
 
 
 def test_a_pitch_outside_the_vocabulary_lists_the_pitches_when_few():

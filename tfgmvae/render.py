@@ -55,6 +55,8 @@ SILENCE_PEAK = 10.0 ** (-70.0 / 20.0)
 
 _BLOCK = 64  # FluidSynth's internal block size (FLUID_BUFSIZE).
 _MAX_RESET_BLOCKS = 64
+MAX_SECONDS = 60.0   # a note and its release, at most
+MAX_GAIN = 10.0      # FluidSynth's synth.gain range is 0..10 (it keeps 0.2 otherwise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,10 +205,16 @@ class RenderConfig:
     if len(set(stems)) != len(stems):
       raise ValueError(f"Soundfont file stems must be unique (they name the files): {stems}.")
     if not 8000 <= self.sample_rate <= 96000:
-      raise ValueError(f"sample_rate {self.sample_rate} is outside FluidSynth's 8000..96000.")
-    if not self.note_seconds > 0 or not self.release_seconds >= 0:
-      raise ValueError("Need note_seconds > 0 and release_seconds >= 0, got "
-                       f"{self.note_seconds} and {self.release_seconds}.")
+      raise ValueError(f"--sample_rate={self.sample_rate}: expected FluidSynth's range "
+                       "8000..96000 (Hz).")
+    shortest = _BLOCK / self.sample_rate
+    if not shortest <= self.note_seconds <= MAX_SECONDS:
+      raise ValueError(f"--note_seconds={self.note_seconds}: expected {shortest:.4f} "
+                       f"(one {_BLOCK}-sample FluidSynth block) to {MAX_SECONDS:g} seconds.")
+    if not 0 <= self.release_seconds <= MAX_SECONDS - self.note_seconds:
+      raise ValueError(f"--release_seconds={self.release_seconds}: expected 0 to "
+                       f"{MAX_SECONDS - self.note_seconds:g} seconds (a note and its "
+                       f"release last {MAX_SECONDS:g} s at most).")
     if not self.instruments:
       raise ValueError("RenderConfig.instruments is empty.")
     names = [i.name for i in self.instruments]
@@ -221,8 +229,9 @@ class RenderConfig:
       raise ValueError(f"Velocities must be in 1..127: {self.dynamics}.")
     if self.file_format not in ("flac", "wav"):
       raise ValueError(f"file_format must be 'flac' or 'wav', got {self.file_format!r}.")
-    if not self.gain > 0:
-      raise ValueError(f"gain must be positive, got {self.gain}.")
+    if not 0 < self.gain <= MAX_GAIN:
+      raise ValueError(f"--gain={self.gain}: expected FluidSynth's master gain range, "
+                       f"above 0 up to {MAX_GAIN:g}.")
 
   @property
   def num_samples(self) -> int:
@@ -263,6 +272,9 @@ class _SoundfontSynth:
       got_rate = self._synth.get_setting("synth.sample-rate")
       if got_rate is None or abs(float(got_rate) - sample_rate) > 1e-6:
         raise ValueError(f"FluidSynth refused sample rate {sample_rate} (got {got_rate}).")
+      got_gain = self._synth.get_setting("synth.gain")
+      if got_gain is None or abs(float(got_gain) - gain) > 1e-6:
+        raise ValueError(f"FluidSynth refused gain {gain} (got {got_gain}).")
       for key, value in settings.items():
         if self._synth.get_setting(key) != value:
           raise RuntimeError(f"FluidSynth did not accept setting {key}={value}.")
@@ -338,8 +350,12 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 
 
 def check_out_dir(out_dir: pathlib.Path):
-  """Raises FileExistsError unless `out_dir` is missing or an empty folder."""
-  if out_dir.exists() or out_dir.is_symlink():
+  """Raises FileExistsError unless `out_dir` is missing or an empty folder (not a link:
+  the finished corpus is renamed into place, which a link would refuse at the end)."""
+  if out_dir.is_symlink():
+    raise FileExistsError(f"{out_dir} is a symbolic link (to {os.readlink(out_dir)}); give "
+                          "the folder itself, or a new path, as out_dir.")
+  if out_dir.exists():
     if not out_dir.is_dir():
       raise FileExistsError(f"{out_dir} exists and is not a directory; refusing to overwrite "
                             "it. Choose another out_dir.")

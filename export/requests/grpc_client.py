@@ -8,8 +8,9 @@ Usage:
   python export/requests/grpc_client.py --server=localhost:8500 --model=tfgmvae \
       transfer NOTE.wav Pno 1.0
 
-Prints the shapes of the outputs and writes the first note's audio to OUT.wav
-(--out, default grpc_out.wav; an existing file is not overwritten) at --rate: the
+Prints the shapes of the outputs and writes the first note's audio, peak-normalised to
+0.99, to OUT.wav (--out, default grpc_out.wav; an existing file is not overwritten) at
+--rate: the
 export's "output_sample_rate" in its assets.extra/tfgmvae.json (22,050 Hz unless the
 model was trained with another --sample_rate). Needs TensorFlow (for
 tf.make_tensor_proto), tensorflow-serving-api, grpcio and soundfile; not tfgmvae.
@@ -70,7 +71,13 @@ def main():
   if args.signature == "synthesize":
     request = synthesize_request(args.model)
   elif len(args.args) == 3:
-    request = transfer_request(args.args[0], args.args[1], float(args.args[2]), args.model)
+    try:
+      alpha = float(args.args[2])
+    except ValueError:
+      alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+      sys.exit(f"ALPHA={args.args[2]}: expected a number in [0, 1]")
+    request = transfer_request(args.args[0], args.args[1], alpha, args.model)
   else:
     sys.exit("transfer needs NOTE.wav TARGET ALPHA")
   if os.path.exists(args.out):

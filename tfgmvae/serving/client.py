@@ -117,10 +117,10 @@ def real_mel(model: Model, path: str) -> np.ndarray:
                             model.meta["log_mel_max"]).numpy()
 
 
-def _checked(model: Model, instruments, pitches=()):
+def _checked(model: Model, instruments, pitches=(), what: str = "instrument"):
   for name in instruments:
     if name not in model.instruments:
-      raise ValueError(f"instrument {name!r} is not in the model's vocabulary; expected "
+      raise ValueError(f"{what} {name!r} is not in the model's vocabulary; expected "
                        f"one of {', '.join(model.instruments)}.")
   for p in pitches:
     if p not in model.pitches:
@@ -170,7 +170,9 @@ def short_input(model: Model, waveform, sample_rate: int, name: str) -> str | No
   rest of the segment is silence, as preparation pads a short note); None otherwise."""
   config = model.meta["audio"]
   start, end = config["offset"], config["offset"] + config["duration"]
-  if len(waveform) >= int(np.ceil(round(end * sample_rate, 6))):   # (0.2 + 0.1 > 0.3)
+  # (Short by less than a hop, as the model's own 11,008-sample notes are, is not.)
+  hop = config["hop_length"] / config["sample_rate"]
+  if len(waveform) >= int(np.ceil(round((end - hop) * sample_rate, 6))):   # (0.2 + 0.1 > 0.3)
     return None
   seconds = len(waveform) / sample_rate
   missing = min(end - seconds, config["duration"])
@@ -186,7 +188,8 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
     ValueError: an unknown instrument, or a note silent where the model reads it (as
       preparation refuses such a note; `name` says which in the message).
   """
-  _checked(model, list(targets) + ([source] if source else []))
+  _checked(model, targets, what="target instrument")
+  _checked(model, [source] if source else [], what="source instrument")
   combos = list(itertools.product(targets, alphas))
   config = model.meta["audio"]      # the model reads the segment after its offset
   start, end = config["offset"], config["offset"] + config["duration"]
