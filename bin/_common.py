@@ -104,12 +104,12 @@ def _refuse_unexpanded_tilde(flag_values):
   from absl import app  # pylint: disable=g-import-not-at-top
   for name in flag_values:
     flag = flag_values[name]
-    value = flag.value
-    if (flag.present and isinstance(value, str) and value.startswith("~")
-        and not os.path.exists(value)):
-      home = "$HOME" + value[1:] if value[1:2] in ("", "/") else "an absolute path"
-      raise app.UsageError(f"--{name}={value}: '~' is not expanded after --flag= or in a "
-                           f"flagfile; write {home} instead")
+    values = flag.value if isinstance(flag.value, list) else [flag.value]
+    for value in values if flag.present else []:
+      if isinstance(value, str) and value.startswith("~") and not os.path.exists(value):
+        home = "$HOME" + value[1:] if value[1:2] in ("", "/") else "an absolute path"
+        raise app.UsageError(f"--{name}={value}: '~' is not expanded after --flag= or in "
+                             f"a flagfile; write {home} instead")
 
 
 def _data_error(error: Exception) -> str | None:

@@ -665,6 +665,10 @@ def test_reproduce_refuses_what_would_fail_late_before_training(toy, tmp_path):
                      f"csv notes listed in {first}, not --dataset=csv --data_path={second}"):
     Grid(ReproduceConfig(str(tmp_path / "g3"), dataset="csv", data_path=second),
          log=_quiet).prepared_dir()
+  # Flags left at their defaults (data/corpus is relative to where the command runs):
+  # the grid's data is used as it is.
+  assert Grid(ReproduceConfig(str(tmp_path / "g3"), source_given=False),
+              log=_quiet).prepared_dir() == str(tmp_path / "g3" / "data")
 
 
 def test_the_cnn_budget_defaults_agree_and_train_every_epoch():
@@ -689,6 +693,10 @@ def test_check_judges_reads_each_cells_cnn_budgets():
 
   same = {"a": cell("a", 30, 30), "b": cell("b", 30)}   # (network sizes may differ)
   check_judges(same)
+  # A CNN not trained (too few labels at the cell's N) has no budget to compare.
+  skipped = cell("d", 30)
+  skipped["cnn"]["instrument_n001"] = {"skipped": "0 labelled training notes at N = 0.01"}
+  check_judges(same | {"d": skipped})
   with pytest.raises(ReproduceError, match=r"\(a: epochs 30, patience 30, batch_size 64, "
                      r"learning_rate 0.001, seed 0; c: epochs 30, patience 5, .* / epochs "
                      r"30, patience 30, "):

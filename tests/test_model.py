@@ -231,6 +231,26 @@ def test_logged_values_equal_the_recomputed_ones():
   assert history["elbo"][0] == pytest.approx(elbo, rel=1e-4)
 
 
+def test_the_logged_loss_is_the_sum_of_the_logged_terms_with_a_short_last_batch():
+  # 9 notes in batches of 4, 4 and 1: every figure is a mean over notes (instrument_ce
+  # over labelled notes), and the loss is the sum of the terms' means.
+  model = _tiny().build_for()
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  batch = _batch(n=9, labelled=np.array([True, False, True, True, False, True, False,
+                                         False, True]))
+  logs = model.evaluate(tf.data.Dataset.from_tensor_slices(batch).batch(4), verbose=0,
+                        return_dict=True)
+  terms, _ = model.compute_terms(batch)
+  labelled = batch["labelled"].numpy()
+  expected = {name: (values.numpy()[labelled].mean() if name == "instrument_ce"
+                     else values.numpy().mean()) for name, values in terms.items()}
+  for name, value in expected.items():
+    assert logs[name] == pytest.approx(value, rel=1e-4), name
+  assert logs["loss"] == pytest.approx(sum(expected.values()), rel=1e-4)
+  assert logs["loss"] == pytest.approx(sum(logs[name] for name in terms), rel=1e-6)
+  assert logs["loss"] >= -logs["elbo"]
+
+
 def test_nan_in_a_term_stops_with_its_name():
   model = _tiny().build_for()
   model.compile(optimizer=keras.optimizers.Adam(1e-3))

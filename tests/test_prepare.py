@@ -223,6 +223,13 @@ def test_csv_quirks_of_spreadsheets_and_hand_edits(tmp_path):
   assert str(info.value).startswith(
       f"{csv_path}: line 3 is not UTF-8 text (byte 0xe8 at offset ")
   assert "expected a UTF-8 file" in str(info.value)
+  data = b"\xef\xbb\xbfpath,instrument,pitch\ncaf\xe9.wav,sine,60\n"   # a BOM first
+  with open(csv_path, "wb") as f:
+    f.write(data)
+  at = data.index(b"\xe9")
+  with pytest.raises(SourceError, match=f"line 2 is not UTF-8 text \\(byte 0xe9 at "
+                     f"offset {at}\\)"):
+    open_source("csv", csv_path)
 
 
 def test_a_tinysol_note_missing_is_that_notes_problem(tmp_path):

@@ -86,8 +86,8 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   os.remove(out / wavs[0])
   lone = _quickstart(tmp_path, flagfile)
   assert lone.returncode == 1 and lone.stderr.startswith(
-      f"ERROR: {out / wavs[0].replace('.wav', '.png')} already exist(s); refusing to "
-      "overwrite."), lone.stderr[-2000:]
+      f"ERROR: {out / wavs[0].replace('.wav', '.png')} is there without its WAV; "
+      "quickstart writes a note's WAV and PNG together"), lone.stderr[-2000:]
   assert sorted(os.listdir(out)) == sorted([wavs[1]] + [n.replace(".wav", ".png")
                                                         for n in wavs])
   # A choice the prepared data cannot serve is refused before any step runs.

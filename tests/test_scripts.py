@@ -61,6 +61,12 @@ def test_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path):
                            "--flag= or in a flagfile; write $HOME/prepared instead "
                            "(usage: prepare_dataset --help)\n")
   assert sorted(os.listdir(tmp_path)) == ["args.flags"]
+  # A list flag's items too.
+  done = subprocess.run([sys.executable, os.path.join(BIN, "make_dataset"),
+                         f"--out_dir={tmp_path / 'corpus'}", "--soundfonts=/a.sf2,~/b.sf2"],
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert done.returncode == 1 and done.stderr.startswith(
+      "ERROR: --soundfonts=~/b.sf2: '~' is not expanded"), done.stderr
 
 
 def test_tensorflow_start_up_drops_only_the_plugin_noise():

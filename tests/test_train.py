@@ -251,6 +251,8 @@ def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
   big = _run(base + ["--on_bad_file=skip", f"--warm_start={empty}"])
   assert big.returncode == 1 and "it is an MVAE run and this is an MGMVAE run" in \
       big.stderr, big.stderr[-2000:]
+  # (A run not yet trained records the checkpoint this command warm-starts from.)
+  assert f"--warm_start={empty}/checkpoints/ckpt-1\n" in open(flags_path).read()
   assert "--on_bad_file=skip" in open(flags_path).read()
   assert os.path.exists(os.path.join(run, "data", "prepared.json"))
   assert not os.path.exists(os.path.join(run, "checkpoints", "checkpoint"))
@@ -477,6 +479,11 @@ def test_a_run_without_its_training_checkpoints_is_not_replaced(prepared_dir, tm
   # Its best weights start a new run.
   train(_config(tmp_path / "from_best", prepared_dir, epochs=1, warm_start=best),
         log=lambda *_: None)
+  # best/ckpt-1 alone is what a kill during the first training save leaves (best/ is
+  # saved first): that run starts again.
+  shutil.rmtree(tmp_path / "from_best" / "checkpoints")
+  assert train(_config(tmp_path / "from_best", prepared_dir, epochs=1),
+               log=lambda *_: None)["epoch"] == 1
 
 
 def test_the_last_epoch_is_always_validated(prepared_dir, tmp_path):

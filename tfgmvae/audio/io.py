@@ -37,12 +37,17 @@ def _read_url(path: str) -> bytes:
     raise AudioDecodeError(f"{path}: cannot be read ({paths.short_message(e)}).") from None
 
 
+_UNKNOWN_SIZE = 0x7F000000   # data sizes from here up are length placeholders
+
+
 def _wav_truncation(stream) -> tuple[int, int] | None:
   """(frames the header declares, frames the file holds) of a RIFF/WAVE stream whose
   data chunk runs past the end of the file; None for a complete or non-WAVE stream.
 
-  A data size of 0xFFFFFFFF is what streaming writers leave when the length is not known;
-  libsndfile reads such files to their end, and they are not called truncated.
+  Writers that cannot seek back leave a placeholder data size when the length is not
+  known: 0xFFFFFFFF, or SoX's 0x7ffff000 (rounded to the block size). libsndfile reads
+  such files to their end, and any size from 0x7f000000 (2 GB) up is taken as such a
+  placeholder, not as a truncation.
   """
   stream.seek(0, os.SEEK_END)
   total = stream.tell()
@@ -59,7 +64,7 @@ def _wav_truncation(stream) -> tuple[int, int] | None:
       if len(body) >= 14:
         block_align = struct.unpack("<H", body[12:14])[0]
     elif chunk_id == b"data":
-      if size == 0xFFFFFFFF or not block_align:
+      if size >= _UNKNOWN_SIZE or not block_align:
         return None
       declared, held = size // block_align, (total - pos - 8) // block_align
       return (declared, held) if declared > held else None

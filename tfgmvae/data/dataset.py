@@ -19,7 +19,6 @@ accelerator inside the model's step.
 import contextlib
 import dataclasses
 import os
-import re
 
 import tensorflow as tf
 

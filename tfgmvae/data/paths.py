@@ -167,10 +167,11 @@ def open_text(path: str):
       data = f.read()
   try:
     text = data.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
+  except UnicodeDecodeError as e:   # (its offset counts from after a BOM)
+    at = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+    line = data[:at].count(b"\n") + 1
     raise EncodingError(
-        f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-        f"{e.start}); expected a UTF-8 file (a spreadsheet's 'CSV UTF-8' export, or "
-        "convert it, e.g. iconv -f windows-1252 -t utf-8).") from None
+        f"{path}: line {line} is not UTF-8 text (byte 0x{data[at]:02x} at offset {at}); "
+        "expected a UTF-8 file (a spreadsheet's 'CSV UTF-8' export, or convert it, e.g. "
+        "iconv -f windows-1252 -t utf-8).") from None
   return io.StringIO(text, newline="")

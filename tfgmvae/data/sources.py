@@ -120,9 +120,9 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
                if len(header) == 1 and sep in header[0]), "") + ".")
     rows = []
     for row in reader:
-      extra = [v for v in row.pop(_EXTRA, []) if v.strip()]   # (a trailing comma is fine)
+      extra = row.pop(_EXTRA, [])
       rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
-      if extra:
+      if any(v.strip() for v in extra):   # (empty ones, e.g. a trailing comma, are fine)
         rows[-1][_EXTRA] = (len(header) + len(extra), len(header))
   if not rows:
     raise SourceError(f"{csv_path}: has a header but no rows; expected one row per note.")

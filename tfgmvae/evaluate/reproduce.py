@@ -64,8 +64,8 @@ def check_judges(metrics: dict[str, dict]) -> None:
   """
   budgets = {}
   for name, m in sorted(metrics.items()):
-    specs = [record.get("spec", {}) for record in (m.get("cnn") or {}).values()
-             if isinstance(record, dict)]
+    specs = [record["spec"] for record in (m.get("cnn") or {}).values()
+             if isinstance(record, dict) and "spec" in record]   # (not a skipped CNN)
     budget = tuple(sorted({tuple((k, spec.get(k)) for k in _BUDGET) for spec in specs}))
     budgets.setdefault(budget, []).append(name)
   if len(budgets) > 1:
@@ -99,6 +99,9 @@ class ReproduceConfig:
   representatives: tuple[str, ...] = ()
   evaluate_args: tuple[str, ...] = ()
   results: str = ""
+  # Whether --dataset/--data_path were given: an existing OUT_DIR/data is then checked
+  # against them (the default data/corpus is relative to wherever the command runs).
+  source_given: bool = True
 
   def validate(self) -> "ReproduceConfig":
     p = []
@@ -235,7 +238,7 @@ class Grid:
       return os.path.abspath(c.prepared_dir)
     folder = os.path.join(self.out, "data")
     if os.path.isfile(os.path.join(folder, "prepared.json")):
-      other = other_source(folder, c.dataset, c.data_path)
+      other = other_source(folder, c.dataset, c.data_path) if c.source_given else None
       if other:
         raise ReproduceError(
             f"{folder} holds the grid's data, prepared from {other}, not "

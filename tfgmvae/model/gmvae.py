@@ -15,7 +15,8 @@ step returns every term of the objective by name, tracked with `keras.metrics.Me
   pitch adversary on the mean of z_t; it reaches the timbre encoder through a
   gradient-reversal layer, so the adversary minimises it while the encoder is pushed
   to raise it;
-* `loss`: their sum, the quantity minimised; `elbo`: minus the first four terms;
+* `loss`: their sum, the quantity minimised (per batch; the logged epoch value is the
+  sum of the terms' epoch means); `elbo`: minus the first four terms;
 * `instrument_accuracy` (on labelled notes), `pitch_accuracy` and, with the adversary,
   `adversary_accuracy` (how well pitch can still be read from z_t).
 
@@ -93,7 +94,7 @@ class GMVAE(keras.Model):
     self.timbre_adversary = (
         MLPClassifier(c.num_pitches, (c.aux_hidden, c.aux_hidden),
                       name="timbre_adversary") if c.timbre_adversary > 0 else None)
-    names = ["loss"] + list(self.term_names) + ["elbo", "instrument_accuracy"]
+    names = list(self.term_names) + ["elbo", "instrument_accuracy"]
     if c.pitch_classifier:
       names.append("pitch_accuracy")
     if self.timbre_adversary is not None:
@@ -252,15 +253,18 @@ class GMVAE(keras.Model):
                             ("adversary_accuracy", extra["adversary_log_probs"])):
       if log_probs is not None:
         stats[name] = (tf.reduce_sum(_correct(log_probs, extra["pitch"])), n_local)
-    stats, global_loss, global_scaled = ctx.all_reduce(sum_, (stats, loss, scaled))
+    stats, global_scaled = ctx.all_reduce(sum_, (stats, scaled))
     checks = [tf.debugging.check_numerics(v, f"loss term '{n}' is NaN or Inf")
               for n, v in global_scaled.items()]
     with tf.control_dependencies(checks):
-      self.trackers["loss"].update_state(global_loss)
-    for name, (total, weight) in stats.items():
-      self.trackers[name].update_state(total / tf.maximum(weight, 1e-12),
-                                       sample_weight=weight)
+      for name, (total, weight) in stats.items():
+        self.trackers[name].update_state(total / tf.maximum(weight, 1e-12),
+                                         sample_weight=weight)
     logs = {name: t.result() for name, t in self.trackers.items()}
+    # The loss over the epoch so far is the sum of its terms' means (each weighted by its
+    # notes: instrument_ce by the labelled ones), not a mean of the batches' losses,
+    # which would count a short last batch as much as a full one.
+    logs = {"loss": tf.add_n([logs[name] for name in terms])} | logs
     if _multi_worker(tf.distribute.get_strategy()):
       # Keras 3.4 reduces each replica's logs with strategy.reduce(MEAN, axis=0) when
       # several workers train, which fails on scalars ("Invalid reduction dimension 0

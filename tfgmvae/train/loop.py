@@ -137,7 +137,10 @@ def _check_not_orphaned(run_dir: str) -> None:
   to save space, say): it cannot go on, and a new run there would replace its records
   and best weights."""
   best = latest_checkpoint(os.path.join(run_dir, "best"))
-  if best and not latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+  # (best/ckpt-1 alone is a kill during the first training save, which comes after it:
+  # the run starts again, as after any kill.)
+  if (best and not best.endswith("ckpt-1")
+      and not latest_checkpoint(os.path.join(run_dir, "checkpoints"))):
     raise RunStateError(
         f"{run_dir} has a best checkpoint ({best}) but no training checkpoint in "
         f"{os.path.join(run_dir, 'checkpoints')}: it cannot go on (its optimizer state "
