@@ -152,6 +152,12 @@ def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
   messages.clear()
   store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
   assert "is damaged" in messages[0] and len(store) == 22
+  labels = os.path.join(folder, "labels.npz")   # cut short (its zip directory lost)
+  with open(labels, "r+b") as f:
+    f.truncate(os.path.getsize(labels) // 2)
+  messages.clear()
+  store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert "is damaged (File is not a zip file)" in messages[0] and len(store) == 22
   np.save(os.path.join(folder, "features.npy"), np.zeros([21, 43, 256], np.float32))
   messages.clear()
   store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)

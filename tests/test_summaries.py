@@ -213,6 +213,27 @@ def test_media_after_the_first_every_n_and_the_last_epoch_once(run, tmp_path):
     assert [e.step for e in acc.Tensors(tag)] == [1, 2, 4]
 
 
+def test_a_replayed_last_epoch_does_not_write_its_media_again(run, tmp_path):
+  # A restart that replays the last epoch (killed after its summaries, before its
+  # final checkpoint): the media and embeddings that end training are there already.
+  def train_through(epochs):
+    callback = SummaryCallback(str(tmp_path / "r"), run["prepared"], run["val_batch"],
+                               media_every=5, num_audio=1, griffin_lim_iters=1)
+    callback.set_model(run["model"])
+    callback.on_train_begin()
+    for epoch in epochs:
+      callback.on_epoch_begin(epoch)
+      callback.on_epoch_end(epoch, {})
+    callback.on_train_end()
+
+  train_through(range(3))
+  train_through(range(2, 3))     # epoch 3 again, from the checkpoint of epoch 2
+  acc = _events(str(tmp_path / "r"), "validation")
+  assert [e.step for e in acc.Tensors(summaries.SPECTROGRAM_TAG)] == [1, 3]
+  for tag in summaries.AUDIO_TAGS.values():
+    assert [e.step for e in acc.Tensors(tag)] == [1, 3]
+
+
 def test_projector_config_matches_checkpoint_and_metadata(run):
   directory = os.path.join(run["run_dir"], "summaries", "validation")
   config = ProjectorConfig()

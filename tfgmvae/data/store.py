@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -219,7 +220,8 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
   if meta is not None and {k: meta.get(k) for k in identity} == identity:
     try:
       return _load(folder, output, notes)
-    except (OSError, ValueError, KeyError) as e:   # also a damaged labels.npz (zip)
+    except (OSError, ValueError, KeyError, EOFError,
+            zipfile.BadZipFile) as e:   # (the last two: a damaged labels.npz)
       log(f"{folder} is damaged ({e}); writing it again.")
   elif meta is not None:
     log(f"{folder} was written from other data or settings; writing it again.")

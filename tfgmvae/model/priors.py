@@ -9,7 +9,10 @@ a fixed component scale. It builds, on demand:
 * `log_responsibilities(z)`: log p(y = k | z) under the uniform mixture (log-sum-exp).
 
 Because the means are a Keras weight they are trained, checkpointed and exported with the
-model.
+model. The objective uses `components()` (through `log_responsibilities`, q(y|x)) and
+the closed-form Gaussian KLs of `losses.py` against the component means; `mixture()` and
+`conditional()` are the same densities as TFP distributions, for sampling and for
+checking those KLs (the tests compare them).
 """
 
 import math

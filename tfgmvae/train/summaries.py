@@ -231,6 +231,7 @@ class SummaryCallback(keras.callbacks.Callback):
     self.embeddings_every = embeddings_every
     self.train_writer = self.validation_writer = None
     self._epoch = -1
+    self._replayed = False   # the last epoch seen was replayed after a restart
     self._embedded_epoch = None
     self._media_step = None
     self._epoch_start = self._last_batch_end = None
@@ -284,7 +285,8 @@ class SummaryCallback(keras.callbacks.Callback):
     logs = logs or {}
     step = epoch + 1
     self._epoch = epoch
-    if step <= self.written:   # replayed after a restart: its summaries are there
+    self._replayed = step <= self.written
+    if self._replayed:   # replayed after a restart: its summaries are there
       return
     iterations = self._iterations()
     with self.train_writer.as_default(step=step):
@@ -321,10 +323,14 @@ class SummaryCallback(keras.callbacks.Callback):
     return self.media_every > 0 and self.num_audio > 0
 
   def on_train_end(self, logs=None):
-    if self._epoch >= 0 and self._media_on and self._media_step != self._epoch + 1:
-      self.write_media(self._epoch + 1)
-    if self._embedded_epoch is None or self._embedded_epoch != self._epoch + 1:
-      self.write_embeddings(self._epoch + 1)
+    # The last epoch's media and embeddings, unless that epoch was replayed after a
+    # restart: the killed run wrote them, or was killed writing them (then they are
+    # lost, as for any epoch killed there), and a second copy would stack in TensorBoard.
+    if not self._replayed:
+      if self._epoch >= 0 and self._media_on and self._media_step != self._epoch + 1:
+        self.write_media(self._epoch + 1)
+      if self._embedded_epoch is None or self._embedded_epoch != self._epoch + 1:
+        self.write_embeddings(self._epoch + 1)
     for writer in (self.train_writer, self.validation_writer):
       if writer is not None:
         writer.close()
