@@ -213,6 +213,24 @@ def test_media_after_the_first_every_n_and_the_last_epoch_once(run, tmp_path):
     assert [e.step for e in acc.Tensors(tag)] == [1, 2, 4]
 
 
+def test_no_training_instrument_accuracy_without_labels(run, tmp_path):
+  logs = {"loss": 5.0, "elbo": -4.0, "instrument_ce": 0.0, "instrument_accuracy": 0.0,
+          "val_instrument_accuracy": 0.5}
+  for fraction, expected in ((0.0, []), (0.25, [1])):
+    folder = str(tmp_path / f"n{fraction}")
+    callback = SummaryCallback(folder, run["prepared"], run["val_batch"], media_every=0,
+                               label_fraction=fraction)
+    callback.set_model(run["model"])
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_epoch_end(0, logs)
+    callback.on_train_end()
+    train_tags = _events(folder, "train").Tags()["tensors"]
+    assert ([1] if "accuracy/instrument" in train_tags else []) == expected
+    assert "losses/instrument_ce" in train_tags     # (a true 0 contribution to the loss)
+    assert _scalars(_events(folder, "validation"), "accuracy/instrument") == [(1, 0.5)]
+
+
 def test_a_replayed_last_epoch_does_not_write_its_media_again(run, tmp_path):
   # A restart that replays the last epoch (killed after its summaries, before its
   # final checkpoint): the media and embeddings that end training are there already.

@@ -493,7 +493,8 @@ def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str |
   batch = {k: np.asarray(v) for k, v in batch.items()}
   return [SummaryCallback(config.run_dir, prepared, batch, media_every=config.media_every,
                           griffin_lim_iters=config.griffin_lim_iters,
-                          embeddings_every=config.embeddings_every)]
+                          embeddings_every=config.embeddings_every,
+                          label_fraction=config.label_fraction)]
 
 
 def _result(history: dict, state: RunState) -> dict:

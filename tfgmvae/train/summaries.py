@@ -204,7 +204,8 @@ class SummaryCallback(keras.callbacks.Callback):
   """Writes TensorBoard summaries of a GMVAE training run (see the module docstring)."""
 
   def __init__(self, run_dir: str, prepared, val_batch: dict, media_every: int = 10,
-               num_audio: int = 3, griffin_lim_iters: int = 32, embeddings_every: int = 0):
+               num_audio: int = 3, griffin_lim_iters: int = 32, embeddings_every: int = 0,
+               label_fraction: float = 1.0):
     """Sets the callback up.
 
     Args:
@@ -219,6 +220,8 @@ class SummaryCallback(keras.callbacks.Callback):
       griffin_lim_iters: Griffin-Lim iterations of the audio summaries.
       embeddings_every: Projector data every this many epochs; it is always written when
         training ends (0: only then).
+      label_fraction: The run's N. At 0 no training note is labelled, so the training
+        instrument accuracy (undefined) is not written; the validation one is.
     """
     super().__init__()
     self.summary_dir = os.path.join(run_dir, "summaries")
@@ -229,6 +232,7 @@ class SummaryCallback(keras.callbacks.Callback):
     self.media = media_indices(self.val_batch["instrument"], self.num_audio)
     self.griffin_lim_iters = griffin_lim_iters
     self.embeddings_every = embeddings_every
+    self.label_fraction = label_fraction
     self.train_writer = self.validation_writer = None
     self._epoch = -1
     self._replayed = False   # the last epoch seen was replayed after a restart
@@ -291,7 +295,8 @@ class SummaryCallback(keras.callbacks.Callback):
     iterations = self._iterations()
     with self.train_writer.as_default(step=step):
       for tag, value in scalar_summaries(logs).items():
-        tf.summary.scalar(tag, value)
+        if not (tag == METRIC_TAGS["instrument_accuracy"] and self.label_fraction == 0):
+          tf.summary.scalar(tag, value)
       tf.summary.scalar("optimization/learning_rate", self.current_learning_rate())
       tf.summary.scalar("progress/optimizer_step", iterations)
       # Batches seen by on_train_batch_end (one call per execution of
