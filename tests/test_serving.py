@@ -92,6 +92,26 @@ def test_export_layout_versions_and_metadata(runs):
   with pytest.raises(export_lib.ExportError,
                      match="--checkpoint=nonsense: expected 'best', 'latest'"):
     export_lib.checkpoint_path(runs["mgmvae"], "nonsense")
+  # Another run's checkpoint would be served under this run's names and scales.
+  other = export_lib.checkpoint_path(runs["mvae"], "best")
+  with pytest.raises(export_lib.ExportError, match=f"--checkpoint={other}: belongs to the "
+                     f"run {runs['mvae']}, whose model differ from "):
+    export_lib.checkpoint_path(runs["mgmvae"], other)
+  copy = os.path.join(str(runs["root"]), "copied", "ckpt")   # a copy outside any run
+  os.makedirs(os.path.dirname(copy))
+  mine = export_lib.checkpoint_path(runs["mgmvae"], "best")
+  for suffix in (".index", ".data-00000-of-00001"):
+    shutil.copy(mine + suffix, copy + suffix)
+  assert export_lib.checkpoint_path(runs["mgmvae"], copy) == copy
+  for kwargs, said in ((dict(version=2**63), "--version=9223372036854775808: expected an "
+                        "integer in 1..9223372036854775807"),
+                       (dict(griffin_lim_iters=10**11), "--griffin_lim_iters="
+                        "100000000000: expected 1..10000"),
+                       (dict(export_dir=""), "--export_dir is empty"),
+                       (dict(export_dir=os.path.join(runs["mgmvae"], "model.json")),
+                        "model.json: is a file")):
+    with pytest.raises(export_lib.ExportError, match=re.escape(said)):
+      export_lib.ExportConfig(**(dict(run_dir=runs["mgmvae"], export_dir=base) | kwargs))
   shutil.rmtree(second)
   open(os.path.join(base, "3"), "w").close()        # a stray file takes its number too
   third = export_lib.export(export_lib.ExportConfig(runs["mgmvae"], base,
@@ -219,6 +239,8 @@ def _transfer(sig, audio=None, rate=44100, target=("Pno",), alpha=(1.0,), **extr
     (dict(audio=np.full([1, 4000], np.nan, np.float32)), "NaN or infinite samples"),
     (dict(audio=np.zeros([1, 0], np.float32)), "needs more than offset"),
     (dict(target=["Pno", "Vc"]), "must all have the same length"),
+    (dict(audio=np.zeros([1, 44100], np.float32)), "a note is silent in its analysed "
+     "segment \\(0 s to 0.5 s: peak under 0.0001\\); expected a sounding note"),
 ])
 def test_transfer_rejects_bad_input(loaded, kwargs, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -235,6 +257,10 @@ def test_other_signatures_reject_bad_shapes(loaded):
     _transfer(sigs["transfer_from_source"], source_instrument=tf.constant(["Sitar"]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate must be"):
     sigs["encode"](audio=tf.zeros([1, 100]), sample_rate=tf.constant(-5))
+  sound = tone(60, 22050, 0.6)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="a note is silent"):
+    sigs["encode"](audio=tf.constant(np.stack([sound, np.zeros_like(sound)])),
+                   sample_rate=tf.constant(22050))
 
 
 def test_signatures_follow_the_model(live, runs):
@@ -327,7 +353,7 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
   """What bin/synthesize and bin/transfer check first (and print as one ERROR line)."""
   for iters in (0, -5):   # a run is served with Griffin-Lim of its own; an export with its
     with pytest.raises(export_lib.ExportError,   # recorded count
-                       match=f"--griffin_lim_iters={iters}: expected >= 1"):
+                       match=f"--griffin_lim_iters={iters}: expected 1..10000"):
       client.open_model(runs["mgmvae"], griffin_lim_iters=iters)
   export_base = os.path.dirname(runs["mgmvae_export"])
   with pytest.raises(ValueError, match=(

@@ -40,9 +40,10 @@ def synthesize_request(model: str = "tfgmvae") -> predict_pb2.PredictRequest:
 
 def transfer_request(path: str, target: str, alpha: float,
                      model: str = "tfgmvae") -> predict_pb2.PredictRequest:
-  """The note in `path` (any rate; mixed to mono) moved towards `target` by `alpha`."""
+  """The note in `path` (any rate; mixed to mono, sent whole: the model reads the segment
+  its training read) moved towards `target` by `alpha`."""
   audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-  audio = audio.mean(axis=1)[:rate]
+  audio = audio.mean(axis=1)
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model
   request.model_spec.signature_name = "transfer"

@@ -6,7 +6,9 @@ Usage:
   curl -s -d @transfer.json http://localhost:8501/v1/models/tfgmvae:predict
 
 Needs only NumPy and soundfile (no TensorFlow, no tfgmvae). The note is mixed to mono and
-cut to its first second (the model reads its first 0.5 s at any rate).
+sent whole: the model reads the segment its training read (0 to 0.5 s with the paper's
+settings; `audio.offset` and `audio.duration` in the export's
+assets.extra/tfgmvae.json), at any rate.
 """
 
 import json
@@ -17,10 +19,10 @@ import numpy as np
 import soundfile
 
 
-def transfer_body(path: str, target: str, alpha: float, seconds: float = 1.0) -> dict:
+def transfer_body(path: str, target: str, alpha: float) -> dict:
   """The `transfer` request for the note in `path` (columnar "inputs" format)."""
   audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-  audio = audio.mean(axis=1)[:int(seconds * rate)]
+  audio = audio.mean(axis=1)
   return {"signature_name": "transfer",
           "inputs": {"audio": [np.round(audio.astype(np.float64), 6).tolist()],
                      "sample_rate": int(rate),

@@ -26,6 +26,8 @@ from tfgmvae.serving.module import ServingModule
 MODEL_FILE = "model.json"
 METADATA_FILE = os.path.join("assets.extra", "tfgmvae.json")
 CHECKPOINTS = {"best": "best", "latest": "checkpoints"}
+MAX_VERSION = 2**63 - 1            # TF Serving parses version folders as int64
+MAX_GRIFFIN_LIM_ITERS = 10_000
 
 
 class ExportError(ValueError):
@@ -50,8 +52,17 @@ class ExportConfig:
   version: int | None = None
 
   def __post_init__(self):
-    if self.version is not None and self.version < 1:
-      raise ExportError(f"version={self.version}: expected a positive integer.")
+    if self.version is not None and not 1 <= self.version <= MAX_VERSION:
+      raise ExportError(f"--version={self.version}: expected an integer in 1..{MAX_VERSION} "
+                        "(TF Serving reads versions as 64-bit integers).")
+    if not 1 <= self.griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
+      raise ExportError(f"--griffin_lim_iters={self.griffin_lim_iters}: expected 1.."
+                        f"{MAX_GRIFFIN_LIM_ITERS}.")
+    if not self.export_dir:
+      raise ExportError("--export_dir is empty; expected the model's base folder.")
+    if os.path.exists(self.export_dir) and not os.path.isdir(self.export_dir):
+      raise ExportError(f"--export_dir={self.export_dir}: is a file; expected the model's "
+                        "base folder (versions go inside).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +130,31 @@ def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
   if not tf.io.gfile.exists(checkpoint + ".index"):
     raise ExportError(f"--checkpoint={checkpoint}: expected 'best', 'latest' or the "
                       "prefix of a checkpoint (a path whose .index file exists).")
+  other = _other_run(run_dir, checkpoint)
+  if other:
+    raise ExportError(f"--checkpoint={checkpoint}: {other}")
   return checkpoint
+
+
+def _other_run(run_dir: str, checkpoint: str) -> str | None:
+  """Why checkpoint `checkpoint`, when it is in another run's checkpoints/ or best/,
+  cannot stand for `run_dir`'s model: that run's model, vocabularies, audio settings or
+  normalisation differ (its weights would be served under this run's names and
+  scales); None if it is this run's, a copy outside any run, or the same in all that."""
+  owner = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+  if (os.path.realpath(owner) == os.path.realpath(run_dir)
+      or not os.path.isfile(os.path.join(owner, MODEL_FILE))):
+    return None
+  try:
+    theirs, ours = read_run(owner), read_run(run_dir)
+  except (ExportError, OSError, ValueError, KeyError):
+    return None   # (this run's own record is read again, with its errors, by the caller)
+  fields = ("model", "instruments", "pitches", "audio", "log_mel_min", "log_mel_max")
+  differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
+  if not differ:
+    return None
+  return (f"belongs to the run {owner}, whose {', '.join(differ)} differ from "
+          f"{run_dir}'s; use --run_dir={owner} for it.")
 
 
 def load_run(run_dir: str, checkpoint: str = "best") -> tuple[GMVAE, RunInfo, str]:
@@ -182,8 +217,9 @@ def build_module(run_dir: str, checkpoint: str = "best",
   Raises:
     ExportError: griffin_lim_iters < 1, or the run cannot be loaded.
   """
-  if griffin_lim_iters < 1:
-    raise ExportError(f"--griffin_lim_iters={griffin_lim_iters}: expected >= 1.")
+  if not 1 <= griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
+    raise ExportError(f"--griffin_lim_iters={griffin_lim_iters}: expected 1.."
+                      f"{MAX_GRIFFIN_LIM_ITERS}.")
   model, info, path = load_run(run_dir, checkpoint)
   means = scales = None
   if info.model.kind == "mvae":
@@ -221,6 +257,9 @@ def export(config: ExportConfig, log=print) -> str:
   """
   present = versions(config.export_dir)
   version = config.version if config.version is not None else (max(present, default=0) + 1)
+  if version > MAX_VERSION:
+    raise ExportError(f"{config.export_dir} holds version {max(present)}, the largest TF "
+                      "Serving reads; give a free --version, or another --export_dir.")
   final = os.path.join(config.export_dir, str(version))
   if os.path.exists(final):
     hint = ("leave out --version to write the next one" if config.version is not None

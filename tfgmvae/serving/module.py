@@ -195,6 +195,14 @@ class ServingModule(tf.Module):
     checks.append(tf.debugging.assert_greater(
         tf.shape(audio)[1], start,
         message=f"audio: each note needs more than offset={a.offset} s of samples"))
+    with tf.control_dependencies(checks):   # as preparation refuses a silent note
+      analysed = tf.cast(tf.math.ceil(a.duration * tf.cast(rate64, tf.float64)), tf.int32)
+      peak = tf.reduce_max(tf.abs(audio[:, start:start + analysed]), axis=1)
+      checks.append(tf.debugging.assert_greater_equal(
+          peak, tf.cast(a.silence_threshold, audio.dtype),
+          message=f"audio: a note is silent in its analysed segment ({a.offset:g} s to "
+                  f"{a.offset + a.duration:g} s: peak under {a.silence_threshold:g}); "
+                  "expected a sounding note"))
     with tf.control_dependencies(checks):
       # Keep the segment and a margin for the resampling filter, then resample.
       keep = tf.cast(tf.math.ceil((a.duration + 0.05) * tf.cast(rate64, tf.float64)),
