@@ -33,8 +33,8 @@ flags.DEFINE_string("prepared", None, "Folder written by bin/prepare_dataset.")
 flags.DEFINE_enum("cache", "memory", ["memory", "disk"], "Where the notes are kept.")
 flags.DEFINE_string("store_dir", "/tmp/tfgmvae_bench_store", "Store folder (--cache=disk; "
                     "must not exist: it is written, then deleted).")
-flags.DEFINE_integer("epochs", 3, "Epochs timed after the first.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("epochs", 3, "Epochs timed after the first.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.mark_flag_as_required("prepared")
 FLAGS = flags.FLAGS
 

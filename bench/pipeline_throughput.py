@@ -32,8 +32,9 @@ from tfgmvae.data.dataset import PipelineConfig, make_dataset  # pylint: disable
 from tfgmvae.data.prepare import Prepared  # pylint: disable=wrong-import-position
 
 flags.DEFINE_string("prepared", None, "Folder written by bin/prepare_dataset.")
-flags.DEFINE_integer("max_notes", 0, "Use at most this many training notes (0: all).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("max_notes", 0, "Use at most this many training notes (0: all).",
+                     lower_bound=0)
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.mark_flag_as_required("prepared")
 FLAGS = flags.FLAGS
 

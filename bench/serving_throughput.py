@@ -2,7 +2,7 @@
 """Synthesis throughput and transfer latency through an exported SavedModel.
 
 Usage:
-  python bench/serving_throughput.py --model=export/NAME [--repeats=5]
+  python bench/serving_throughput.py --model=export/NAME/1 [--repeats=5]   # a version folder
 
 Loads the export with `tf.saved_model.load` (the graph TF Serving runs) and times, after
 one untimed warm-up call per shape:
@@ -30,7 +30,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 flags.DEFINE_string("model", None, "An export version folder (with saved_model.pb).")
-flags.DEFINE_integer("repeats", 5, "Timed calls per figure (the median is reported).")
+flags.DEFINE_integer("repeats", 5, "Timed calls per figure (the median is reported).",
+                     lower_bound=1)
 flags.DEFINE_boolean("pieces", False, "Also time the NNLS and Griffin-Lim steps alone.")
 flags.mark_flag_as_required("model")
 FLAGS = flags.FLAGS

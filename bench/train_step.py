@@ -76,13 +76,15 @@ DEFAULT_VARIANTS = ("matmul", "torch_fp32", "torch_bf16", "keras_fp32", "keras_f
 STOCK_VARIANTS = ("keras_fp32_stock", "keras_bf16_stock")
 ALL_VARIANTS = DEFAULT_VARIANTS + STOCK_VARIANTS
 
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("steps", 10, "Timed steps per variant and round.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first one traces/compiles).")
-flags.DEFINE_integer("rounds", 2, "Times the whole list of variants is run.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 10, "Timed steps per variant and round.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first one traces/compiles).",
+                     lower_bound=0)
+flags.DEFINE_integer("rounds", 2, "Times the whole list of variants is run.", lower_bound=1)
 flags.DEFINE_list("variants", list(DEFAULT_VARIANTS), f"Any of {', '.join(ALL_VARIANTS)}.")
-flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul of the peak estimate.")
-flags.DEFINE_integer("matmul_reps", 10, "Timed matmuls per dtype (median).")
+flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul of the peak estimate.",
+                     lower_bound=1)
+flags.DEFINE_integer("matmul_reps", 10, "Timed matmuls per dtype (median).", lower_bound=1)
 flags.DEFINE_integer("tf_inter_op_threads", 0,
                      "TensorFlow inter-op threads in the Keras variants (0: TF default).")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads in the PyTorch variants.")
@@ -651,6 +653,7 @@ def main(argv):
     if base and variant in rows:
       print(f"{variant}: {base / rows[variant]['median']:.2f}x the PyTorch fp32 step "
             "(stock Keras layers and Adam, not tfgmvae as it is)")
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

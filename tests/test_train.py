@@ -486,6 +486,51 @@ def test_a_run_without_its_training_checkpoints_is_not_replaced(prepared_dir, tm
                log=lambda *_: None)["epoch"] == 1
 
 
+def test_xla_trains_the_same_batches(prepared_dir, tmp_path):
+  # (The batches carry the notes' keys, strings XLA cannot take: fit gets none.)
+  plain = train(_config(tmp_path / "plain", prepared_dir, epochs=1), log=lambda *_: None)
+  xla = train(_config(tmp_path / "xla", prepared_dir, epochs=1, jit_compile=True),
+              log=lambda *_: None)
+  assert xla["epoch"] == 1
+  np.testing.assert_allclose(xla["history"]["loss"], plain["history"]["loss"], rtol=1e-3)
+
+
+def test_mixed_float16_scales_the_loss():
+  from tfgmvae.train.loop import make_optimizer  # pylint: disable=g-import-not-at-top
+  assert not hasattr(make_optimizer(TrainConfig(run_dir="r")), "inner_optimizer")
+  scaled = make_optimizer(TrainConfig(run_dir="r", precision="mixed_float16"))
+  assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+  assert float(scaled.scale_loss(3.0)) > 3.0
+
+
+@pytest.mark.parametrize("tf_config,said", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"cluster": {"worker": ["localhost:1"]}}', "TF_CONFIG: \"task\" None does not name"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+     "TF_CONFIG: task index 3 is not one of the 1 worker address(es) (0..0)"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG: no \"cluster\""),
+])
+def test_a_tf_config_that_cannot_place_the_worker_is_named(prepared_dir, monkeypatch,
+                                                           tf_config, said):
+  monkeypatch.setenv("TF_CONFIG", tf_config)
+  with pytest.raises(ConfigError) as info:
+    _config("unused", prepared_dir, strategy="multi_worker").validate()
+  assert said in str(info.value)
+
+
+def test_too_few_validation_notes_for_the_replicas_names_the_remedy(prepared_dir):
+  import types  # pylint: disable=g-import-not-at-top
+  from tfgmvae.data.prepare import Prepared  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train.inputs import make_inputs  # pylint: disable=g-import-not-at-top
+  p = Prepared.load(prepared_dir)
+  notes = sum(p.counts["validation"].values())
+  eight = types.SimpleNamespace(num_replicas_in_sync=notes + 1)
+  with pytest.raises(ConfigError, match=f"the validation split has {notes} notes, fewer "
+                     f"than one batch of {notes + 1} across {notes + 1} replicas; train on "
+                     "fewer replicas \\(--cpu_devices, or fewer GPUs\\), or prepare"):
+    make_inputs(p, "validation", notes + 1, 0, 4, strategy=eight)
+
+
 def test_the_last_epoch_is_always_validated(prepared_dir, tmp_path):
   result = train(_config(tmp_path / "rare", prepared_dir, epochs=3, validation_every=5),
                  log=lambda *_: None)

@@ -45,6 +45,29 @@ def warm_start_checkpoint(path: str) -> str | None:
   return os.path.abspath(found) if found else None
 
 
+def _tf_config_problems(text: str) -> list[str]:
+  """Why the TF_CONFIG environment variable cannot place this worker in its cluster."""
+  expected = ('expected e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+              '"task": {"type": "worker", "index": 0}}')
+  try:
+    tf_config = json.loads(text)
+  except ValueError as e:
+    return [f"TF_CONFIG is not JSON ({e}); {expected}"]
+  cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+  task = tf_config.get("task") if isinstance(tf_config, dict) else None
+  if not isinstance(cluster, dict) or not cluster or not all(
+      isinstance(v, list) and v for v in cluster.values()):
+    return [f"TF_CONFIG: no \"cluster\" of task types and their addresses; {expected}"]
+  if not isinstance(task, dict) or task.get("type") not in cluster:
+    return [f"TF_CONFIG: \"task\" {task!r} does not name a task type of the cluster "
+            f"({', '.join(cluster)}); {expected}"]
+  index, count = task.get("index"), len(cluster[task["type"]])
+  if not isinstance(index, int) or not 0 <= index < count:
+    return [f"TF_CONFIG: task index {index!r} is not one of the {count} "
+            f"{task['type']} address(es) (0..{count - 1})"]
+  return []
+
+
 class ConfigError(ValueError):
   """A setting or a combination of settings is impossible; the message says which."""
 
@@ -178,6 +201,8 @@ class TrainConfig:
     if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
       p.append("--strategy=multi_worker needs the TF_CONFIG environment variable (the "
                "cluster and this worker's index)")
+    elif self.strategy == "multi_worker":
+      p += _tf_config_problems(os.environ["TF_CONFIG"])
     if (self.strategy == "multi_worker" and not self.prepared_dir and not
         os.path.isfile(os.path.join(self.run_dir, "data", "prepared.json"))):
       p.append("--strategy=multi_worker needs prepared data: run bin/prepare_dataset "

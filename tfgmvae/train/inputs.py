@@ -176,8 +176,11 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
                       f"{replicas} replicas")
   steps = steps_per_epoch(count, batch_size, replicas)
   if steps < 1:
+    fix = ("lower --batch_size" if split == "train" or batch_size > replicas else
+           "train on fewer replicas (--cpu_devices, or fewer GPUs), or prepare the data "
+           "with a larger --validation_fraction")
     raise ConfigError(f"the {split} split has {count} notes, fewer than one batch of "
-                      f"{batch_size} across {replicas} replicas; lower --batch_size")
+                      f"{batch_size} across {replicas} replicas; {fix}")
   training = split == "train"
 
   def one_epoch(epoch):

@@ -132,6 +132,22 @@ def _warm_start_failure(source: str, mconfig: ModelConfig, exclude) -> str | Non
   return failure
 
 
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+  """Adam (fused), loss-scaled under mixed_float16. Keras scales the loss itself only
+  when the model's own policy is mixed_float16, and GMVAE keeps the model (its priors
+  and loss) in float32."""
+  optimizer = FusedAdam(config.learning_rate, amsgrad=config.amsgrad)
+  if config.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def _numeric(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Batches without their string fields (the notes' keys): the steps do not use them,
+  and XLA (--jit_compile) takes no string input."""
+  return ds.map(lambda batch: {k: v for k, v in batch.items() if v.dtype != tf.string})
+
+
 def _check_not_orphaned(run_dir: str) -> None:
   """Refuses a run directory with a best checkpoint but no training checkpoint (deleted
   to save space, say): it cannot go on, and a new run there would replace its records
@@ -265,7 +281,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       model = GMVAE(mconfig, features=PreparedFeatures(prepared) if output == "audio"
                     else None)
       model.build_for()
-      optimizer = FusedAdam(config.learning_rate, amsgrad=config.amsgrad)
+      optimizer = make_optimizer(config)
       model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
       optimizer.build(model.trainable_variables)
       state = RunState()
@@ -366,8 +382,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
 
     try:
       with data_errors(prepared, failed_epoch, after):
-        history = model.fit(train_ds, epochs=config.epochs, initial_epoch=start,
-                            steps_per_epoch=steps, validation_data=val_ds,
+        history = model.fit(_numeric(train_ds), epochs=config.epochs, initial_epoch=start,
+                            steps_per_epoch=steps, validation_data=_numeric(val_ds),
                             validation_steps=val_steps,
                             validation_freq=_validation_epochs(
                                 config.validation_every, start, config.epochs),
