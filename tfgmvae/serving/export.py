@@ -34,6 +34,11 @@ class ExportError(ValueError):
   """A run cannot be loaded or exported; the message names the file and the fix."""
 
 
+def _check_griffin_lim_iters(iters: int) -> None:
+  if not 1 <= iters <= MAX_GRIFFIN_LIM_ITERS:
+    raise ExportError(f"--griffin_lim_iters={iters}: expected 1..{MAX_GRIFFIN_LIM_ITERS}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
   """What to export.
@@ -55,9 +60,7 @@ class ExportConfig:
     if self.version is not None and not 1 <= self.version <= MAX_VERSION:
       raise ExportError(f"--version={self.version}: expected an integer in 1..{MAX_VERSION} "
                         "(TF Serving reads versions as 64-bit integers).")
-    if not 1 <= self.griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
-      raise ExportError(f"--griffin_lim_iters={self.griffin_lim_iters}: expected 1.."
-                        f"{MAX_GRIFFIN_LIM_ITERS}.")
+    _check_griffin_lim_iters(self.griffin_lim_iters)
     if not self.export_dir:
       raise ExportError("--export_dir is empty; expected the model's base folder.")
     if os.path.exists(self.export_dir) and not os.path.isdir(self.export_dir):
@@ -136,14 +139,20 @@ def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
   return checkpoint
 
 
+def checkpoint_owner(checkpoint: str) -> str | None:
+  """The run directory a checkpoint prefix (RUN/checkpoints/ckpt-N or RUN/best/ckpt-N)
+  was saved in, if that folder holds a run's model.json; None for a copy elsewhere."""
+  owner = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+  return owner if os.path.isfile(os.path.join(owner, MODEL_FILE)) else None
+
+
 def _other_run(run_dir: str, checkpoint: str) -> str | None:
   """Why checkpoint `checkpoint`, when it is in another run's checkpoints/ or best/,
   cannot stand for `run_dir`'s model: that run's model, vocabularies, audio settings or
   normalisation differ (its weights would be served under this run's names and
   scales); None if it is this run's, a copy outside any run, or the same in all that."""
-  owner = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-  if (os.path.realpath(owner) == os.path.realpath(run_dir)
-      or not os.path.isfile(os.path.join(owner, MODEL_FILE))):
+  owner = checkpoint_owner(checkpoint)
+  if owner is None or os.path.realpath(owner) == os.path.realpath(run_dir):
     return None
   try:
     theirs, ours = read_run(owner), read_run(run_dir)
@@ -217,9 +226,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
   Raises:
     ExportError: griffin_lim_iters < 1, or the run cannot be loaded.
   """
-  if not 1 <= griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
-    raise ExportError(f"--griffin_lim_iters={griffin_lim_iters}: expected 1.."
-                      f"{MAX_GRIFFIN_LIM_ITERS}.")
+  _check_griffin_lim_iters(griffin_lim_iters)
   model, info, path = load_run(run_dir, checkpoint)
   means = scales = None
   if info.model.kind == "mvae":

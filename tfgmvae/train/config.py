@@ -5,7 +5,6 @@ import glob
 import json
 import math
 import os
-import re
 
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.data import paths
@@ -20,28 +19,14 @@ CACHES = ("auto", "memory", "disk")
 MAX_SEED = 2**32 - 1   # (TensorFlow's and NumPy's seeds are 32-bit)
 
 
-def latest_checkpoint(folder: str) -> str | None:
-  """The newest checkpoint prefix that `folder`/checkpoint records and that exists (what
-  tf.train.latest_checkpoint gives, without importing TensorFlow)."""
-  try:
-    with open(os.path.join(folder, "checkpoint"), encoding="utf-8") as f:
-      text = f.read()
-  except OSError:
-    return None
-  match = re.search(r'^model_checkpoint_path:\s*"(.*)"', text, re.MULTILINE)
-  if not match:
-    return None
-  prefix = os.path.join(folder, match.group(1))   # (an absolute path stays as it is)
-  return prefix if os.path.isfile(prefix + ".index") else None
-
-
 def warm_start_checkpoint(path: str) -> str | None:
   """The checkpoint `--warm_start=path` names: `path` itself when it is one (a prefix
   such as RUN/best/ckpt-N), else the newest in `path`/checkpoints (another run's
   directory); None if there is none. Absolute."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if os.path.isfile(path + ".index"):
     return os.path.abspath(path)
-  found = latest_checkpoint(os.path.join(path, "checkpoints"))
+  found = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
   return os.path.abspath(found) if found else None
 
 
@@ -221,9 +206,11 @@ class TrainConfig:
         os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir)):
       p.append("--warm_start names this run itself; to continue a run, run the same "
                "command again without --warm_start")
-    elif self.warm_start and not (self.run_dir and latest_checkpoint(
-        os.path.join(self.run_dir, "checkpoints"))):   # (a run going on needs it no more)
-      if warm_start_checkpoint(self.warm_start) is None:
+    elif self.warm_start:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      going_on = self.run_dir and tf.train.latest_checkpoint(
+          os.path.join(self.run_dir, "checkpoints"))   # (then it needs it no more)
+      if not going_on and warm_start_checkpoint(self.warm_start) is None:
         p.append(f"--warm_start={self.warm_start}: no checkpoint there (expected another "
                  "run's directory, or a checkpoint such as RUN/best/ckpt-N)")
     if self.model == "mvae" and self.label_fraction == 0.0:

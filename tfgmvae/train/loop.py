@@ -20,13 +20,12 @@ from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
-from tfgmvae.serving.export import MODEL_FILE, run_metadata
+from tfgmvae.serving.export import MODEL_FILE, checkpoint_owner, run_metadata
 from tfgmvae.train import inputs
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
                                        check_flags, checkpoint_parts,
                                        remove_unfinished_saves, run_lock, write_flags)
-from tfgmvae.train.config import (ConfigError, TrainConfig, latest_checkpoint,
-                                  warm_start_checkpoint)
+from tfgmvae.train.config import ConfigError, TrainConfig, warm_start_checkpoint
 from tfgmvae.train.optimizer import FusedAdam
 from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, pick_notes
 
@@ -152,11 +151,11 @@ def _check_not_orphaned(run_dir: str) -> None:
   """Refuses a run directory with a best checkpoint but no training checkpoint (deleted
   to save space, say): it cannot go on, and a new run there would replace its records
   and best weights."""
-  best = latest_checkpoint(os.path.join(run_dir, "best"))
+  best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
   # (best/ckpt-1 alone is a kill during the first training save, which comes after it:
   # the run starts again, as after any kill.)
   if (best and not best.endswith("ckpt-1")
-      and not latest_checkpoint(os.path.join(run_dir, "checkpoints"))):
+      and not tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))):
     raise RunStateError(
         f"{run_dir} has a best checkpoint ({best}) but no training checkpoint in "
         f"{os.path.join(run_dir, 'checkpoints')}: it cannot go on (its optimizer state "
@@ -177,9 +176,11 @@ def _warm_start_mismatch(source: str, mconfig: ModelConfig, prepared) -> str | N
   RUN/best/ckpt-N) is no start for this one: another model kind, or other instrument
   or pitch names (the weights' shapes alone may fit); None if it fits or RUN records
   nothing to compare."""
+  owner = checkpoint_owner(source)
+  if owner is None:
+    return None
   try:
-    with open(os.path.join(os.path.dirname(os.path.dirname(source)), MODEL_FILE),
-              encoding="utf-8") as f:
+    with open(os.path.join(owner, MODEL_FILE), encoding="utf-8") as f:
       other = json.load(f)
   except (OSError, ValueError):
     return None
