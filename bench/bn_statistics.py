@@ -24,9 +24,9 @@ from absl import app, flags  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
-from tfgmvae.data.prepare import Prepared  # pylint: disable=wrong-import-position
+from tfgmvae.data.prepare import Prepared, PrepareError  # pylint: disable=wrong-import-position
 from tfgmvae.model.gmvae import UNSUPERVISED  # pylint: disable=wrong-import-position
-from tfgmvae.serving.export import load_run  # pylint: disable=wrong-import-position
+from tfgmvae.serving.export import ExportError, load_run  # pylint: disable=wrong-import-position
 from tfgmvae.train.checkpoints import read_flags  # pylint: disable=wrong-import-position
 from tfgmvae.train.inputs import make_inputs  # pylint: disable=wrong-import-position
 
@@ -65,8 +65,11 @@ def recompute_statistics(model, batches) -> None:
 
 def main(argv):
   del argv
-  model, info, path = load_run(FLAGS.run_dir, FLAGS.checkpoint)
-  prepared = Prepared.load(info.prepared_dir)
+  try:
+    model, info, path = load_run(FLAGS.run_dir, FLAGS.checkpoint)
+    prepared = Prepared.load(info.prepared_dir)
+  except (ExportError, PrepareError) as e:
+    raise SystemExit(f"ERROR: {e}") from None
   latent = model.config.latent_dim
   recorded = read_flags(FLAGS.run_dir)
   seed, batch_size = int(recorded.get("seed", 0)), int(recorded.get("batch_size", 128))

@@ -97,7 +97,10 @@ def main(export_dir, wav, out):
     inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
     for k, v in run(sigs[request.model_spec.signature_name], inputs).items():
       results[f"grpc_{name}/{k}"] = v
-  mel = np.linspace(-1, 1, 2 * 43 * 256, dtype=np.float32).reshape(2, 43, 256)
+  with open(os.path.join(export_dir, "assets.extra", "tfgmvae.json")) as f:
+    model = json.load(f)["model"]
+  shape = (2, model["frames"], model["n_mels"])
+  mel = np.linspace(-1, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
   for k, v in run(sigs["encode_mel"], {"mel": mel}).items():
     results[f"encode_mel/{k}"] = v
   latent = int(loaded.timbre_means.shape[1])

@@ -123,6 +123,7 @@ config = TrainConfig(**args["config"])
 try:
   result = loop.train(config, callbacks=[Record()], log=lambda *a: print(*a, file=sys.stderr))
   record["history"] = result["history"]
+  record["role"] = [result["chief"], result["task"]]
 except ConfigError as e:
   record["config_error"] = str(e)
   record["run_dir_exists"] = os.path.exists(config.run_dir)
@@ -268,6 +269,7 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
   _assert_same_training(ref, chief)
   # Both workers hold the same model and logged the same values.
   assert other["iterations"] == chief["iterations"]
+  assert (chief["role"], other["role"]) == ([True, "worker0"], [False, "worker1"])
   for path, value in chief["weights"].items():
     np.testing.assert_allclose(other["weights"][path], value, rtol=0, atol=1e-6,
                                err_msg=path)

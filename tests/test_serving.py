@@ -215,6 +215,8 @@ def _synth(sig, instrument=("Vc",), pitch=(60,), w=(0.0,), seed=(0,)):
     (dict(pitch=[20]), r"MIDI number\(s\)\] \[20\]"),
     (dict(w=[-1.0]), "w must be >= 0"),
     (dict(w=[float("nan")]), "w must be finite"),
+    (dict(instrument=["Vc"] * 3, pitch=[60] * 3, w=[3e38] * 3, seed=[1, 2, 3]),
+     "the decoded mel is not finite: .* \\(a huge w"),   # z_t overflows to inf
     (dict(instrument=["Vc", "Pno"]), "must all have the same length"),
     (dict(instrument=[], pitch=[], w=[], seed=[]), "input instrument is empty"),
 ])
@@ -253,6 +255,9 @@ def test_other_signatures_reject_bad_shapes(loaded):
     sigs["encode_mel"](mel=tf.zeros([1, 40, 256]))
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"z_pitch: expected shape"):
     sigs["decode"](z_timbre=tf.zeros([1, 4]), z_pitch=tf.zeros([1, 5]))
+  latent = int(loaded.timbre_means.shape[1])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="decoded mel is not finite"):
+    sigs["decode"](z_timbre=tf.fill([1, latent], 3e38), z_pitch=tf.zeros([1, latent]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="source_instrument: unknown"):
     _transfer(sigs["transfer_from_source"], source_instrument=tf.constant(["Sitar"]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate must be"):

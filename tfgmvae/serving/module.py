@@ -18,7 +18,8 @@ and the inverse (mel -> linear magnitude -> Griffin-Lim). Its signatures, all ba
   `transfer_from_source` takes the source as `source_instrument` [B].
 
 Bad input (an unknown name, a pitch outside the vocabulary, alpha outside [0, 1], a
-negative w, a wrong shape, a bad rate, non-finite samples) fails with an InvalidArgument
+negative w, a wrong shape, a bad rate, non-finite samples, codes so large that the
+decoded mel is not finite) fails with an InvalidArgument
 error whose message says what was expected. Only core TensorFlow ops are used, so TF
 Serving loads the export as it is.
 
@@ -231,6 +232,10 @@ class ServingModule(tf.Module):
 
   def _decoded(self, z_timbre, z_pitch, with_audio=True) -> dict:
     mel = self.model.decode(z_timbre, z_pitch, training=False)
+    mel = tf.debugging.assert_all_finite(
+        mel, "the decoded mel is not finite: the codes are too far from those of the "
+             "training notes (a huge w, or huge z_timbre/z_pitch values); expected codes "
+             "of a size the model has seen")
     out = {"mel": mel}
     if with_audio:
       out["audio"] = self._audio_out(mel)

@@ -234,8 +234,9 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
     flag_defaults: Each flag at its default, as a line (see `check_flags`).
 
   Returns:
-    {'history': fit's history dict, 'epoch': epochs done, 'best_elbo', 'best_epoch',
-     'stopped_early'}.
+    {'history': fit's history dict, 'chief': whether this process wrote the run
+     directory, 'task': its short name ('chief', 'worker1', ...), 'epoch': epochs
+     done, 'best_elbo', 'best_epoch', 'stopped_early'}.
 
   Raises:
     ConfigError: impossible settings: before any work, or, for --cache=memory and notes
@@ -341,7 +342,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
               and start < config.epochs else "")
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).{more}")
-      return _result({}, state)
+      return _result({}, state, chief, task)
     # Every worker keeps its own notes: the chief in RUN_DIR/cache, the others in a
     # folder of their own in it, which outlives their temporary save_dir, so a resume
     # reuses it. (Chosen before flags.txt is recorded: --cache=memory may be refused.)
@@ -395,7 +396,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
         raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager,
                                          config.precision)) from None
       raise
-    return _result(history.history, state)
+    return _result(history.history, state, chief, task)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
@@ -514,8 +515,9 @@ def _summary_callbacks(config: TrainConfig, prepared: Prepared, store_dir: str |
                           label_fraction=config.label_fraction)]
 
 
-def _result(history: dict, state: RunState) -> dict:
-  return {"history": history, "epoch": int(state.epoch.numpy()),
+def _result(history: dict, state: RunState, chief: bool, task: str) -> dict:
+  return {"history": history, "chief": chief, "task": task,
+          "epoch": int(state.epoch.numpy()),
           "best_elbo": float(state.best_elbo.numpy()),
           "best_epoch": int(state.best_epoch.numpy()),
           "stopped_early": bool(state.stopped.numpy())}
