@@ -212,6 +212,8 @@ def _synth(sig, instrument=("Vc",), pitch=(60,), w=(0.0,), seed=(0,)):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(instrument=["Violin"]), r"unknown instrument name\(s\)\] \[Violin\]"),
+    (dict(instrument=["", "Vc", "Flute"], pitch=[60] * 3, w=[0.0] * 3, seed=[0] * 3),
+     r"unknown instrument name\(s\)\] \[\(empty\) Flute\]"),
     (dict(pitch=[20]), r"MIDI number\(s\)\] \[20\]"),
     (dict(w=[-1.0]), "w must be >= 0"),
     (dict(w=[float("nan")]), "w must be finite"),

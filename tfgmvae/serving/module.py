@@ -141,7 +141,8 @@ class ServingModule(tf.Module):
     known = tf.reduce_any(matches, axis=1)
     check = tf.debugging.Assert(
         tf.reduce_all(known),
-        [f"{what}: unknown instrument name(s)", tf.boolean_mask(names, ~known),
+        [f"{what}: unknown instrument name(s)",
+         tf.where(tf.equal(names, ""), "(empty)", names)[~known],
          "; expected one of", self.instruments], summarize=1000)
     with tf.control_dependencies([check]):
       return tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
