@@ -1,5 +1,6 @@
 """Export, signatures, fresh-process round trip, bad input, and the command-line tools."""
 
+import filecmp
 import json
 import os
 import re
@@ -120,6 +121,33 @@ def test_export_layout_versions_and_metadata(runs):
   assert client.resolve(base) == ("saved_model", third)
   shutil.rmtree(third)
   os.remove(os.path.join(base, "3"))
+
+
+def test_an_export_racing_another_takes_the_next_version(runs, tmp_path, monkeypatch):
+  """Two exports without --version both pick version 1; the one that finishes second
+  (here: another version 1 appears while this one builds) writes version 2."""
+  base = str(tmp_path / "race")
+  build = export_lib.build_module
+
+  def build_while_another_finishes(*args, **kwargs):
+    out = build(*args, **kwargs)
+    shutil.copytree(runs["mgmvae_export"], os.path.join(base, "1"))
+    return out
+
+  monkeypatch.setattr(export_lib, "build_module", build_while_another_finishes)
+  config = export_lib.ExportConfig(runs["mgmvae"], base, griffin_lim_iters=GL_ITERS)
+  assert export_lib.export(config, log=_quiet) == os.path.join(base, "2")
+  assert client.metadata(os.path.join(base, "2"))["version"] == 2
+  assert filecmp.cmp(os.path.join(base, "1", "saved_model.pb"),
+                     os.path.join(runs["mgmvae_export"], "saved_model.pb"), shallow=False)
+  # A given --version is never moved: the loser fails, and leaves the winner as it is.
+  given = export_lib.ExportConfig(runs["mgmvae"], base, version=1,
+                                  griffin_lim_iters=GL_ITERS)
+  shutil.rmtree(os.path.join(base, "1"))
+  with pytest.raises(export_lib.ExportError, match="1 appeared while exporting"):
+    export_lib.export(given, log=_quiet)
+  assert export_lib.versions(base) == [1, 2]
+  assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
 
 
 def _graph(export_dir: str):

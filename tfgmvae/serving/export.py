@@ -5,7 +5,8 @@ best checkpoint by validation ELBO, or the latest); `build_module` wraps it in a
 `ServingModule`; `export` writes `EXPORT_DIR/<version>/` in TF Serving's layout, with a
 new integer version each time. An export is written into a temporary folder beside its
 final place and renamed into it, so a version folder is either complete or absent, and
-an existing version is never overwritten.
+an existing version is never overwritten (an export that finds its next version taken
+by another one finishing meanwhile takes the version after).
 """
 
 import dataclasses
@@ -274,19 +275,31 @@ def export(config: ExportConfig, log=print) -> str:
     raise ExportError(f"{final} exists; an export is never overwritten: {hint}.")
   module, metadata = build_module(config.run_dir, config.checkpoint,
                                   config.griffin_lim_iters)
-  metadata["version"] = version
   os.makedirs(config.export_dir, exist_ok=True)
   tmp = os.path.join(config.export_dir, f".tmp-{version}-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     tf.saved_model.save(module, tmp, signatures=module.signatures(concrete=False))
     os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_FILE)), exist_ok=True)
-    with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-      json.dump(metadata, f, indent=2)
-    try:
-      os.rename(tmp, final)     # fails if `final` appeared meanwhile: nothing is replaced
-    except OSError as e:
-      raise ExportError(f"{final} appeared while exporting; it was left as it is.") from e
+    while True:
+      metadata["version"] = version
+      with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+      try:
+        os.rename(tmp, final)   # fails if `final` appeared meanwhile: nothing is replaced
+        break
+      except OSError as e:
+        if not os.path.exists(final):
+          raise ExportError(f"cannot move the export into {final}: {e}") from e
+        if config.version is not None:
+          raise ExportError(f"{final} appeared while exporting; it was left as it "
+                            "is.") from e
+      # Another export took the next version meanwhile: this one takes the one after.
+      version = max(versions(config.export_dir), default=0) + 1
+      if version > MAX_VERSION:
+        raise ExportError(f"{config.export_dir} holds version {version - 1}, the largest "
+                          "TF Serving reads; give another --export_dir.")
+      final = os.path.join(config.export_dir, str(version))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   log(f"Exported {config.run_dir} ({os.path.basename(metadata['checkpoint'])}) to "
