@@ -28,7 +28,7 @@ from tfgmvae.audio import display
 from tfgmvae.data.dataset import PipelineConfig, data_errors, make_dataset
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.model import GMVAE, ModelConfig
-from tfgmvae.train import summaries
+from tfgmvae.train import history, summaries
 from tfgmvae.train.summaries import SummaryCallback
 
 LATENT = 4
@@ -119,6 +119,39 @@ def test_scalars_match_the_fit_history(run):
   assert 3 <= steps[0] <= steps[1] - 3
   assert steps[1] == int(run["model"].optimizer.iterations.numpy())
   assert all(v > 0 for _, v in _scalars(acc, "optimization/steps_per_second"))
+
+
+def test_the_history_reads_back_what_the_callback_wrote(run, tmp_path):
+  run_dir = str(tmp_path / "copy")
+  shutil.copytree(run["run_dir"], run_dir)
+  hist = run["history"]
+  got = history.report(run_dir)
+  best = int(np.argmax(hist["val_elbo"])) + 1
+  assert (got["last_epoch"], got["best_epoch"], got["last_validated_epoch"]) == (2, best, 2)
+  np.testing.assert_allclose(got["best"]["elbo"], hist["val_elbo"][best - 1], rtol=1e-5)
+  np.testing.assert_allclose(got["last"]["accuracy/pitch"], hist["val_pitch_accuracy"][1],
+                             rtol=1e-5)
+  assert "spectrograms/input_vs_reconstruction" not in got["last"]   # images are not scalars
+  assert got["time"].epochs == 2 and got["time"].seconds >= 0
+  # A later event file that writes epoch 2 again (a replay) wins over the first.
+  with tf.summary.create_file_writer(os.path.join(run_dir, "summaries", "validation"),
+                                     filename_suffix=".replay").as_default():
+    tf.summary.scalar("elbo", 123.0, step=2)
+  assert history.report(run_dir)["best"]["elbo"] == 123.0
+  shutil.rmtree(os.path.join(run_dir, "summaries", "train"))
+  with pytest.raises(history.HistoryError, match="summaries/train: no 'elbo' summaries"):
+    history.report(run_dir)
+
+
+def test_training_time_leaves_out_interruptions():
+  # Epochs 1-4 at 10 s, a 1,000 s pause before 5, 10 s to 6; 7 missing; 8 after a restart.
+  walls = {1: 0.0, 2: 10.0, 3: 20.0, 4: 30.0, 5: 1030.0, 6: 1040.0, 8: 1100.0}
+  t = history.training_time(walls)
+  assert (t.epochs, t.seconds, t.median_epoch) == (7, 40.0, 10.0)
+  assert t.interruptions == ((5, 1000.0), (8, 60.0))
+  assert t.estimated_seconds == 40.0 + 3 * 10.0   # epochs 1, 5 and 8 at the median
+  with pytest.raises(history.HistoryError, match="1 epoch"):
+    history.training_time({3: 1.0})
 
 
 def test_adversary_scalars_get_their_tags():
