@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import librosa
 import numpy as np
@@ -20,6 +21,7 @@ from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.evaluate import classifiers, experiments, report, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, _chosen_how, evaluate
 from tfgmvae.evaluate.reproduce import PAPER_TABLE1, ReproduceError, check_judges
+from tfgmvae.model import priors
 from tfgmvae.train.config import TrainConfig
 from tfgmvae.train.loop import train
 
@@ -342,6 +344,40 @@ def test_table1_and_clusters_match_an_independent_recomputation(toy, evaluated):
   purity = sum(np.bincount(val["instrument"][assigned == c]).max()
                for c in np.unique(assigned)) / len(assigned)
   assert metrics["clusters"]["purity"] == pytest.approx(purity, abs=1e-9)
+  # Components are named by Hungarian matching on the training notes, then scored on
+  # the validation notes.
+  from scipy.optimize import linear_sum_assignment  # pylint: disable=g-import-not-at-top
+  train_assigned = ((train_codes["z_timbre"][:, None] - means[None]) ** 2).sum(-1).argmin(1)
+  table = np.zeros([len(means), prepared.num_instruments])
+  np.add.at(table, (train_assigned, train_codes["instrument"]), 1)
+  rows, cols = linear_sum_assignment(-table)
+  name = dict(zip(rows, cols))
+  for found, labels, key in ((assigned, val["instrument"], "matched_accuracy"),
+                             (train_assigned, train_codes["instrument"],
+                              "train_matched_accuracy")):
+    right = np.mean([name.get(c, -1) == y for c, y in zip(found, labels)])
+    assert metrics["clusters"][key] == pytest.approx(right, abs=1e-9), key
+
+
+def test_components_are_named_on_the_training_notes():
+  """Matching the components on the notes it scores would fit them: codes of no
+  instrument would score above chance."""
+  prior = priors.MixturePrior(2, 1, 0.0)
+  prior.build(None)
+  prior.means.assign([[-5.0], [5.0]])
+  codes = lambda z, y: experiments.Codes(   # pylint: disable=unnecessary-lambda-assignment
+      z_timbre=np.array(z, np.float32)[:, None], z_pitch=np.zeros([len(z), 1]),
+      instrument=np.array(y), pitch=np.zeros(len(z), int), labelled=np.ones(len(z), bool),
+      keys=[str(i) for i in range(len(z))])
+  train = codes([-5, -5, -5, 5, 5, 5], [0, 0, 0, 1, 1, 1])   # component 0 holds A
+  val = codes([5, 5, -5], [0, 0, 1])                          # the other way round here
+  got = experiments.clusters(types.SimpleNamespace(timbre_prior=prior), train, val,
+                             ["A", "B"])
+  assert got["mapping"] == {0: 0, 1: 1}
+  assert got["metrics"]["components"] == {"0": "A", "1": "B"}
+  assert got["metrics"]["matched_accuracy"] == 0.0          # in-sample matching: 1.0
+  assert got["metrics"]["train_matched_accuracy"] == 1.0
+  assert got["table"].tolist() == [[0, 1], [2, 0]]          # of the validation notes
 
 
 def test_evaluate_writes_every_metric_in_range(evaluated):

@@ -225,7 +225,7 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     mapping = None
     if kind == "mgmvae":
       stage("Timbre components as clusters")
-      found = experiments.clusters(model, val, info.instruments)
+      found = experiments.clusters(model, train, val, info.instruments)
       metrics["clusters"] = found["metrics"]
       arrays["clusters"] = found
       if fraction == 0.0:

@@ -290,21 +290,36 @@ def centroid_dimension(model, train: Codes, val: Codes, instruments, audio,
 
 # -- Beyond the paper: what the timbre components capture --------------------------------
 
-def clusters(model, val: Codes, instruments) -> dict:
-  """Each timbre component's instrument by Hungarian matching on the validation labels,
-  and how pure the components are as clusters (MGMVAE only)."""
-  log_resp = model.timbre_prior.log_responsibilities(
-      tf.constant(val.z_timbre, tf.float32)).numpy()
-  assigned = log_resp.argmax(-1)
-  k = len(instruments)
-  table = stats.contingency(assigned, val.instrument, model.timbre_prior.num_components, k)
-  mapping = stats.match_clusters(table)
-  matched = np.array([mapping.get(int(c), -1) for c in assigned])
+def clusters(model, train: Codes, val: Codes, instruments) -> dict:
+  """Each timbre component's instrument, by Hungarian matching on the training notes'
+  labels, and how the components sort the validation notes (MGMVAE only).
+
+  The matching is fitted on the training split, as every classifier here is, so that
+  `matched_accuracy` on the validation notes is not raised by fitting to them (on
+  codes that carry no instrument, in-sample matching of 12 components to 189 notes
+  scores about twice chance). `train_matched_accuracy` is the in-sample figure. Purity,
+  NMI and ARI need no matching and are of the validation notes.
+  """
+  def assigned(codes: Codes) -> np.ndarray:
+    return model.timbre_prior.log_responsibilities(
+        tf.constant(codes.z_timbre, tf.float32)).numpy().argmax(-1)
+
+  k, components = len(instruments), model.timbre_prior.num_components
+  train_assigned, val_assigned = assigned(train), assigned(val)
+  mapping = stats.match_clusters(stats.contingency(train_assigned, train.instrument,
+                                                   components, k))
+
+  def matched_accuracy(found, labels) -> float:
+    return float(np.mean(np.array([mapping.get(int(c), -1) for c in found]) == labels))
+
   return {"metrics": {"components": {str(c): instruments[i] for c, i in mapping.items()},
-                      "matched_accuracy": float(np.mean(matched == val.instrument)),
-                      "used_components": int(len(np.unique(assigned)))}
-                     | stats.cluster_scores(assigned, val.instrument),
-          "mapping": mapping, "table": table}
+                      "matched_accuracy": matched_accuracy(val_assigned, val.instrument),
+                      "train_matched_accuracy": matched_accuracy(train_assigned,
+                                                                 train.instrument),
+                      "used_components": int(len(np.unique(val_assigned)))}
+                     | stats.cluster_scores(val_assigned, val.instrument),
+          "mapping": mapping,
+          "table": stats.contingency(val_assigned, val.instrument, components, k)}
 
 
 # -- Beyond the paper: does the decoder take pitch from z_p and instrument from z_t? -----

@@ -89,8 +89,10 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
     lines += ["## Timbre components as clusters (beyond the paper)", "",
               f"Each validation note goes to its most likely timbre component, q(y_t|x); "
               f"components are matched one-to-one to instruments (Hungarian) on the "
-              f"validation labels. Purity {_f(c['purity'])}, NMI {_f(c['nmi'])}, ARI "
-              f"{_f(c['ari'])}, matched accuracy {_f(c['matched_accuracy'])}; "
+              f"training notes' labels, then scored on the validation notes. Purity "
+              f"{_f(c['purity'])}, NMI {_f(c['nmi'])}, ARI {_f(c['ari'])}, matched "
+              f"accuracy {_f(c['matched_accuracy'])} (on the training notes "
+              f"{_f(c['train_matched_accuracy'])}); "
               f"{c['used_components']} components used.", "",
               "| component | " + " | ".join(c["components"]) + " |",
               "| --- |" + " --- |" * len(c["components"]),
