@@ -76,7 +76,7 @@ def open_model(path: str, checkpoint: str | None = None,
 
   Args:
     path: An export (version or base folder) or a run directory.
-    checkpoint: With a run: 'best' (the default) or 'latest'.
+    checkpoint: With a run: 'best' (the default), 'latest' or a checkpoint prefix.
     griffin_lim_iters: With a run: Griffin-Lim iterations of the audio (default 32).
 
   Raises:
