@@ -74,6 +74,7 @@ DEFAULT_VARIANTS = ("matmul", "torch_fp32", "torch_bf16", "keras_fp32", "keras_f
 # Opt-in: the same model built from Keras's stock layers and Adam (install_stock_keras),
 # to measure what tfgmvae's fused layers and optimizer gain; not tfgmvae as it is.
 STOCK_VARIANTS = ("keras_fp32_stock", "keras_bf16_stock")
+EQUIVALENCE_TOLERANCE = 1e-5   # relative loss difference allowed at steps 1 and 2
 ALL_VARIANTS = DEFAULT_VARIANTS + STOCK_VARIANTS
 
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
@@ -569,12 +570,14 @@ def main(argv):
         f"{FLAGS.rounds} round(s); step work {flops / 1e9:.1f} GFLOP "
         f"(3 x {forward_flops(config, FLAGS.batch_size) / 1e9:.1f} forward)")
 
+  equivalent = True
   if FLAGS.check_equivalence:
     if FLAGS.wait_quiet_s > 0:
       wait_until_quiet(FLAGS.wait_quiet_s)
     eq = spawn("equivalence")
     if "error" in eq:
       print(f"equivalence check FAILED: {eq['error']}")
+      equivalent = False
     else:
       rel = [abs(a - b) / abs(a) for a, b in zip(eq["keras"], eq["torch"])]
       print("equivalence check (same initial weights, float32), loss of steps 1-4:\n"
@@ -582,6 +585,13 @@ def main(argv):
             f"  PyTorch {', '.join(f'{v:.2f}' for v in eq['torch'])}\n"
             f"  relative difference {', '.join(f'{r:.1e}' for r in rel)} (this fixed-batch run "
             "is unstable in its first steps and amplifies rounding from step 3)", flush=True)
+      # Steps 1 and 2 see the same weights up to one Adam update: a different network or
+      # loss shows there (they agreed to 6e-8 when the port was checked).
+      equivalent = max(rel[:2]) <= EQUIVALENCE_TOLERANCE
+      if not equivalent:
+        print(f"equivalence check FAILED: steps 1-2 differ by more than "
+              f"{EQUIVALENCE_TOLERANCE:g}; the PyTorch port is not the same network and "
+              "loss, so its timing is no baseline", flush=True)
 
   results = {v: [] for v in FLAGS.variants}
   for r in range(FLAGS.rounds):
@@ -653,7 +663,7 @@ def main(argv):
     if base and variant in rows:
       print(f"{variant}: {base / rows[variant]['median']:.2f}x the PyTorch fp32 step "
             "(stock Keras layers and Adam, not tfgmvae as it is)")
-  return 1 if failed else 0
+  return 1 if failed or not equivalent else 0
 
 
 if __name__ == "__main__":

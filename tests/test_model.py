@@ -42,6 +42,20 @@ def test_paper_size_shapes():
   assert model.decoder.deconv2.kernel.shape[-2:] in ((256, 512), (512, 256))
   assert model.timbre_prior.means.shape == (12, 16)
   assert model.pitch_prior.means.shape == (82, 16)
+  assert model.instrument_classifier is None            # q(y_t|x) from the prior
+  assert model.pitch_classifier.num_hidden == 0         # linear on z_p
+  assert model.pitch_classifier.logits.kernel.shape == (16, 82)
+  # MVAE: an N(0, I) timbre prior and the auxiliary 128-128 classifier on z_t.
+  mvae = GMVAE(ModelConfig(num_pitches=82, num_instruments=12, kind="mvae")).build_for()
+  out = mvae(tf.zeros([2, 43, 256]))
+  assert out["instrument_log_probs"].shape == (2, 12)
+  aux = mvae.instrument_classifier
+  assert [aux.hidden_0.kernel.shape, aux.hidden_1.kernel.shape, aux.logits.kernel.shape] \
+      == [(16, 128), (128, 128), (128, 12)]
+  assert aux.hidden_0.activation is keras.activations.relu
+  np.testing.assert_allclose(
+      out["instrument_log_probs"].numpy(),
+      tf.nn.log_softmax(aux(out["z_timbre_mean"])).numpy(), atol=1e-5)
 
 
 def test_prior_distribution_shapes_with_and_without_sample_dims():

@@ -458,6 +458,11 @@ def test_a_warm_start_is_recorded_as_its_checkpoint_and_replays_from_it(prepared
   again = _run([f"--flagfile={flags_path}", f"--run_dir={replay}"])
   assert again.returncode == 0 and f"from the weights of {first}" in again.stdout, \
       again.stderr[-2000:]
+  # The replay trained as the run did: the same weights after the same epoch.
+  (replayed, _), (original, _) = _weights(replay), _weights(run)
+  assert replayed.keys() == original.keys()
+  for name, value in original.items():
+    np.testing.assert_allclose(replayed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
   # Once it has trained, the warm-started run goes on without its source.
   shutil.rmtree(source)
   more = _run(base[:2] + ["--epochs=2"] + TINY + [f"--warm_start={source}"])
