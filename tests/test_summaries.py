@@ -121,6 +121,38 @@ def test_scalars_match_the_fit_history(run):
   assert all(v > 0 for _, v in _scalars(acc, "optimization/steps_per_second"))
 
 
+def test_steps_are_counted_under_float16_loss_scaling(run, tmp_path):
+  """Keras's LossScaleOptimizer counts steps on the optimizer it wraps: the callback
+  reads that one (float16 runs on a CPU here at the model level; bin/train refuses it
+  without a GPU)."""
+  from tfgmvae.train.loop import make_optimizer  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  prepared = run["prepared"]
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = GMVAE(ModelConfig(num_pitches=prepared.num_pitches, num_instruments=2,
+                              frames=43, n_mels=256, latent_dim=LATENT, filters=8,
+                              hidden=8)).build_for()
+    model.compile(optimizer=make_optimizer(TrainConfig(run_dir="r",
+                                                       precision="mixed_float16")))
+    run_dir = str(tmp_path / "f16")
+    callback = SummaryCallback(run_dir, prepared, run["val_batch"], media_every=0,
+                               embeddings_every=0)
+    # 8 passes over the notes in one epoch: the first steps overflow float16 and are
+    # skipped while the loss scale comes down from 2^15; the wrapped optimizer counts
+    # the steps it applied.
+    model.fit(make_dataset(prepared, "train", PipelineConfig(batch_size=8)).map(_with_noise)
+              .repeat(8), epochs=1, callbacks=[callback], verbose=0)
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+  steps = int(model.optimizer.inner_optimizer.iterations.numpy())
+  assert steps >= 3, float(model.optimizer.dynamic_scale.numpy())
+  acc = _events(run_dir, "train")
+  assert _scalars(acc, "progress/optimizer_step") == [(1, float(steps))]
+  assert [s for s, v in _scalars(acc, "optimization/steps_per_second") if v > 0] == [1]
+
+
 def test_the_history_reads_back_what_the_callback_wrote(run, tmp_path):
   run_dir = str(tmp_path / "copy")
   shutil.copytree(run["run_dir"], run_dir)

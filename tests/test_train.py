@@ -506,6 +506,12 @@ def test_mixed_float16_scales_the_loss():
   scaled = make_optimizer(TrainConfig(run_dir="r", precision="mixed_float16"))
   assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
   assert float(scaled.scale_loss(3.0)) > 3.0
+  # Keras's loss-scaled update fails under the cross-replica step: one device only.
+  for strategy, devices in (("mirrored", 2), ("multi_worker", 0)):
+    with pytest.raises(ConfigError, match=f"--precision=mixed_float16 trains on one device "
+                       f"only, not with --strategy={strategy} over several"):
+      TrainConfig(run_dir="r", precision="mixed_float16", strategy=strategy,
+                  cpu_devices=devices).validate()
 
 
 @pytest.mark.parametrize("tf_config,said", [

@@ -200,8 +200,16 @@ class TrainConfig:
       p.append(f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
     elif self.precision == "mixed_float16":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      if not tf.config.list_physical_devices("GPU"):
+      gpus = tf.config.list_physical_devices("GPU")
+      if not gpus:
         p.append("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
+      if self.strategy == "multi_worker" or (self.strategy == "mirrored" and max(
+          len(gpus), self.cpu_devices) > 1):
+        # Keras's loss-scaled update (a cond around the wrapped optimizer's apply) fails
+        # under the merge_call of this model's cross-replica step.
+        p.append(f"--precision=mixed_float16 trains on one device only, not with "
+                 f"--strategy={self.strategy} over several: use mixed_bfloat16 (GPUs "
+                 "from Ampere on) or float32 there")
     if self.warm_start and self.run_dir and (
         os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir)):
       p.append("--warm_start names this run itself; to continue a run, run the same "

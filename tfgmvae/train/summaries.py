@@ -253,13 +253,19 @@ class SummaryCallback(keras.callbacks.Callback):
           os.path.join(self.summary_dir, TRAIN_RUN))
       self.validation_writer = tf.summary.create_file_writer(self.validation_dir)
 
+  @property
+  def _optimizer(self):
+    """The optimizer that steps: under mixed_float16 Keras's LossScaleOptimizer counts
+    its steps on the optimizer it wraps (its own `iterations` stays 0)."""
+    return getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+
   def _iterations(self) -> int:
-    return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
   def current_learning_rate(self) -> float:
-    lr = self.model.optimizer.learning_rate
+    lr = self._optimizer.learning_rate
     if callable(lr) and not hasattr(lr, "numpy"):
-      lr = lr(self.model.optimizer.iterations)
+      lr = lr(self._optimizer.iterations)
     return float(keras.ops.convert_to_numpy(lr))
 
   def _notes(self, indices) -> list[tuple[str, int, str]]:
