@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import keras
 import numpy as np
@@ -162,7 +163,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
     ("--cpu_devices=2", "--cpu_devices splits the CPU"),
     ("--timbre_adversary=-1", "--timbre_adversary=-1.0: expected a weight >= 0"),
     ("--bn_momentum=1", "--bn_momentum=1.0: expected a number in [0, 1)"),
-    ("--verbose=3", "--verbose=3: expected 0 (quiet), 1 (progress bar) or 2"),
+    ("--verbose=3", "--verbose=3: expected 0 (quiet), 1 (progress bar and a line per "
+     "epoch) or 2"),
     # The model takes its front end from the prepared data: a different one is refused.
     ("--hop_length=512", "was prepared with other audio settings than this command's "
      "(--hop_length: prepared 256, this command 512)"),
@@ -371,6 +373,113 @@ def test_resume_after_kill_matches_an_uninterrupted_run(prepared_dir, tmp_path):
   assert reader_a.get_tensor(step) == reader_b.get_tensor(step) == 40 * 3   # 22 notes / 8
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# Runs bin/train with a SIGKILL at one moment inside a save (argv[1]: the moment).
+KILLED_IN_A_SAVE = r'''
+import os, runpy, signal, sys
+from tensorflow.python.checkpoint import checkpoint_management
+moment, argv = sys.argv[1], sys.argv[2:]
+register = checkpoint_management.update_checkpoint_state_internal
+replace = os.replace
+
+def kill():
+  os.kill(os.getpid(), signal.SIGKILL)
+
+def registering(save_dir, model_checkpoint_path, *args, **kwargs):
+  # The manager registers a save once its files are complete (then again after deleting
+  # the checkpoints beyond --keep_checkpoints): killed at the first, epoch 2's files are
+  # whole but unregistered.
+  folder = os.path.basename(os.path.normpath(save_dir))
+  if moment == "register_" + folder and model_checkpoint_path.endswith("ckpt-2"):
+    kill()
+  return register(save_dir, model_checkpoint_path, *args, **kwargs)
+
+def replacing(src, dst, *args, **kwargs):
+  if moment == "replace_" + os.path.basename(dst):   # its .tmp written, not yet in place
+    kill()
+  return replace(src, dst, *args, **kwargs)
+
+checkpoint_management.update_checkpoint_state_internal = registering
+os.replace = replacing
+sys.argv = argv
+sys.path.insert(0, os.path.dirname(argv[0]))   # as running the script would
+runpy.run_path(argv[0], run_name="__main__")
+'''
+
+
+def test_the_default_terminal_output_is_a_bar_that_fits_and_a_line_per_epoch(prepared_dir,
+                                                                            tmp_path):
+  """bin/train on an 80-column terminal (a pseudo-terminal): the bar it redraws fits in
+  one row (a wrapped one would leave its first rows behind at every redraw)."""
+  import fcntl, pty, struct, termios  # pylint: disable=g-import-not-at-top,multiple-imports
+  leader, follower = pty.openpty()
+  fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+  args = [f"--run_dir={tmp_path / 'run'}", f"--prepared_dir={prepared_dir}",
+          "--epochs=2"] + [a for a in TINY if a != "--verbose=2"]
+  proc = subprocess.Popen([sys.executable, TRAIN] + args, stdout=follower,
+                          stderr=subprocess.DEVNULL, env=ENV | {"COLUMNS": ""})
+  os.close(follower)
+  chunks = []
+  while True:
+    try:
+      chunk = os.read(leader, 65536)
+    except OSError:   # EIO: the process has closed the terminal
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  os.close(leader)
+  assert proc.wait(timeout=300) == 0
+  text = b"".join(chunks).decode()
+  rows = [r.replace("\x1b[K", "") for line in text.split("\n") for r in line.split("\r")]
+  bars = [r for r in rows if r.startswith("Epoch 1/2 [")]
+  assert bars and all(re.fullmatch(r"Epoch 1/2 \[[=> ]+\] \d/3.*", r) for r in bars), bars
+  assert all(len(r) <= 79 for r in bars), max(bars, key=len)   # a redrawn row never wraps
+  assert sum(r.startswith("Epoch 2/2 (") for r in rows) == 1   # the epoch lines stay
+  assert any(r.startswith("Done: 2 epochs") for r in rows)
+
+
+@pytest.fixture(scope="module")
+def straight_run(prepared_dir, tmp_path_factory):
+  """A 2-epoch run never killed, and its command's other flags."""
+  common = [f"--prepared_dir={prepared_dir}", "--epochs=2"] + TINY
+  straight = str(tmp_path_factory.mktemp("straight") / "run")
+  done = _run([f"--run_dir={straight}"] + common)
+  assert done.returncode == 0, done.stderr[-2000:]
+  return straight, common
+
+
+@pytest.mark.parametrize("moment", ["register_checkpoints", "register_best",
+                                    "replace_flags.txt", "replace_model.json"])
+def test_a_kill_inside_a_save_resumes_as_if_uninterrupted(straight_run, tmp_path, moment):
+  """SIGKILL at a moment inside the run's own writes (a training or best checkpoint
+  whose files are whole but not registered, the flags record or model.json written but
+  not yet in place), then the same command again: the same weights, steps and best
+  checkpoint as a run never killed, and nothing half-written left behind."""
+  straight, common = straight_run
+  killed = str(tmp_path / "killed")
+  died = subprocess.run([sys.executable, "-c", KILLED_IN_A_SAVE, moment, TRAIN,
+                         f"--run_dir={killed}"] + common, capture_output=True, text=True,
+                        env=ENV, timeout=300)
+  assert died.returncode == -signal.SIGKILL, (died.stdout[-1000:], died.stderr[-2000:])
+  again = _run([f"--run_dir={killed}"] + common)
+  assert again.returncode == 0 and "Done: 2 epochs" in again.stdout, again.stderr[-2000:]
+  for folder in ("checkpoints", "best"):
+    (want, want_reader), (got, got_reader) = _weights(straight, folder), _weights(killed,
+                                                                                  folder)
+    for name, value in want.items():
+      np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{folder} {name}")
+    assert (tf.train.latest_checkpoint(os.path.join(killed, folder)).rsplit("-", 1)[1]
+            == tf.train.latest_checkpoint(os.path.join(straight, folder)).rsplit("-", 1)[1])
+  step = "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
+  _, reader = _weights(killed)
+  assert reader.get_tensor(step) == _weights(straight)[1].get_tensor(step) > 0
+  assert not [n for n in os.listdir(killed) if n.endswith(".tmp")]
+  assert not [n for n in os.listdir(os.path.join(killed, "summaries")) if n.endswith(".tmp")]
+  assert open(os.path.join(killed, "flags.txt")).read() == open(
+      os.path.join(straight, "flags.txt")).read().replace(straight, killed)
 
 
 def _config(run_dir, prepared_dir, **kw):
@@ -584,9 +693,17 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
     train(_config(tmp_path / "nan", prepared_dir, epochs=3), log=lambda *_: None,
           callbacks=[Poison()])
   message = str(info.value)
-  assert "'kl_pitch' became NaN or Inf during epoch 2" in message
+  assert "the loss term 'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
   assert message.endswith("Try a lower --learning_rate.")   # (it is float32 already)
+  # Every term at once: the weights or the notes went bad, not one term.
+  from tfgmvae.train.loop import _nan_message  # pylint: disable=g-import-not-at-top
+  manager = types.SimpleNamespace(latest_checkpoint=None, checkpoints=[])
+  error = "assertion failed: [loss terms] [kl_pitch, reconstruction] [are NaN or Inf]"
+  assert "every loss term (kl_pitch, reconstruction) became NaN or Inf, so the weights " \
+      "or the notes themselves did" in _nan_message(error, 4, manager, "float32", 2)
+  assert "the loss terms 'kl_pitch', 'reconstruction' became NaN or Inf during epoch 5" \
+      in _nan_message(error, 4, manager, "mixed_bfloat16", 6)
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])

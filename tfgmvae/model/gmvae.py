@@ -36,7 +36,7 @@ import tensorflow as tf
 from tfgmvae.model import losses
 from tfgmvae.model.config import ModelConfig
 from tfgmvae.model.networks import Decoder, Encoder, MLPClassifier
-from tfgmvae.model.priors import MixturePrior
+from tfgmvae.model.priors import MixturePrior, posterior, tfd
 
 UNSUPERVISED = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument")
 
@@ -183,10 +183,11 @@ class GMVAE(keras.Model):
     labelled = tf.cast(batch["labelled"], tf.float32)
 
     terms = {"reconstruction": losses.squared_error(mel, recon)}
-    pitch_means = tf.gather(tf.convert_to_tensor(self.pitch_prior.means), pitch)
-    terms["kl_pitch"] = losses.gaussian_kl(
-        post["z_pitch_mean"], post["z_pitch_logvar"], pitch_means,
-        tf.fill(tf.shape(pitch_means), 2.0 * c.log_sigma_p))
+    # KL(q(z_p|x) || p(z_p|y_p)): TFP's closed form between the posterior and the
+    # prior's own conditional distribution (tests: losses.gaussian_kl agrees).
+    terms["kl_pitch"] = tfd.kl_divergence(
+        posterior(post["z_pitch_mean"], post["z_pitch_logvar"]),
+        self.pitch_prior.conditional(pitch))
     inst_log_probs = self.instrument_log_probs(z_timbre)
     if self.timbre_prior is not None:
       terms["kl_timbre"] = losses.expected_component_kl(
@@ -254,8 +255,14 @@ class GMVAE(keras.Model):
       if log_probs is not None:
         stats[name] = (tf.reduce_sum(_correct(log_probs, extra["pitch"])), n_local)
     stats, global_scaled = ctx.all_reduce(sum_, (stats, scaled))
-    checks = [tf.debugging.check_numerics(v, f"loss term '{n}' is NaN or Inf")
-              for n, v in global_scaled.items()]
+    # One check naming every term that is not finite (when all are, the weights or the
+    # notes themselves went NaN or Inf).
+    names = sorted(global_scaled)
+    finite = tf.math.is_finite(tf.stack([global_scaled[n] for n in names]))
+    checks = [tf.debugging.Assert(
+        tf.reduce_all(finite),
+        ["loss terms", tf.strings.reduce_join(tf.boolean_mask(names, ~finite),
+                                             separator=", "), "are NaN or Inf"])]
     with tf.control_dependencies(checks):
       for name, (total, weight) in stats.items():
         self.trackers[name].update_state(total / tf.maximum(weight, 1e-12),

@@ -9,10 +9,10 @@ a fixed component scale. It builds, on demand:
 * `log_responsibilities(z)`: log p(y = k | z) under the uniform mixture (log-sum-exp).
 
 Because the means are a Keras weight they are trained, checkpointed and exported with the
-model. The objective uses `components()` (through `log_responsibilities`, q(y|x)) and
-the closed-form Gaussian KLs of `losses.py` against the component means; `mixture()` and
-`conditional()` are the same densities as TFP distributions, for sampling and for
-checking those KLs (the tests compare them).
+model. The objective uses `components()` (through `log_responsibilities`, q(y|x), and
+the expected KL of z_t against each component) and `conditional()` (the KL of z_p
+against p(z_p | y_p), by TFP's closed form); synthesis draws from `conditional()`'s mean
+and standard deviation, the latter scaled by w. `mixture()` is p(z) itself.
 """
 
 import math

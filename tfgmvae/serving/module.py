@@ -109,7 +109,6 @@ class ServingModule(tf.Module):
                                       trainable=False, name="mel_filterbank")
     self.mel_pseudo_inverse = tf.Variable(spectral.mel_pseudo_inverse(audio_config),
                                           trainable=False, name="mel_pseudo_inverse")
-    self._sigma_p = float(np.exp(c.log_sigma_p))
 
   @property
   def model(self):
@@ -252,8 +251,8 @@ class ServingModule(tf.Module):
     noise = tf.map_fn(lambda s: tf.random.stateless_normal([2, latent], tf.stack([s, 0])),
                       tf.cast(seed, tf.int64), fn_output_signature=tf.float32)
     noise = tf.reshape(noise, [n, 2, latent])
-    pitch_means = tf.gather(tf.convert_to_tensor(self.model.pitch_prior.means), m)
-    z_pitch = pitch_means + (w * self._sigma_p)[:, None] * noise[:, 0]
+    prior = self.model.pitch_prior.conditional(m)   # p(z_p | y_p), scaled by w
+    z_pitch = prior.mean() + w[:, None] * prior.stddev() * noise[:, 0]
     z_timbre = (tf.gather(self.timbre_means, k)
                 + w[:, None] * tf.gather(self.timbre_scales, k) * noise[:, 1])
     return z_timbre, z_pitch

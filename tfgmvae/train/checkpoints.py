@@ -157,14 +157,52 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
               "that checkpoint")
     else:
       continue
-    try:
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    except OSError as e:
-      log(f"Could not remove {path} ({what}): {e}")
-      continue
-    removed.append(path)
-    log(f"Removed {path}: {what}; not a checkpoint.")
+    if _remove_left_over(path, what, "; not a checkpoint", log):
+      removed.append(path)
   return removed
+
+
+def _remove_left_over(path: str, what: str, note: str, log) -> bool:
+  """Deletes a file or folder a killed process left; says so (or why it could not)."""
+  try:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  except OSError as e:
+    log(f"Could not remove {path} ({what}): {e}")
+    return False
+  log(f"Removed {path}: {what}{note}.")
+  return True
+
+
+# Temporary files of the run's own atomic writes (flags.txt, model.json, the summaries'
+# record), named after the writing process: one left behind was killed mid-write.
+_UNFINISHED_WRITE = re.compile(r"(flags\.txt|model\.json|written_through_epoch)"
+                               r"\.\d+\.tmp")
+
+
+def remove_unfinished_writes(run_dir: str, log=print) -> list[str]:
+  """Deletes the temporary files of writes that a kill interrupted (the file itself was
+  never replaced: it holds what was there before). Only the process that holds
+  `run_lock` may call this.
+
+  Returns:
+    The paths deleted.
+  """
+  removed = []
+  for folder in (run_dir, os.path.join(run_dir, "summaries")):
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+      path = os.path.join(folder, name)
+      if _UNFINISHED_WRITE.fullmatch(name) and os.path.isfile(path) and \
+          _remove_left_over(path, "left by a process killed while writing", "", log):
+        removed.append(path)
+  return removed
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (through a temporary file of this process)."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 LOCK_FILE = ".train.lock"
@@ -354,7 +392,4 @@ def write_flags(run_dir: str, flags_text: str) -> None:
     with open(path, encoding="utf-8") as f:
       if f.read() == flags_text:
         return
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(flags_text)
-  os.replace(tmp, path)
+  write_atomically(path, flags_text)

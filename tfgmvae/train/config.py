@@ -162,8 +162,8 @@ class TrainConfig:
     if not 0.0 <= self.label_fraction <= 1.0:
       p.append(f"--label_fraction={self.label_fraction}: expected a number in [0, 1]")
     if self.verbose not in (0, 1, 2):
-      p.append(f"--verbose={self.verbose}: expected 0 (quiet), 1 (progress bar) or 2 (a "
-               "line per epoch)")
+      p.append(f"--verbose={self.verbose}: expected 0 (quiet), 1 (progress bar and a line "
+               "per epoch) or 2 (a line per epoch)")
     for name in ("epochs", "batch_size", "validation_every", "keep_checkpoints",
                  "checkpoint_every", "latent_dim", "filters", "hidden", "griffin_lim_iters"):
       if getattr(self, name) < 1:

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 
 import keras
 import numpy as np
@@ -21,13 +20,16 @@ from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, checkpoint_owner, run_metadata
-from tfgmvae.train import inputs
+from tfgmvae.train import inputs, progress
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
                                        check_flags, checkpoint_parts,
-                                       remove_unfinished_saves, run_lock, write_flags)
+                                       remove_unfinished_saves,
+                                       remove_unfinished_writes, run_lock,
+                                       write_atomically, write_flags)
 from tfgmvae.train.config import ConfigError, TrainConfig, warm_start_checkpoint
 from tfgmvae.train.optimizer import FusedAdam
-from tfgmvae.train.summaries import SUMMARY_NOTES, SummaryCallback, pick_notes
+from tfgmvae.train.summaries import (LOSS_TERMS, SUMMARY_NOTES, SummaryCallback,
+                                     pick_notes)
 
 
 class TrainingError(RuntimeError):
@@ -202,13 +204,22 @@ def _last_checkpoint(manager) -> str:
           if manager.latest_checkpoint else "no checkpoint was written yet")
 
 
-def _nan_message(error: Exception, epoch: int, manager, precision: str) -> str:
-  match = re.search(r"loss term '([a-z_]+)' is NaN or Inf", str(error))
-  term = match.group(1) if match else "unknown"
+def _nan_message(error: Exception, epoch: int, manager, precision: str,
+                 all_terms: int) -> str:
+  match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
+  terms = [t for t in match.group(1).split(", ") if t] if match else []
   remedy = ("a lower --learning_rate" if precision == "float32" else
             "a lower --learning_rate or --precision=float32")
-  return (f"Training stopped: the loss term '{term}' became NaN or Inf during epoch "
-          f"{epoch + 1}; {_last_checkpoint(manager)}. Try {remedy}.")
+  if terms and len(terms) == all_terms:
+    what = (f"every loss term ({', '.join(terms)}) became NaN or Inf, so the weights or "
+            "the notes themselves did (a step too large, or notes with NaN samples)")
+  elif terms:
+    what = (f"the loss term{'s' * (len(terms) > 1)} "
+            f"{', '.join(repr(t) for t in terms)} became NaN or Inf")
+  else:
+    what = "a loss term became NaN or Inf"
+  return (f"Training stopped: {what} during epoch {epoch + 1}; "
+          f"{_last_checkpoint(manager)}. Try {remedy}.")
 
 
 def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
@@ -291,6 +302,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     if chief:
       for folder in ("checkpoints", "best"):
         remove_unfinished_saves(os.path.join(save_dir, folder), log)
+      remove_unfinished_writes(save_dir, log)
     else:
       save_dir = tempfile.mkdtemp(prefix=f"tfgmvae-{task}-")
     manager = tf.train.CheckpointManager(
@@ -329,12 +341,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     if chief and (not latest or not os.path.exists(model_file)):   # (re)written until
       # the first checkpoint: a command that replaced a run that never trained may
       # have other model settings.
-      with open(model_file, "w", encoding="utf-8") as f:
-        json.dump({"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
-            prepared.directory), "label_fraction": config.label_fraction}
-                | run_metadata(prepared)
-                | ({"warm_started_from": source} if source else {}),
-                  f, indent=2)
+      write_atomically(model_file, json.dumps(
+          {"model": mconfig.to_dict(), "prepared_dir": os.path.abspath(
+              prepared.directory), "label_fraction": config.label_fraction}
+          | run_metadata(prepared) | ({"warm_started_from": source} if source else {}),
+          indent=2))
     start = int(state.epoch.numpy())
     if bool(state.stopped.numpy()) or start >= config.epochs:
       more = (f" To train on from its weights anyway, start a new run with "
@@ -367,8 +378,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
           config.seed, config.latent_dim, 1.0, output=output,
           strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
       # (The epoch's line first, then what the checkpoint callback says about it.)
-      all_callbacks = [_EpochLine(config.epochs, log)] if config.verbose == 2 and chief \
-          else []
+      all_callbacks = []
+      if chief and config.verbose == 1:
+        all_callbacks.append(progress.ProgressBar(config.epochs, steps))
+      if chief and config.verbose in (1, 2):
+        all_callbacks.append(progress.EpochLine(config.epochs, log))
       all_callbacks.append(CheckpointCallback(state, manager, best_manager,
                                               config.patience, log,
                                               config.checkpoint_every))
@@ -389,43 +403,18 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                             validation_steps=val_steps,
                             validation_freq=_validation_epochs(
                                 config.validation_every, start, config.epochs),
-                            callbacks=all_callbacks,
-                            verbose=0 if config.verbose == 2 else config.verbose)
+                            callbacks=all_callbacks, verbose=0)
     except tf.errors.InvalidArgumentError as e:
-      if "is NaN or Inf" in str(e):
+      if "are NaN or Inf]" in str(e):
+        terms = sum(name in model.trackers for name in LOSS_TERMS)
         raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager,
-                                         config.precision)) from None
+                                         config.precision, terms)) from None
       raise
     return _result(history.history, state, chief, task)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
-
-
-class _EpochLine(keras.callbacks.Callback):
-  """`verbose=2`: one short line per epoch, with the figures to watch (Keras's own line
-  lists every term, about 700 characters; all of them are in TensorBoard). Epochs
-  without validation (`validation_every` > 1) show the training figures only."""
-
-  SHOWN = (("loss", "loss", ".1f"), ("elbo", "ELBO", ".1f"),
-           ("val_elbo", "validation ELBO", ".1f"),
-           ("val_instrument_accuracy", "instrument acc.", ".3f"),
-           ("val_pitch_accuracy", "pitch acc.", ".3f"))
-
-  def __init__(self, epochs: int, log):
-    super().__init__()
-    self._epochs, self._log, self._start = epochs, log, 0.0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.monotonic()
-
-  def on_epoch_end(self, epoch, logs=None):
-    logs = logs or {}
-    shown = ", ".join(f"{label} {float(logs[key]):{form}}"
-                      for key, label, form in self.SHOWN if key in logs)
-    self._log(f"Epoch {epoch + 1}/{self._epochs} ({time.monotonic() - self._start:.1f} s): "
-              f"{shown}")
 
 
 class _RecordFlags(keras.callbacks.Callback):
@@ -468,9 +457,7 @@ def _update_model_file(model_file: str, mconfig: ModelConfig, prepared: Prepared
   if not changed_momentum and "pitch_ranges" in record:
     return
   record.setdefault("pitch_ranges", prepared.pitch_ranges())
-  with open(model_file + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  os.replace(model_file + ".tmp", model_file)
+  write_atomically(model_file, json.dumps(record, indent=2))
   if changed_momentum:
     log(f"BatchNorm momentum {before} -> {mconfig.bn_momentum} from epoch {epoch + 1} "
         f"(recorded in {model_file}). Validation ELBOs from now on use the new moving "

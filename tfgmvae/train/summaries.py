@@ -33,6 +33,7 @@ from tensorboard.plugins.audio import metadata as audio_metadata
 
 from tfgmvae import audio
 from tfgmvae.audio.display import spectrogram_image
+from tfgmvae.train.checkpoints import write_atomically
 
 TRAIN_RUN, VALIDATION_RUN = "train", "validation"
 LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instrument_ce",
@@ -189,11 +190,7 @@ def read_written(summary_dir: str) -> int:
 
 
 def _record_written(summary_dir: str, epoch: int) -> None:
-  path = os.path.join(summary_dir, WRITTEN_FILE)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="ascii") as f:
-    f.write(f"{epoch}\n")
-  os.replace(tmp, path)
+  write_atomically(os.path.join(summary_dir, WRITTEN_FILE), f"{epoch}\n")
 
 
 def _decode(key) -> str:
