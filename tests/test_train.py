@@ -696,6 +696,11 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
   assert "the loss term 'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
   assert message.endswith("Try a lower --learning_rate.")   # (it is float32 already)
+  # XLA compiles the step's check away: the logged terms are checked instead.
+  with pytest.raises(TrainingError, match="the loss term 'kl_pitch' became NaN or Inf "
+                     "during epoch 2; the last good checkpoint is .*ckpt-1"):
+    train(_config(tmp_path / "nan_xla", prepared_dir, epochs=3, jit_compile=True),
+          log=lambda *_: None, callbacks=[Poison()])
   # Every term at once: the weights or the notes went bad, not one term.
   from tfgmvae.train.loop import _nan_message  # pylint: disable=g-import-not-at-top
   manager = types.SimpleNamespace(latest_checkpoint=None, checkpoints=[])

@@ -204,10 +204,13 @@ def _last_checkpoint(manager) -> str:
           if manager.latest_checkpoint else "no checkpoint was written yet")
 
 
-def _nan_message(error: Exception, epoch: int, manager, precision: str,
-                 all_terms: int) -> str:
-  match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
-  terms = [t for t in match.group(1).split(", ") if t] if match else []
+def _nan_message(error, epoch: int, manager, precision: str, all_terms: int) -> str:
+  """The message of a NaN stop; `error` is the step's check failure or the terms."""
+  if isinstance(error, list):
+    terms = error
+  else:
+    match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
+    terms = [t for t in match.group(1).split(", ") if t] if match else []
   remedy = ("a lower --learning_rate" if precision == "float32" else
             "a lower --learning_rate or --precision=float32")
   if terms and len(terms) == all_terms:
@@ -388,6 +391,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                                               config.checkpoint_every))
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
+    if config.jit_compile:   # XLA drops the step's own finiteness check
+      all_callbacks.insert(0, _NonFiniteStop())
     if chief and resuming:   # a resumed one once its first epoch here is done
       all_callbacks.append(_RecordFlags(config.run_dir, flag_record))
     all_callbacks += list(callbacks)
@@ -404,10 +409,11 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                             validation_freq=_validation_epochs(
                                 config.validation_every, start, config.epochs),
                             callbacks=all_callbacks, verbose=0)
-    except tf.errors.InvalidArgumentError as e:
-      if "are NaN or Inf]" in str(e):
+    except (tf.errors.InvalidArgumentError, _NonFinite) as e:
+      if isinstance(e, _NonFinite) or "are NaN or Inf]" in str(e):
         terms = sum(name in model.trackers for name in LOSS_TERMS)
-        raise TrainingError(_nan_message(e, int(state.epoch.numpy()), manager,
+        raise TrainingError(_nan_message(e.terms if isinstance(e, _NonFinite) else e,
+                                         int(state.epoch.numpy()), manager,
                                          config.precision, terms)) from None
       raise
     return _result(history.history, state, chief, task)
@@ -415,6 +421,30 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     keras.mixed_precision.set_global_policy(previous_policy)
     if not chief and save_dir:
       shutil.rmtree(save_dir, ignore_errors=True)
+
+
+class _NonFinite(Exception):
+  def __init__(self, terms):
+    super().__init__(", ".join(terms))
+    self.terms = terms
+
+
+class _NonFiniteStop(keras.callbacks.Callback):
+  """Under XLA, which compiles the step's CheckNumerics/Assert away: stops after a
+  batch whose loss terms' running means are NaN or Inf (a NaN step makes the epoch's
+  mean NaN), naming them."""
+
+  def _check(self, logs):
+    bad = [name for name in LOSS_TERMS if name in (logs or {})
+           and not np.all(np.isfinite(keras.ops.convert_to_numpy(logs[name])))]
+    if bad:
+      raise _NonFinite(bad)
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._check(logs)
+
+  def on_test_batch_end(self, batch, logs=None):
+    self._check(logs)
 
 
 class _RecordFlags(keras.callbacks.Callback):
