@@ -702,9 +702,11 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
     train(_config(tmp_path / "nan_xla", prepared_dir, epochs=3, jit_compile=True),
           log=lambda *_: None, callbacks=[Poison()])
   # Every term at once: the weights or the notes went bad, not one term.
-  from tfgmvae.train.loop import _nan_message  # pylint: disable=g-import-not-at-top
+  from tfgmvae.train.loop import _nan_message, _nan_terms  # pylint: disable=g-import-not-at-top
   manager = types.SimpleNamespace(latest_checkpoint=None, checkpoints=[])
-  error = "assertion failed: [loss terms] [kl_pitch, reconstruction] [are NaN or Inf]"
+  error = _nan_terms(tf.errors.InvalidArgumentError(
+      None, None, "assertion failed: [loss terms] [kl_pitch, reconstruction] [are NaN or "
+      "Inf]"))
   assert "every loss term (kl_pitch, reconstruction) became NaN or Inf, so the weights " \
       "or the notes themselves did" in _nan_message(error, 4, manager, "float32", 2)
   assert "the loss terms 'kl_pitch', 'reconstruction' became NaN or Inf during epoch 5" \

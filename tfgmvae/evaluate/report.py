@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.util import event_pb2
 
 from tfgmvae.evaluate import figures
+from tfgmvae.train.history import read_events
 
 F1_NOTE = ("F1 (weighted) averages the per-class F1 weighted by each class's number of "
            "validation notes; F1 (macro) is their unweighted mean.")
@@ -204,16 +204,8 @@ def swap_lines(swap: dict | None) -> list[str]:
 
 def summarised_steps(logdir: str) -> set[int]:
   """Steps at which `logdir`'s event files already hold evaluation summaries."""
-  steps = set()
-  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        event = event_pb2.Event.FromString(record)
-        if any(v.tag.startswith("evaluation/") for v in event.summary.value):
-          steps.add(int(event.step))
-    except tf.errors.DataLossError:   # a file cut short by a kill: its whole records count
-      continue
-  return steps
+  return {int(event.step) for event in read_events(logdir)
+          if any(v.tag.startswith("evaluation/") for v in event.summary.value)}
 
 
 def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],

@@ -25,7 +25,7 @@ import time
 
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
                                   prepare, read_record)
-from tfgmvae.train.checkpoints import read_flags
+from tfgmvae.train.checkpoints import read_flags, write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("mgmvae", "mvae")
@@ -340,9 +340,6 @@ class Grid:
     path = self.config.results or os.path.join(self.out, "RESULTS.md")
     text = results.results_markdown(self.out, evaluations, self.timings, machine(),
                                     prepared)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
+    write_atomically(path, text)
     self.log(f"Wrote {path}")
     return path

@@ -257,17 +257,23 @@ def versions(export_dir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(export_dir) if n.isascii() and n.isdigit())
 
 
+def _next_version(export_dir: str) -> int:
+  """One more than the highest version under `export_dir` (1 for none)."""
+  version = max(versions(export_dir), default=0) + 1
+  if version > MAX_VERSION:
+    raise ExportError(f"{export_dir} holds version {version - 1}, the largest TF Serving "
+                      "reads; give a free --version, or another --export_dir.")
+  return version
+
+
 def export(config: ExportConfig, log=print) -> str:
   """Exports a run as `config.export_dir/<version>/`; returns that folder.
 
   Raises:
     ExportError: the run cannot be loaded, or the version already exists.
   """
-  present = versions(config.export_dir)
-  version = config.version if config.version is not None else (max(present, default=0) + 1)
-  if version > MAX_VERSION:
-    raise ExportError(f"{config.export_dir} holds version {max(present)}, the largest TF "
-                      "Serving reads; give a free --version, or another --export_dir.")
+  version = config.version if config.version is not None else _next_version(
+      config.export_dir)
   final = os.path.join(config.export_dir, str(version))
   if os.path.exists(final):
     hint = ("leave out --version to write the next one" if config.version is not None
@@ -295,10 +301,7 @@ def export(config: ExportConfig, log=print) -> str:
           raise ExportError(f"{final} appeared while exporting; it was left as it "
                             "is.") from e
       # Another export took the next version meanwhile: this one takes the one after.
-      version = max(versions(config.export_dir), default=0) + 1
-      if version > MAX_VERSION:
-        raise ExportError(f"{config.export_dir} holds version {version - 1}, the largest "
-                          "TF Serving reads; give another --export_dir.")
+      version = _next_version(config.export_dir)
       final = os.path.join(config.export_dir, str(version))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,6 @@ best validation epoch, as `bench/training_time.py` prints it.
 """
 
 import dataclasses
-import glob
 import os
 
 import numpy as np
@@ -25,29 +24,37 @@ class HistoryError(ValueError):
   """A run directory without the summaries a history needs."""
 
 
+def read_events(directory: str):
+  """The events of one TensorBoard run folder, file by file in the order they were
+  written; a file cut short by a kill gives its whole records."""
+  files = sorted(tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")),
+                 key=lambda path: (_file_time(path), path))
+  for path in files:
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        yield event_pb2.Event.FromString(record)
+    except tf.errors.DataLossError:
+      continue
+
+
 def read_scalars(directory: str) -> dict[str, dict[int, tuple[float, float]]]:
   """Scalars of one TensorBoard run folder: tag -> epoch -> (wall time, value).
 
-  Event files are read in the order they were written; where an epoch was written
-  twice, its last value is kept.
+  Where an epoch was written twice, its last value is kept.
   """
-  files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")),
-                 key=lambda path: (_file_time(path), path))
   scalars: dict[str, dict[int, tuple[float, float]]] = {}
-  for path in files:
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.HasField("tensor"):
-          array = tf.make_ndarray(value.tensor)
-          if array.size != 1 or array.dtype.kind not in "fiu":
-            continue   # images, audio and text are not scalars
-          number = float(array.reshape(()))
-        elif value.HasField("simple_value"):
-          number = float(value.simple_value)
-        else:
-          continue
-        scalars.setdefault(value.tag, {})[int(event.step)] = (event.wall_time, number)
+  for event in read_events(directory):
+    for value in event.summary.value:
+      if value.HasField("tensor"):
+        array = tf.make_ndarray(value.tensor)
+        if array.size != 1 or array.dtype.kind not in "fiu":
+          continue   # images, audio and text are not scalars
+        number = float(array.reshape(()))
+      elif value.HasField("simple_value"):
+        number = float(value.simple_value)
+      else:
+        continue
+      scalars.setdefault(value.tag, {})[int(event.step)] = (event.wall_time, number)
   return scalars
 
 

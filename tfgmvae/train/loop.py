@@ -204,13 +204,17 @@ def _last_checkpoint(manager) -> str:
           if manager.latest_checkpoint else "no checkpoint was written yet")
 
 
-def _nan_message(error, epoch: int, manager, precision: str, all_terms: int) -> str:
-  """The message of a NaN stop; `error` is the step's check failure or the terms."""
-  if isinstance(error, list):
-    terms = error
-  else:
-    match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
-    terms = [t for t in match.group(1).split(", ") if t] if match else []
+def _nan_terms(error: Exception) -> list[str] | None:
+  """The loss terms a NaN stop names (the step's check or _NonFiniteStop); None for
+  another error."""
+  if isinstance(error, _NonFinite):
+    return error.terms
+  match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
+  return [t for t in match.group(1).split(", ") if t] if match else None
+
+
+def _nan_message(terms: list[str], epoch: int, manager, precision: str,
+                 all_terms: int) -> str:
   remedy = ("a lower --learning_rate" if precision == "float32" else
             "a lower --learning_rate or --precision=float32")
   if terms and len(terms) == all_terms:
@@ -410,12 +414,12 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                                 config.validation_every, start, config.epochs),
                             callbacks=all_callbacks, verbose=0)
     except (tf.errors.InvalidArgumentError, _NonFinite) as e:
-      if isinstance(e, _NonFinite) or "are NaN or Inf]" in str(e):
-        terms = sum(name in model.trackers for name in LOSS_TERMS)
-        raise TrainingError(_nan_message(e.terms if isinstance(e, _NonFinite) else e,
-                                         int(state.epoch.numpy()), manager,
-                                         config.precision, terms)) from None
-      raise
+      terms = _nan_terms(e)
+      if terms is None:
+        raise
+      raise TrainingError(_nan_message(
+          terms, int(state.epoch.numpy()), manager, config.precision,
+          sum(name in model.trackers for name in LOSS_TERMS))) from None
     return _result(history.history, state, chief, task)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
