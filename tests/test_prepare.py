@@ -91,6 +91,17 @@ def test_split_keeps_every_validation_pitch_in_training():
     assert {n.pitch for n in notes if split[n.key] == "validation"} <= train_pitches
 
 
+
+def test_split_does_not_count_a_left_out_single_note_as_training():
+  # Ob's one note is left out (a problem); Vc's 90 must then stay in training.
+  notes = [Note("vc60", "", "Vc", 60), Note("vc90", "", "Vc", 90), Note("ob90", "", "Ob", 90),
+           Note("fl62a", "", "Fl", 62), Note("fl62b", "", "Fl", 62)]
+  for seed in range(20):
+    split, problems = stratified_split(notes, 0.5, seed)
+    assert [p.key for p in problems] == ["ob90"] and "ob90" not in split
+    assert split["vc90"] == "train"
+
+
 def test_label_ranks_give_per_instrument_quotas(toy_csv, tmp_path):
   p = _prepare(toy_csv, tmp_path / "prep")
   assert p.labelled_quota(0.25) == {"sine": 3, "square": 3}

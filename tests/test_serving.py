@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from conftest import REPO, tone, toy_specs, write_notes
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.audio.resample import resample
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.serving import client
 from tfgmvae.serving import export as export_lib
@@ -110,7 +111,11 @@ def test_export_layout_versions_and_metadata(runs):
                         "100000000000: expected 1..10000"),
                        (dict(export_dir=""), "--export_dir is empty"),
                        (dict(export_dir=os.path.join(runs["mgmvae"], "model.json")),
-                        "model.json: is a file")):
+                        "model.json: is a file"),
+                       # A version folder (or a new one beside it) would nest versions.
+                       (dict(export_dir=second), "2: is itself an exported version"),
+                       (dict(export_dir=os.path.join(base, "7")), f"7: is named like a "
+                        f"version folder of {base}, which holds exported versions")):
     with pytest.raises(export_lib.ExportError, match=re.escape(said)):
       export_lib.ExportConfig(**(dict(run_dir=runs["mgmvae"], export_dir=base) | kwargs))
   shutil.rmtree(second)
@@ -244,9 +249,10 @@ def _synth(sig, instrument=("Vc",), pitch=(60,), w=(0.0,), seed=(0,)):
      r"unknown instrument name\(s\)\] \[\(empty\) Flute\]"),
     (dict(pitch=[20]), r"MIDI number\(s\)\] \[20\]"),
     (dict(w=[-1.0]), "w must be >= 0"),
+    (dict(w=[10.5]), "w must be >= 0.0 and <= 10.0"),
     (dict(w=[float("nan")]), "w must be finite"),
     (dict(instrument=["Vc"] * 3, pitch=[60] * 3, w=[3e38] * 3, seed=[1, 2, 3]),
-     "the decoded mel is not finite: .* \\(a huge w"),   # z_t overflows to inf
+     "w must be >= 0.0 and <= 10.0"),
     (dict(instrument=["Vc", "Pno"]), "must all have the same length"),
     (dict(instrument=[], pitch=[], w=[], seed=[]), "input instrument is empty"),
 ])
@@ -281,11 +287,16 @@ def test_transfer_rejects_bad_input(loaded, kwargs, message):
 
 def test_other_signatures_reject_bad_shapes(loaded):
   sigs = loaded.signatures
+  latent = int(loaded.timbre_means.shape[1])
+  # Declared whole (TF Serving's metadata shows them), and checked again at run time.
+  declared = {n: spec.shape.as_list() for name in ("encode_mel", "decode")
+              for n, spec in sigs[name].structured_input_signature[1].items()}
+  assert declared == {"mel": [None, 43, 256], "z_timbre": [None, latent],
+                      "z_pitch": [None, latent]}
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected shape \[batch, 43, "):
     sigs["encode_mel"](mel=tf.zeros([1, 40, 256]))
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"z_pitch: expected shape"):
     sigs["decode"](z_timbre=tf.zeros([1, 4]), z_pitch=tf.zeros([1, 5]))
-  latent = int(loaded.timbre_means.shape[1])
   with pytest.raises(tf.errors.InvalidArgumentError, match="decoded mel is not finite"):
     sigs["decode"](z_timbre=tf.fill([1, latent], 3e38), z_pitch=tf.zeros([1, latent]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="source_instrument: unknown"):
@@ -421,15 +432,27 @@ def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
     client.open_model(str(tmp_path))
 
 
-def test_the_rest_request_maker_reports_bad_input_in_one_line(runs, tmp_path):
+def test_the_request_scripts_report_bad_input_in_one_line(runs, tmp_path):
   script = os.path.join(REPO, "export", "requests", "make_transfer_request.py")
-  for args, line in (([str(tmp_path / "no.wav"), "Pno", "1"], f"{tmp_path}/no.wav: no such file."),
-                     ([os.path.join(REPO, "README.md"), "Pno", "1"], "cannot read it as audio"),
-                     ([runs["note"], "Pno", "2"], "alpha '2': expected a number in [0, 1].")):
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert done.returncode == 1 and done.stderr.startswith("ERROR: ") and line in done.stderr
-    assert done.stderr.count("\n") == 1 and not done.stdout, done.stderr
+  grpc = [os.path.join(REPO, "export", "requests", "grpc_client.py"),
+          "--server=localhost:1", f"--out={tmp_path}/g.wav", "transfer"]
+  fast = str(tmp_path / "fast.wav")
+  soundfile.write(fast, tone(60, 400_000, 0.6), 400_000)
+  for command, args, line in (
+      ([script], [str(tmp_path / "no.wav"), "Pno", "1"], f"{tmp_path}/no.wav: no such file."),
+      ([script], [os.path.join(REPO, "README.md"), "Pno", "1"], "cannot read it as audio"),
+      ([script], [runs["note"], "Pno", "2"], "alpha '2': expected a number in [0, 1]."),
+      ([script], [fast, "Pno", "1"], "fast.wav: recorded at 400000 Hz; the served model "
+       "takes 1,000 to 384,000 Hz: resample it first (bin/transfer does)."),
+      (grpc, [str(tmp_path / "no.wav"), "Pno", "1"], f"{tmp_path}/no.wav: no such file."),
+      (grpc, [os.path.join(REPO, "README.md"), "Pno", "1"], "cannot read it as audio"),
+      (grpc, [fast, "Pno", "1"], "fast.wav: recorded at 400000 Hz")):
+    done = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
+                          timeout=120, check=False, env=ENV)
+    said = done.stderr.splitlines()[-1] if command is grpc else done.stderr  # (TF's logs)
+    assert done.returncode == 1 and said.startswith("ERROR: ") and line in said
+    assert said.count("\n") == (0 if command is grpc else 1), done.stderr
+    assert not done.stdout
   done = subprocess.run([sys.executable, script, runs["note"], "Pno", "0.5"],
                         capture_output=True, text=True, timeout=120, check=True)
   assert json.loads(done.stdout)["inputs"]["alpha"] == [0.5]
@@ -474,7 +497,7 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   assert bad.returncode == 1 and "'Kazoo' is not in the model's vocabulary" in bad.stderr
   bad = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60",
              "--w=nan", f"--out={tmp_path}/k.wav")
-  assert bad.returncode != 0 and "expected finite values >= 0" in bad.stderr
+  assert bad.returncode != 0 and "expected values from 0 to 10" in bad.stderr
   bad = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60,C4",
              f"--out={tmp_path}/k.wav")      # refused like --instrument=Vc,Vc, not merged
   assert bad.returncode == 1 and bad.stderr == (
@@ -618,6 +641,23 @@ def test_a_note_shorter_than_the_segment_read_gets_a_warning():
   assert client.short_input(own, np.zeros(11008), 22050, "note.wav") is None
   exact = types.SimpleNamespace(meta={"audio": audio | {"offset": 0.2, "duration": 0.1}})
   assert client.short_input(exact, np.zeros(6615 - 256), 22050, "a.wav") is None
+
+
+@pytest.mark.parametrize("rate", [900, 400_000])
+def test_client_transfer_resamples_rates_the_export_refuses(runs, rate):
+  # The served graph takes 1-384 kHz; bin/transfer reads "any rate", so the client
+  # resamples the others to the model's rate first, as preparation would.
+  model = client.open_model(runs["mgmvae_export"])
+  got = client.transfer(model, tone(60, rate, 0.8, harmonics=1, amp=0.4), rate, ["Pno"],
+                        [0.0])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate must be"):
+    model.run("transfer", audio=tone(60, rate, 0.8)[None], sample_rate=rate,
+              target_instrument=["Pno"], alpha=[0.0])
+  at_model_rate = client.transfer(
+      model, resample(tone(60, rate, 0.8, harmonics=1, amp=0.4), rate, 22050).numpy(),
+      22050, ["Pno"], [0.0])
+  np.testing.assert_allclose(got[0]["mel"], at_model_rate[0]["mel"], atol=1e-5)
+  assert got[0]["source"] == at_model_rate[0]["source"]
 
 
 def test_an_unknown_transfer_instrument_says_whether_source_or_target():

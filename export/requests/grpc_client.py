@@ -25,6 +25,10 @@ import soundfile
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
+# The input rates the served `transfer` accepts (tfgmvae.serving.module's; this script
+# does not import tfgmvae).
+MIN_RATE, MAX_RATE = 1_000, 384_000
+
 
 def synthesize_request(model: str = "tfgmvae") -> predict_pb2.PredictRequest:
   """A cello middle C at the prior's mean and a piano G4 drawn with w = 0.5."""
@@ -43,6 +47,9 @@ def transfer_request(path: str, target: str, alpha: float,
   """The note in `path` (any rate; mixed to mono, sent whole: the model reads the segment
   its training read) moved towards `target` by `alpha`."""
   audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  if not MIN_RATE <= rate <= MAX_RATE:
+    raise ValueError(f"recorded at {rate} Hz; the served model takes {MIN_RATE:,} to "
+                     f"{MAX_RATE:,} Hz: resample it first (bin/transfer does).")
   audio = audio.mean(axis=1)
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model
@@ -78,7 +85,15 @@ def main():
       alpha = float("nan")
     if not 0.0 <= alpha <= 1.0:
       sys.exit(f"ALPHA={args.args[2]}: expected a number in [0, 1]")
-    request = transfer_request(args.args[0], args.args[1], alpha, args.model)
+    note = args.args[0]
+    if not os.path.isfile(note):
+      sys.exit(f"ERROR: {note}: no such file.")
+    try:
+      request = transfer_request(note, args.args[1], alpha, args.model)
+    except (OSError, RuntimeError) as e:   # soundfile's errors: undecodable
+      sys.exit(f"ERROR: {note}: cannot read it as audio ({e}).")
+    except ValueError as e:                 # a rate the served model refuses
+      sys.exit(f"ERROR: {note}: {e}")
   else:
     sys.exit("transfer needs NOTE.wav TARGET ALPHA")
   if os.path.exists(args.out):

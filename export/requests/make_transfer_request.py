@@ -8,7 +8,7 @@ Usage:
 Needs only NumPy and soundfile (no TensorFlow, no tfgmvae). The note is mixed to mono and
 sent whole: the model reads the segment its training read (0 to 0.5 s with the paper's
 settings; `audio.offset` and `audio.duration` in the export's
-assets.extra/tfgmvae.json), at any rate.
+assets.extra/tfgmvae.json), at its own rate from 1 to 384 kHz (resample others first).
 """
 
 import json
@@ -18,10 +18,17 @@ import sys
 import numpy as np
 import soundfile
 
+# The input rates the served `transfer` accepts (tfgmvae.serving.module's; this script
+# does not import tfgmvae).
+MIN_RATE, MAX_RATE = 1_000, 384_000
+
 
 def transfer_body(path: str, target: str, alpha: float) -> dict:
   """The `transfer` request for the note in `path` (columnar "inputs" format)."""
   audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  if not MIN_RATE <= rate <= MAX_RATE:
+    raise ValueError(f"recorded at {rate} Hz; the served model takes {MIN_RATE:,} to "
+                     f"{MAX_RATE:,} Hz: resample it first (bin/transfer does).")
   audio = audio.mean(axis=1)
   return {"signature_name": "transfer",
           "inputs": {"audio": [np.round(audio.astype(np.float64), 6).tolist()],
@@ -44,6 +51,8 @@ def main(argv: list[str]) -> int:
     body = transfer_body(argv[1], argv[2], alpha)
   except (OSError, RuntimeError) as e:   # soundfile's errors: missing or undecodable
     sys.exit(f"ERROR: {argv[1]}: cannot read it as audio ({e}).")
+  except ValueError as e:                 # a rate the served model refuses
+    sys.exit(f"ERROR: {argv[1]}: {e}")
   json.dump(body, sys.stdout)
   return 0
 

@@ -196,6 +196,14 @@ def note_dataset(prepared: Prepared, split: str, config: PipelineConfig = Pipeli
   quota = prepared.labelled_quota(config.label_fraction)
   inst_id = {name: i for i, name in enumerate(prepared.instruments)}
   pitch_id = {p: i for i, p in enumerate(prepared.pitches)}
+  unknown = [r for r in rows if r["pitch"] not in pitch_id or r["instrument"] not in inst_id]
+  if unknown:   # data prepared before stratified_split stopped stranding such notes
+    r = unknown[0]
+    raise DataError(
+        f"{os.path.join(prepared.directory, 'index.csv')}: {len(unknown)} {split or ''} "
+        f"note(s), e.g. {r['key']} ({r['instrument']}, MIDI {r['pitch']}), have an "
+        "instrument or pitch that no training note has, so the model has no class for "
+        "them; prepare the data again into a new folder with this tfgmvae.")
   acfg = prepared.audio
 
   def labelled(row):

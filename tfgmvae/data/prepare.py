@@ -266,7 +266,9 @@ def stratified_split(notes: list[Note], fraction: float, seed: int):
   for n in notes:
     by_instrument[n.instrument].append(n)
   problems = []
-  train_per_pitch = collections.Counter(n.pitch for n in notes)
+  # Notes of an instrument with a single note are left out (below): they keep no pitch.
+  train_per_pitch = collections.Counter(
+      n.pitch for n in notes if len(by_instrument[n.instrument]) >= 2)
   split = {}
   for instrument in sorted(by_instrument):
     group = sorted(by_instrument[instrument], key=lambda n: _rank_key(seed, "split", n.key))

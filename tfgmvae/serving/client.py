@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from tfgmvae.audio import display, io, load_segment, silence_problem, spectral
 from tfgmvae.audio.config import AudioConfig
+from tfgmvae.audio.resample import resample
 from tfgmvae.serving import export as export_lib
+from tfgmvae.serving.module import MAX_RATE, MIN_RATE
 
 PEAK = 0.99
 
@@ -192,6 +194,9 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
   _checked(model, [source] if source else [], what="source instrument")
   combos = list(itertools.product(targets, alphas))
   config = model.meta["audio"]      # the model reads the segment after its offset
+  if not MIN_RATE <= sample_rate <= MAX_RATE:   # the served graph's range: resample here
+    waveform = resample(waveform, int(sample_rate), int(config["sample_rate"])).numpy()
+    sample_rate = int(config["sample_rate"])
   start, end = config["offset"], config["offset"] + config["duration"]
   silent = silence_problem(
       name, np.asarray(waveform)[int(start * sample_rate):int(np.ceil(end * sample_rate))],

@@ -67,6 +67,27 @@ class ExportConfig:
     if os.path.exists(self.export_dir) and not os.path.isdir(self.export_dir):
       raise ExportError(f"--export_dir={self.export_dir}: is a file; expected the model's "
                         "base folder (versions go inside).")
+    inside = _inside_version(self.export_dir)
+    if inside:
+      raise ExportError(f"--export_dir={self.export_dir}: {inside}; expected the model's "
+                        f"base folder, such as "
+                        f"{os.path.dirname(os.path.normpath(self.export_dir)) or '.'} "
+                        "(versions go inside it, as TF Serving reads them).")
+
+
+def _inside_version(export_dir: str) -> str | None:
+  """Why `export_dir` is a version folder of an export rather than a base folder (an
+  export written there would nest a version inside a version); None if it is not."""
+  if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+    return "is itself an exported version (it holds saved_model.pb)"
+  path = os.path.normpath(export_dir)
+  name, parent = os.path.basename(path), os.path.dirname(path) or "."
+  if not (name.isascii() and name.isdigit()):
+    return None
+  if any(os.path.isfile(os.path.join(parent, str(v), "saved_model.pb"))
+         for v in versions(parent)):
+    return f"is named like a version folder of {parent}, which holds exported versions"
+  return None
 
 
 @dataclasses.dataclass(frozen=True)

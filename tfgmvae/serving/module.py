@@ -10,17 +10,19 @@ and the inverse (mel -> linear magnitude -> Griffin-Lim). Its signatures, all ba
 * `encode_mel`: normalised log-mel [B, T, F] -> the same;
 * `decode`: `z_timbre`, `z_pitch` [B, L] -> `mel` (normalised) and `audio`;
 * `synthesize` (also `serving_default`) and `synthesize_mel` (no audio):
-  `instrument`, `pitch`, `w`, `seed` [B] -> z_p ~ N(mu_pitch, (w sigma_p)^2),
+  `instrument`, `pitch`, `w` (0 to `MAX_W`), `seed` [B] -> z_p ~ N(mu_pitch, (w sigma_p)^2),
   z_t ~ N(mu_instrument, (w sigma_t)^2), decoded;
 * `transfer`: audio, `sample_rate`, `target_instrument`, `alpha` [B] ->
   z_t' = z_t + alpha (mu_target - mu_source), the source being the inferred instrument
   (also returned, with the pitch the model hears, `pitch`);
   `transfer_from_source` takes the source as `source_instrument` [B].
 
-Bad input (an unknown name, a pitch outside the vocabulary, alpha outside [0, 1], a
-negative w, a wrong shape, a bad rate, non-finite samples, codes so large that the
-decoded mel is not finite) fails with an InvalidArgument
-error whose message says what was expected. Only core TensorFlow ops are used, so TF
+Bad input (an unknown name, a pitch outside the vocabulary, alpha outside [0, 1], w
+outside [0, `MAX_W`], a wrong shape (declared by each signature, but checked again: a
+loaded SavedModel does not enforce it), a bad rate, non-finite samples or codes, codes
+so large that the decoded mel overflows) fails with an InvalidArgument error whose
+message says what was expected. `decode` takes any finite codes: those far from the
+training notes' give a mel saturated at +-1 (the decoder ends in tanh). Only core TensorFlow ops are used, so TF
 Serving loads the export as it is.
 
 For MVAE, whose timbre prior has no per-instrument components, `timbre_means` and
@@ -39,6 +41,10 @@ from tfgmvae.audio.resample import resample
 AUDIO_CHUNK = 16
 # Input rates accepted by `encode` and `transfer`.
 MIN_RATE, MAX_RATE = 1_000, 384_000
+# The largest spread `synthesize` accepts, in prior standard deviations: codes further
+# out than the training notes' are decoded to a mel saturated at the tanh's +-1 (noise,
+# not a note); the paper samples at w = 0, 0.5 and 1.
+MAX_W = 10.0
 
 
 class _Ref:
@@ -109,6 +115,14 @@ class ServingModule(tf.Module):
                                       trainable=False, name="mel_filterbank")
     self.mel_pseudo_inverse = tf.Variable(spectral.mel_pseudo_inverse(audio_config),
                                           trainable=False, name="mel_pseudo_inverse")
+    # The signatures whose shapes depend on this model declare them whole, so a client
+    # reading TF Serving's metadata (or saved_model_cli) sees [-1, 43, 256] and [-1, 16].
+    latent = c.latent_dim
+    self.encode_mel = tf.function(self._encode_mel, input_signature=[
+        _spec([None, audio_config.frames, audio_config.n_mels], tf.float32, "mel")])
+    self.decode = tf.function(self._decode, input_signature=[
+        _spec([None, latent], tf.float32, "z_timbre"),
+        _spec([None, latent], tf.float32, "z_pitch")])
 
   @property
   def model(self):
@@ -169,15 +183,15 @@ class ServingModule(tf.Module):
       return tf.identity(values)
 
   def _mel_input(self, mel):
+    # The signature declares the shape, but a loaded SavedModel (and TF Serving) does
+    # not enforce it: a wrong one would fail deep in the encoder.
     a = self._audio
     check = tf.debugging.assert_equal(
         tf.shape(mel)[1:], [a.frames, a.n_mels],
         message=f"mel: expected shape [batch, {a.frames}, {a.n_mels}] (a normalised "
                 "log-mel)")
     with tf.control_dependencies([check]):
-      check = tf.debugging.assert_all_finite(mel, "mel must be finite")
-    with tf.control_dependencies([check]):
-      return tf.ensure_shape(mel, [None, a.frames, a.n_mels])
+      return tf.debugging.assert_all_finite(mel, "mel must be finite")
 
   def _features(self, audio, sample_rate):
     """Audio [B, n] at `sample_rate` -> normalised log-mel [B, T, F] (as in training)."""
@@ -233,9 +247,9 @@ class ServingModule(tf.Module):
   def _decoded(self, z_timbre, z_pitch, with_audio=True) -> dict:
     mel = self.model.decode(z_timbre, z_pitch, training=False)
     mel = tf.debugging.assert_all_finite(
-        mel, "the decoded mel is not finite: the codes are too far from those of the "
-             "training notes (a huge w, or huge z_timbre/z_pitch values); expected codes "
-             "of a size the model has seen")
+        mel, "the decoded mel is not finite: the codes are so large that the decoder "
+             "overflows (huge z_timbre/z_pitch values); expected codes of a size the model "
+             "has seen")
     out = {"mel": mel}
     if with_audio:
       out["audio"] = self._audio_out(mel)
@@ -246,7 +260,7 @@ class ServingModule(tf.Module):
                     "synthesize")
     k = self._index(instrument, "instrument")
     m = self._pitch_index(pitch)
-    w = self._in_range(w, "w", 0.0)
+    w = self._in_range(w, "w", 0.0, MAX_W)
     latent = self.model.config.latent_dim
     noise = tf.map_fn(lambda s: tf.random.stateless_normal([2, latent], tf.stack([s, 0])),
                       tf.cast(seed, tf.int64), fn_output_signature=tf.float32)
@@ -283,27 +297,24 @@ class ServingModule(tf.Module):
     self._batch({"audio": audio}, "encode")
     return self._codes(self._features(audio, sample_rate))
 
-  @tf.function(input_signature=[_spec([None, None, None], tf.float32, "mel")])
-  def encode_mel(self, mel):
+  # `encode_mel` and `decode` (shapes from the model: made tf.functions in __init__).
+
+  def _encode_mel(self, mel):
     """Codes and predictions of notes given as normalised log-mels."""
     self._batch({"mel": mel}, "encode_mel")
     return self._codes(self._mel_input(mel))
 
-  @tf.function(input_signature=[_spec([None, None], tf.float32, "z_timbre"),
-                                _spec([None, None], tf.float32, "z_pitch")])
-  def decode(self, z_timbre, z_pitch):
+  def _decode(self, z_timbre, z_pitch):
     """Normalised log-mel and audio of given codes."""
     latent = self.model.config.latent_dim
     self._batch({"z_timbre": z_timbre, "z_pitch": z_pitch}, "decode")
-    checks = [tf.debugging.assert_equal(tf.shape(z)[1], latent,
+    checks = [tf.debugging.assert_equal(tf.shape(z)[1], latent,   # (as in _mel_input)
                                         message=f"{n}: expected shape [batch, {latent}]")
               for n, z in (("z_timbre", z_timbre), ("z_pitch", z_pitch))]
     checks += [tf.debugging.assert_all_finite(z, f"{n} must be finite")
                for n, z in (("z_timbre", z_timbre), ("z_pitch", z_pitch))]
     with tf.control_dependencies(checks):
-      z_timbre = tf.ensure_shape(z_timbre, [None, latent])
-      z_pitch = tf.ensure_shape(z_pitch, [None, latent])
-    return self._decoded(z_timbre, z_pitch)
+      return self._decoded(tf.identity(z_timbre), tf.identity(z_pitch))
 
   _SYNTH = [_spec([None], tf.string, "instrument"), _spec([None], tf.int32, "pitch"),
             _spec([None], tf.float32, "w"), _spec([None], tf.int64, "seed")]
