@@ -4,6 +4,8 @@ import collections
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,6 +197,20 @@ def test_a_note_listed_twice_with_other_labels_says_so(tmp_path):
       "each note once" in [str(p) for p in problems]
 
 
+def test_a_note_reached_through_a_link_is_a_duplicate_and_lines_count_blanks(tmp_path):
+  soundfile.write(str(tmp_path / "a.wav"), tone(60, 22050, 0.6), 22050)
+  os.symlink(".", tmp_path / "link")
+  os.link(tmp_path / "a.wav", tmp_path / "hard.wav")
+  (tmp_path / "labels.csv").write_text("path,instrument,pitch\na.wav,flute,60\n\n"
+                                       "link/a.wav,flute,60\n\nhard.wav,flute,60\n")
+  problems = [str(p) for p in open_source("csv", str(tmp_path)).problems]
+  assert problems == [
+      f"{tmp_path}/labels.csv row 2 (line 4): link/a.wav: duplicate of row 1; expected "
+      "each note once",
+      f"{tmp_path}/labels.csv row 3 (line 6): hard.wav: duplicate of row 1; expected "
+      "each note once"]
+
+
 def test_csv_quirks_of_spreadsheets_and_hand_edits(tmp_path):
   folder = tmp_path / "d"
   csv_path = write_notes(str(folder), toy_specs())
@@ -326,6 +342,14 @@ def test_tinysol_layout(tmp_path):
   write_tinysol(root)
   p = _prepare(root, tmp_path / "prep", dataset="tinysol")
   assert p.instruments == ("Fl", "Vc") and p.pitches == (60, 62, 64)
+
+
+def test_an_nsynth_pitch_outside_midi_is_a_problem(tmp_path):
+  path = write_nsynth(str(tmp_path / "n.tfrecord"), families=(("brass", 9),),
+                      pitches=[60, 60, 61, 200])
+  with pytest.raises(PrepareError, match="brass_acoustic_000-200-075: pitch 200 is outside "
+                     "MIDI 0..127"):
+    _prepare(path, tmp_path / "prep", dataset="nsynth")
 
 
 def test_nsynth_tfrecords_stream_with_labels(tmp_path):
@@ -596,3 +620,24 @@ def test_temporary_folders_are_made_as_mkdir_makes_them(tmp_path):
   (shared / "plain").mkdir()
   assert os.stat(made).st_mode == os.stat(shared / "plain").st_mode
   assert paths.make_temp_dir(str(shared), ".prepare-") != made
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next(toy_csv, tmp_path):
+  # kill -9 leaves the folder; the next preparation there removes it, but not a live
+  # process's, nor another host's (a shared disk), nor anything else.
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  host = paths._HOST   # pylint: disable=protected-access
+  names = {"dead": f".prepare-{host}-{int(gone.stdout)}-0123abcd",
+           "live": f".prepare-{host}-{os.getpid()}-0123abcd",
+           "other": f".prepare-elsewhere.example-{int(gone.stdout)}-0123abcd",
+           "mine": ".prepare-notes"}
+  for name in names.values():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "index.csv").write_text("half")
+  said = []
+  prepare(PrepareConfig("csv", toy_csv, str(tmp_path / "prep")), log=said.append)
+  assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == sorted(
+      names[k] for k in ("live", "other", "mine"))
+  assert f"Removed {tmp_path / names['dead']}: unfinished, left by a process (pid " \
+      f"{int(gone.stdout)}) that was killed while writing." in said

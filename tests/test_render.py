@@ -167,11 +167,20 @@ def test_existing_non_empty_out_dir_is_refused_and_untouched(tmp_path):
 def test_empty_existing_out_dir_is_filled(tmp_path):
   out_dir = tmp_path / "empty"
   out_dir.mkdir()
+  # What a render killed with kill -9 left beside it (its process is gone): removed.
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  from tfgmvae.data import paths  # pylint: disable=g-import-not-at-top
+  left = tmp_path / f".empty.partial-{paths._HOST}-{int(gone.stdout)}-0123abcd"  # pylint: disable=protected-access
+  (left / "audio").mkdir(parents=True)
+  said = []
   rows = render.render_corpus(tiny_config(out_dir, soundfonts=SOUNDFONTS[:1],
-                                          instruments=TINY_INSTRUMENTS[:1]))
+                                          instruments=TINY_INSTRUMENTS[:1]), log=said.append)
   assert len(rows) == 2
   assert (out_dir / "labels.csv").is_file()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+  assert said == [f"Removed {left}: unfinished, left by a process (pid {int(gone.stdout)}) "
+                  "that was killed while writing."]
 
 
 def test_missing_soundfont_is_named(tmp_path):

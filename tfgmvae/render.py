@@ -443,7 +443,8 @@ def write_labels(path: str | os.PathLike, rows: Iterable[dict]):
 
 
 def render_corpus(config: RenderConfig,
-                  progress: Callable[[int, int, dict], Any] | None = None) -> list[dict]:
+                  progress: Callable[[int, int, dict], Any] | None = None,
+                  log: Callable[[str], Any] = print) -> list[dict]:
   """Renders every (soundfont, instrument, pitch, dynamic) of config into config.out_dir.
 
   The corpus is built in a temporary sibling directory and renamed to out_dir only once
@@ -452,6 +453,7 @@ def render_corpus(config: RenderConfig,
   Args:
     config: What to render and where.
     progress: Called after each note as progress(notes_done, notes_total, row).
+    log: Says which unfinished renders of killed processes it removed first.
 
   Returns:
     The label rows, as written to out_dir/labels.csv: dicts with keys path (relative to
@@ -472,7 +474,9 @@ def render_corpus(config: RenderConfig,
       raise FileNotFoundError(f"Soundfont {sf_path} does not exist or is not a file.")
   _import_fluidsynth()  # Fail before creating anything.
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(paths.make_temp_dir(str(out_dir.parent), f".{out_dir.name}.partial-"))
+  partial = f".{out_dir.name}.partial-"
+  paths.remove_abandoned_temp_dirs(str(out_dir.parent), partial, log)
+  tmp = pathlib.Path(paths.make_temp_dir(str(out_dir.parent), partial))
   try:
     rows = _render_into(tmp, config, progress)
     write_labels(tmp / LABELS_FILENAME, rows)

@@ -12,6 +12,8 @@ import os
 import posixpath
 import re
 import secrets
+import shutil
+import socket
 
 _CORE_SCHEMES = ("gs", "file")
 
@@ -24,18 +26,59 @@ _NO_CONNECTION = re.compile(r"Failed to connect|Couldn't connect|Could(?: not|n'
 
 
 def make_temp_dir(parent: str, prefix: str) -> str:
-  """A new folder `parent/<prefix><random>` to fill and then rename into place, made by
-  `mkdir` itself so that it gets what any new folder there gets (the umask, a setgid
-  parent's group, default ACLs); `tempfile.mkdtemp` would make it 0700, keeping other
-  users (e.g. workers running as another user) out of the finished folder."""
+  """A new folder `parent/<prefix><host>-<pid>-<random>` to fill and then rename into
+  place, made by `mkdir` itself so that it gets what any new folder there gets (the umask,
+  a setgid parent's group, default ACLs); `tempfile.mkdtemp` would make it 0700, keeping
+  other users (e.g. workers running as another user) out of the finished folder. The
+  host and process name the writer, so `remove_abandoned_temp_dirs` can tell a folder
+  whose writer was killed (kill -9 leaves it) from one still being filled."""
   for _ in range(100):
-    folder = os.path.join(parent, prefix + secrets.token_hex(4))
+    folder = os.path.join(parent, f"{prefix}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
       os.mkdir(folder, 0o777)
       return folder
     except FileExistsError:
       continue
   raise FileExistsError(f"{parent}: no free folder name starting with {prefix!r}.")
+
+
+_HOST = socket.gethostname().replace(os.sep, "_")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:   # (another user's process: alive)
+    return True
+  return True
+
+
+def remove_abandoned_temp_dirs(parent: str, prefix: str, log=print) -> list[str]:
+  """Deletes the folders `make_temp_dir(parent, prefix)` made for processes of this host
+  that no longer run (killed before they could clean up); those of live processes and of
+  other hosts (a shared disk) are left alone.
+
+  Returns:
+    The paths deleted.
+  """
+  pattern = re.compile(re.escape(prefix) + re.escape(_HOST) + r"-(\d+)-[0-9a-f]{8}")
+  removed = []
+  for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+    found = pattern.fullmatch(name)
+    path = os.path.join(parent, name)
+    if not found or not os.path.isdir(path) or os.path.islink(path) or \
+        _alive(int(found.group(1))):
+      continue
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):
+      log(f"Could not remove {path}, left by a process that was killed while writing.")
+    else:
+      log(f"Removed {path}: unfinished, left by a process (pid {found.group(1)}) that was "
+          "killed while writing.")
+      removed.append(path)
+  return removed
 
 
 class UnreachableError(OSError):

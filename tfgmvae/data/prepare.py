@@ -332,6 +332,9 @@ def _scan(source, config: PrepareConfig, log=print):
                                      f"{seen[key] + 1})", key))
         continue
       seen[key] = i
+      if not 0 <= note.pitch <= 127:   # (a CSV's pitches are checked as they are read)
+        problems.append(Problem(key, f"pitch {note.pitch} is outside MIDI 0..127", key))
+        continue
     count += 1
     if count % 5000 == 0:
       log(f"  scanned {count} notes ({count / (time.time() - start):.0f}/s)")
@@ -433,6 +436,7 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
       n.instrument for n in notes if split[n.key] == s).items())) for s in (TRAIN, VALIDATION)}
   parent = os.path.dirname(os.path.abspath(config.out_dir))
   os.makedirs(parent, exist_ok=True)
+  paths.remove_abandoned_temp_dirs(parent, ".prepare-", log)
   tmp = paths.make_temp_dir(parent, ".prepare-")
   try:
     index_path = os.path.join(tmp, INDEX_NAME)

@@ -91,6 +91,7 @@ class NSynthSource:
 
 # A row's fields past the header's columns (csv.DictReader's `restkey`).
 _EXTRA = "\0extra fields"
+_LINE = "\0line"   # the line a row ends on (its only line, unless a value holds one)
 
 
 def _open_csv(path: str):
@@ -122,6 +123,7 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
     for row in reader:
       extra = row.pop(_EXTRA, [])
       rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+      rows[-1][_LINE] = reader.line_num   # (blank lines and quoted newlines counted)
       if any(v.strip() for v in extra):   # (empty ones, e.g. a trailing comma, are fine)
         rows[-1][_EXTRA] = (len(header) + len(extra), len(header))
   if not rows:
@@ -129,12 +131,24 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
   return rows, header
 
 
+def _identity(path: str):
+  """What makes two paths one file: its device and inode for a local file (so a
+  symbolic or hard link to it is the same note), the path itself otherwise."""
+  if paths.is_url(path):
+    return path
+  try:
+    found = os.stat(path)
+  except OSError:
+    return os.path.realpath(path)
+  return (found.st_dev, found.st_ino)
+
+
 def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_col: str,
                      pitch_col: str, audio_root: str,
                      pitch_fallback_col: str | None = None):
   notes, problems, seen = [], [], {}
   for i, row in enumerate(rows):
-    where = f"{csv_path} row {i + 1} (line {i + 2})"
+    where = f"{csv_path} row {i + 1} (line {row.get(_LINE, i + 2)})"
     rel, instrument = row.get(path_col, ""), row.get(instrument_col, "")
     if _EXTRA in row:
       fields, columns = row[_EXTRA]
@@ -159,15 +173,16 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
       problems.append(Problem(where, f"{rel}: {e}", rel, i))
       continue
     path = paths.resolve(audio_root, rel)   # (./a.wav and a.wav are one note)
-    if path in seen:
-      first, labels = seen[path]
+    same = _identity(path)
+    if same in seen:
+      first, labels = seen[same]
       other = ("" if labels == (instrument, pitch) else
                f" with other labels (there {labels[0]} {labels[1]}, here {instrument} "
                f"{pitch})")
       problems.append(Problem(where, f"{rel}: duplicate of row {first + 1}{other}; "
                                      "expected each note once", rel, i))
       continue
-    seen[path] = (i, (instrument, pitch))
+    seen[same] = (i, (instrument, pitch))
     if not paths.isfile(path):
       relative = ("" if os.path.isabs(rel) or paths.is_url(rel) else
                   f" (a relative path is read from {audio_root})")
