@@ -19,7 +19,7 @@ def test_midi_numbers(value, midi):
 
 
 @pytest.mark.parametrize("bad", ["H4", "C", "C#", "60.5", "", "128", "-1", "G#9", "do4",
-                                 "inf", "-inf", "nan", "1e400"])
+                                 "inf", "-inf", "nan", "1e400", "1e2", "6E1", ".6e2"])
 def test_bad_pitches_are_errors_that_quote_the_value(bad):
   with pytest.raises(ValueError) as info:
     parse_pitch(bad)

@@ -104,6 +104,19 @@ def test_split_does_not_count_a_left_out_single_note_as_training():
     assert split["vc90"] == "train"
 
 
+def test_a_name_in_another_unicode_normalisation_finds_its_file(tmp_path):
+  # macOS names files in NFD; a CSV typed elsewhere is NFC. Same name, other bytes.
+  import unicodedata  # pylint: disable=g-import-not-at-top
+  on_disk = unicodedata.normalize("NFD", "Vc_é.wav")
+  soundfile.write(str(tmp_path / on_disk), tone(60, 22050, 0.6), 22050)
+  (tmp_path / "labels.csv").write_text("path,instrument,pitch\n"
+                                       f"{unicodedata.normalize('NFC', 'Vc_é.wav')},Vc,60\n",
+                                       encoding="utf-8")
+  source = open_source("csv", str(tmp_path))
+  assert not source.problems
+  assert [n.path for n in source.notes] == [str(tmp_path / on_disk)]
+
+
 def test_label_ranks_give_per_instrument_quotas(toy_csv, tmp_path):
   p = _prepare(toy_csv, tmp_path / "prep")
   assert p.labelled_quota(0.25) == {"sine": 3, "square": 3}
@@ -426,6 +439,13 @@ def test_records_that_are_not_nsynth_are_named_with_what_was_expected(tmp_path):
       _prepare(path, tmp_path / "prep_bad", dataset="nsynth")
   with pytest.raises(SourceError, match=f"^one of {cut}, {good}: cannot be read as NSynth"):
     _prepare(str(tmp_path / "[cg]*.tfrecord"), tmp_path / "prep_two", dataset="nsynth")
+  # Cut 3 bytes into the second record's header: TensorFlow sees a file that ends there.
+  first = 12 + int.from_bytes(whole[:8], "little") + 4
+  header = tmp_path / "header.tfrecord"
+  header.write_bytes(whole[:first + 3])
+  with pytest.raises(SourceError, match=f"^{header}: ends 3 byte\\(s\\) into the header of "
+                     f"record 2 \\(at byte {first}\\); expected whole TFRecord files"):
+    _prepare(str(header), tmp_path / "prep_header", dataset="nsynth")
 
 
 def test_an_nsynth_note_silent_in_its_analysed_segment_is_refused_as_a_file_is(tmp_path):

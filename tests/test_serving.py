@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from conftest import REPO, tone, toy_specs, write_notes
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
+from tfgmvae.audio import io, load_segment, spectral
 from tfgmvae.audio.resample import resample
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.serving import client
@@ -185,7 +186,7 @@ def test_the_export_graph_holds_each_part_once(runs, loaded, tmp_path):
   # save's own).
   for name in ("encode", "encode_mel", "decode", "synthesize", "synthesize_mel",
                "transfer", "transfer_from_source"):
-    traces = [f for f in functions if re.fullmatch(f"__inference_{name}_[0-9]+", f)]
+    traces = [f for f in functions if re.fullmatch(f"__inference__?{name}_[0-9]+", f)]
     assert len(traces) == 1, (name, traces)
   # Griffin-Lim and the NNLS inversion are graph loops: more iterations, same graph.
   more = export_lib.export(export_lib.ExportConfig(
@@ -505,8 +506,11 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
       "instrument, pitch, w, seed, target or alpha once.\n")
   assert not [n for n in os.listdir(tmp_path) if n[:2] in ("k.", "k_")]
   sourced = _cli("transfer", f"--model={runs['mgmvae']}", f"--input={runs['note']}",
-                 "--source=Pno", "--target=Vc", "--alpha=0.5", f"--out={tmp_path}/r.wav")
+                 "--source=Pno", "--target=Vc", "--alpha=0.5", f"--out={tmp_path}/r.wav",
+                 "--match_level")
   assert sourced.returncode == 0, sourced.stderr[-2000:]
+  assert re.search(r"Scaled \S+note.wav by [-+][0-9.]+ dB to the training notes' median "
+                   "level.", sourced.stdout), sourced.stdout
   assert "(Pno) -> Vc alpha=0.5" in sourced.stdout and os.path.isfile(f"{tmp_path}/r.png")
   assert sourced.stdout.startswith(f"Using the run {runs['mgmvae']} at ckpt-")
   assert "WARNING" not in sourced.stderr          # the 0.8 s note covers the 0.5 s read
@@ -623,6 +627,49 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
       f"WARNING: the model hears MIDI ([0-9]+) in {re.escape(runs['note'])}; Vc was "
       "trained on MIDI 90..91 only; \\1 is outside it, so expect a poor note.\n",
       done.stderr), done.stderr
+
+
+def test_a_note_far_from_the_training_levels_gets_a_warning(runs):
+  model = client.open_model(runs["mgmvae_export"])
+  prepared = Prepared.load(runs["prepared"])
+  # The export carries the percentiles of the training notes' loudest log-mel bins.
+  loudest = [float(np.max(spectral.log_mel(load_segment(r["path"])))) for r in
+             prepared.index("train")]
+  np.testing.assert_allclose(model.meta["note_peaks"], np.percentile(loudest, [1, 50, 99]),
+                             atol=1e-4)
+  p01, median, p99 = model.meta["note_peaks"]
+  note, rate = io.read(prepared.index("train")[0]["path"])
+  assert client.level_warnings(model, note, rate, "n.wav") == []
+  gain = np.exp((median - loudest[0]) / 2)   # what the warnings suggest, in amplitude
+
+  def said(scale, meta=None):
+    where = types.SimpleNamespace(meta=meta or model.meta)
+    return " ".join(client.level_warnings(where, note * scale, rate, "n.wav"))
+
+  assert said(gain) == ""
+  assert client.level_gain(model, note, rate) == pytest.approx(gain, rel=1e-4)
+  assert re.fullmatch(r"n\.wav goes past full scale \(peak [0-9.]+ > 1\); the training "
+                      r"notes never did\. n\.wav is louder than every training note \(its "
+                      r"loudest mel band is [0-9.]+ dB above theirs\), so the instrument "
+                      r"and pitch the model hears may be wrong; scaling it by -[0-9.]+ dB "
+                      r"\(x[0-9.e-]+\) brings it to the training notes' median\.",
+                      said(1000.0)), said(1000.0)
+  quiet = np.exp((p01 - median - 2.0) / 2) * gain   # its loudest bin 2 nats under p01
+  assert said(quiet).startswith("n.wav is quieter than 99 % of the training notes")
+  assert "scaling it by +" in said(quiet)
+  # Louder than 99 % but not than all: the other warning (peaks moved down to make it so).
+  lower = dict(model.meta, note_peaks=[p01 - 50, median - 50, p99 - 50])
+  assert said(gain, lower).startswith("n.wav is louder than 99 % of the training notes")
+  # A model that predates the percentiles warns only above its loudest training bin.
+  old = {k: v for k, v in model.meta.items() if k != "note_peaks"}
+  assert said(quiet, old) == ""
+  assert "louder than every training note" in said(1000.0, old)
+  assert "scaling" not in said(1000.0, old)
+  with pytest.raises(ValueError, match="cannot match the level of n.wav: the model does "
+                     "not record its training notes' levels"):
+    client.level_gain(types.SimpleNamespace(meta=old), note, rate, "n.wav")
+  with pytest.raises(ValueError, match="z.wav: is silent in its analysed segment"):
+    client.level_gain(model, note * 1e-6, rate, "z.wav")   # no gain makes it a note
 
 
 def test_a_note_shorter_than_the_segment_read_gets_a_warning():

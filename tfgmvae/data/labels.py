@@ -42,7 +42,8 @@ def parse_pitch(value) -> int:
       number = float(text)
     except ValueError:
       return note_name_to_midi(text)
-    if not math.isfinite(number) or number != int(number):
+    if (not re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?", text)   # 1e2, nan, inf, .5: not
+        or not math.isfinite(number) or number != int(number)):   # written as MIDI is
       raise ValueError(f"pitch {text!r} is not a whole MIDI number (expected 0..127 or a "
                        "note name like C#4)")
     midi = int(number)

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from tfgmvae.audio import AudioConfig, PAPER
@@ -37,6 +38,8 @@ JSON_NAME = "prepared.json"
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"
 INDEX_FIELDS = ("key", "path", "instrument", "pitch", "split", "label_rank")
+# Percentiles of the training notes' loudest log-mel bin kept in prepared.json.
+NOTE_PEAK_PERCENTILES = (1, 50, 99)
 TRAIN, VALIDATION = "train", "validation"
 
 
@@ -89,6 +92,9 @@ class Prepared:
   seed: int
   validation_fraction: float
   counts: dict
+  # Percentiles 1, 50 and 99 of the training notes' loudest log-mel bin (None for data
+  # prepared before they were recorded): how loud a note the model knows.
+  note_peaks: tuple[float, float, float] | None = None
 
   @property
   def num_instruments(self) -> int:
@@ -150,7 +156,8 @@ class Prepared:
                log_mel_min=float(meta["log_mel_min"]),
                log_mel_max=float(meta["log_mel_max"]), seed=int(meta["seed"]),
                validation_fraction=float(meta["validation_fraction"]),
-               counts=meta["counts"])
+               counts=meta["counts"],
+               note_peaks=tuple(meta["note_peaks"]) if "note_peaks" in meta else None)
 
 
 def read_record(prepared_dir: str) -> dict | None:
@@ -313,6 +320,11 @@ def _scan(source, config: PrepareConfig, log=print):
         {"index": tf.range(len(notes)), "path": [n.path for n in notes]})
     ds = pipeline.decode_files(ds, config.audio)
   else:
+    for path in source.files:
+      cut = tfrecord_cut(path)
+      if cut:
+        raise SourceError(f"{path}: {cut}; expected whole TFRecord files (download it "
+                          "again).")
     ds = pipeline.nsynth_records(source.files, source.instrument_field, config.audio)
     notes = None
   ds = pipeline.with_log_mel(ds, config.audio)
@@ -355,6 +367,28 @@ def _scan(source, config: PrepareConfig, log=print):
     scanned.sort(key=lambda n: order[n.key])
     problems.sort(key=lambda p: order.get(p.key, -1))
   return scanned, stats, problems
+
+
+def tfrecord_cut(path: str) -> str | None:
+  """Where a local TFRecord file is cut inside a record's 12-byte header, found from the
+  records' lengths (8-byte length, 4-byte CRC, data, 4-byte CRC): TensorFlow reads such
+  a file as one that ends there, without a word. None otherwise (whole, cut elsewhere,
+  which TensorFlow reports, or not a local file)."""
+  if paths.is_url(path) or not os.path.isfile(path):
+    return None
+  size, offset, count = os.path.getsize(path), 0, 0
+  with open(path, "rb") as f:
+    while offset < size:
+      if size - offset < 12:
+        return (f"ends {size - offset} byte(s) into the header of record {count + 1} "
+                f"(at byte {offset})")
+      f.seek(offset)
+      length = int.from_bytes(f.read(8), "little")
+      end = offset + 12 + length + 4
+      if end > size:   # cut inside a record's data, or not TFRecords: TensorFlow says so
+        return None
+      offset, count = end, count + 1
+  return None
 
 
 def _records(ds: tf.data.Dataset, source):
@@ -462,6 +496,8 @@ def prepare(config: PrepareConfig, log=print) -> Prepared:
         "log_mel_min": lo,
         "log_mel_max": hi,
         "counts": counts,
+        "note_peaks": [float(q) for q in np.percentile(
+            [stats[n.key][1] for n in train], NOTE_PEAK_PERCENTILES)],
         "num_train": len(train),
         "num_validation": len(notes) - len(train),
         "num_skipped": len(problems),

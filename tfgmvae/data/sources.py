@@ -10,6 +10,7 @@ Structural problems (no CSV, missing columns) raise `SourceError` at once.
 import csv
 import dataclasses
 import os
+import unicodedata
 
 from tfgmvae.data import paths
 from tfgmvae.data.labels import parse_pitch
@@ -131,6 +132,19 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
   return rows, header
 
 
+def _other_normalisation(path: str) -> str:
+  """The local file that `path` names in another Unicode normalisation (a CSV typed in
+  NFC for files copied from macOS, which names them in NFD), if there is one; else
+  `path` itself."""
+  if paths.is_url(path) or path.isascii():
+    return path
+  for form in ("NFC", "NFD"):
+    other = unicodedata.normalize(form, path)
+    if other != path and os.path.isfile(other):
+      return other
+  return path
+
+
 def _identity(path: str):
   """What makes two paths one file: its device and inode for a local file (so a
   symbolic or hard link to it is the same note), the path itself otherwise."""
@@ -173,6 +187,10 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
       problems.append(Problem(where, f"{rel}: {e}", rel, i))
       continue
     path = paths.resolve(audio_root, rel)   # (./a.wav and a.wav are one note)
+    exists = paths.isfile(path)
+    if not exists and not path.isascii():
+      path = _other_normalisation(path)
+      exists = os.path.isfile(path)
     same = _identity(path)
     if same in seen:
       first, labels = seen[same]
@@ -183,7 +201,7 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
                                      "expected each note once", rel, i))
       continue
     seen[same] = (i, (instrument, pitch))
-    if not paths.isfile(path):
+    if not exists:
       relative = ("" if os.path.isabs(rel) or paths.is_url(rel) else
                   f" (a relative path is read from {audio_root})")
       problems.append(Problem(where, f"{rel}: audio file {path} does not exist{relative}",

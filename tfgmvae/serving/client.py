@@ -14,7 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfgmvae.audio import display, io, load_segment, silence_problem, spectral
+from tfgmvae.audio import (RESAMPLE_MARGIN, display, io, load_segment, silence_problem,
+                           spectral)
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.audio.resample import resample
 from tfgmvae.serving import export as export_lib
@@ -182,6 +183,93 @@ def short_input(model: Model, waveform, sample_rate: int, name: str) -> str | No
           f"a note, so the last {missing:.3g} s of that segment are silence.")
 
 
+def _decibels(nats: float) -> float:
+  """A difference of log-mel power (natural log) in decibels."""
+  return 10.0 * float(nats) / np.log(10.0)
+
+
+def loudest_bin(model: Model, waveform, sample_rate: int) -> float:
+  """The largest value of the note's (unnormalised) log-mel, as the model computes it."""
+  config = AudioConfig.from_dict(model.meta["audio"])
+  start = int(round(config.offset * sample_rate))
+  keep = int(np.ceil((config.duration + RESAMPLE_MARGIN) * sample_rate))
+  segment = resample(np.asarray(waveform, np.float32)[start:start + keep],
+                     int(sample_rate), config.sample_rate).numpy()[:config.segment_samples]
+  segment = np.pad(segment, (0, config.segment_samples - len(segment)))
+  return float(np.max(spectral.log_mel(segment, config)))
+
+
+def _refuse_silence(model: Model, waveform, sample_rate: int, name: str) -> None:
+  """Raises ValueError if the note is silent where the model reads it (as preparation
+  refuses such a note)."""
+  config = model.meta["audio"]      # the model reads the segment after its offset
+  start, end = config["offset"], config["offset"] + config["duration"]
+  silent = silence_problem(
+      name, np.asarray(waveform)[int(start * sample_rate):int(np.ceil(end * sample_rate))],
+      float(config.get("silence_threshold", 0.0)), span=f"{start:g} s to {end:g} s: ")
+  if silent:
+    raise ValueError(silent)
+
+
+def level_gain(model: Model, waveform, sample_rate: int, name: str = "the note") -> float:
+  """The amplitude gain that brings the note's loudest log-mel bin to the training
+  notes' median (`note_peaks`).
+
+  Raises:
+    ValueError: the model does not record its training notes' levels, or the note is
+      silent where the model reads it (no gain would make it a note).
+  """
+  _refuse_silence(model, waveform, sample_rate, name)
+  peaks = model.meta.get("note_peaks")
+  if not peaks:
+    raise ValueError(f"cannot match the level of {name}: the model does not record its "
+                     "training notes' levels (its data was prepared by an earlier "
+                     "tfgmvae); scale the note yourself, or prepare the data again and "
+                     "retrain.")
+  return float(np.exp((peaks[1] - loudest_bin(model, waveform, sample_rate)) / 2))
+
+
+def level_warnings(model: Model, waveform, sample_rate: int, name: str) -> list[str]:
+  """Warnings when the note is louder or quieter than the notes the model trained on,
+  or goes past full scale. The log-mel keeps each note's level (the normalisation is
+  corpus-wide), so level is part of what the model hears as timbre: a note far from
+  the training levels may be heard as another instrument or pitch.
+
+  Compares the loudest bin of the note's log-mel with the training notes': their
+  percentiles 1, 50 and 99 (`note_peaks`, recorded by preparation) when the model has
+  them, else only the loudest training bin (`log_mel_max`).
+  """
+  out = []
+  waveform = np.asarray(waveform, np.float32)
+  peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+  if peak > 1.0:
+    out.append(f"{name} goes past full scale (peak {peak:.3g} > 1); the training notes "
+               "never did.")
+  try:
+    _refuse_silence(model, waveform, sample_rate, name)
+  except ValueError:
+    return out   # (refused as silent by the transfer itself)
+  loudest = loudest_bin(model, waveform, sample_rate)
+  peaks = model.meta.get("note_peaks")
+  median = peaks[1] if peaks else None
+  gain = "" if median is None else (
+      f"; scaling it by {_decibels(median - loudest):+.1f} dB (x"
+      f"{np.exp((median - loudest) / 2):.3g}) brings it to the training notes' median")
+  if loudest > model.meta["log_mel_max"]:
+    out.append(f"{name} is louder than every training note (its loudest mel band is "
+               f"{_decibels(loudest - model.meta['log_mel_max']):.1f} dB above theirs), so "
+               f"the instrument and pitch the model hears may be wrong{gain}.")
+  elif peaks and loudest > peaks[2]:
+    out.append(f"{name} is louder than 99 % of the training notes (its loudest mel band "
+               f"is {_decibels(loudest - median):.1f} dB above their median), so the "
+               f"instrument and pitch the model hears may be off{gain}.")
+  elif peaks and loudest < peaks[0]:
+    out.append(f"{name} is quieter than 99 % of the training notes (its loudest mel band "
+               f"is {_decibels(median - loudest):.1f} dB below their median), so the "
+               f"instrument and pitch the model hears may be off{gain}.")
+  return out
+
+
 def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
              source: str | None = None, name: str = "the note") -> list[dict]:
   """The note `waveform` moved towards each target instrument by each alpha.
@@ -197,12 +285,7 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
   if not MIN_RATE <= sample_rate <= MAX_RATE:   # the served graph's range: resample here
     waveform = resample(waveform, int(sample_rate), int(config["sample_rate"])).numpy()
     sample_rate = int(config["sample_rate"])
-  start, end = config["offset"], config["offset"] + config["duration"]
-  silent = silence_problem(
-      name, np.asarray(waveform)[int(start * sample_rate):int(np.ceil(end * sample_rate))],
-      float(config.get("silence_threshold", 0.0)), span=f"{start:g} s to {end:g} s: ")
-  if silent:
-    raise ValueError(silent)
+  _refuse_silence(model, waveform, sample_rate, name)
   keep = int(np.ceil((config["offset"] + config["duration"] + 0.1) * sample_rate))
   audio = np.repeat(np.asarray(waveform, np.float32)[None, :keep], len(combos), axis=0)
   inputs = {"audio": audio, "sample_rate": int(sample_rate),

@@ -101,13 +101,15 @@ class RunInfo:
   log_mel_max: float
   prepared_dir: str
   pitch_ranges: dict | None = None   # instrument -> [lowest, highest] training pitch
+  note_peaks: tuple | None = None    # Prepared.note_peaks
 
 
 def run_metadata(prepared: Prepared) -> dict:
   """The prepared data's facts a run records in model.json (so export needs no data)."""
   return {"instruments": list(prepared.instruments), "pitches": list(prepared.pitches),
           "audio": prepared.audio.to_dict(), "log_mel_min": prepared.log_mel_min,
-          "log_mel_max": prepared.log_mel_max, "pitch_ranges": prepared.pitch_ranges()}
+          "log_mel_max": prepared.log_mel_max, "pitch_ranges": prepared.pitch_ranges(),
+          "note_peaks": prepared.note_peaks}
 
 
 def read_run(run_dir: str) -> RunInfo:
@@ -141,7 +143,8 @@ def read_run(run_dir: str) -> RunInfo:
                  audio=AudioConfig.from_dict(meta["audio"]),
                  log_mel_min=float(meta["log_mel_min"]),
                  log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir,
-                 pitch_ranges=meta["pitch_ranges"])
+                 pitch_ranges=meta["pitch_ranges"],
+                 note_peaks=tuple(meta["note_peaks"]) if meta.get("note_peaks") else None)
 
 
 def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
@@ -266,6 +269,7 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "output_sample_rate": info.audio.sample_rate,
       "output_samples": info.audio.frames * info.audio.hop_length,
       "pitch_ranges": info.pitch_ranges,
+      "note_peaks": list(info.note_peaks) if info.note_peaks else None,
       "signatures": sorted(module.SIGNATURES + ("serving_default",))}
   return module, metadata
 

@@ -478,8 +478,8 @@ def _record_flags(run_dir: str, flag_record: tuple[str, frozenset]) -> None:
 def _update_model_file(model_file: str, mconfig: ModelConfig, prepared: Prepared,
                        epoch: int, state: RunState, log) -> None:
   """Brings a resumed run's model.json up to date: a changed --bn_momentum (and says
-  so), and the pitch ranges of a run recorded before model.json held them (synthesis
-  warns outside them)."""
+  so), and the pitch ranges and note peaks of a run recorded before model.json held
+  them (synthesis and transfer warn outside them)."""
   with open(model_file, encoding="utf-8") as f:
     record = json.load(f)
   recorded = ModelConfig.from_dict(record["model"])
@@ -488,9 +488,12 @@ def _update_model_file(model_file: str, mconfig: ModelConfig, prepared: Prepared
   if changed_momentum:
     record["model"] = dataclasses.replace(recorded,
                                           bn_momentum=mconfig.bn_momentum).to_dict()
-  if not changed_momentum and "pitch_ranges" in record:
+  missing = {k: value() for k, value in (("pitch_ranges", prepared.pitch_ranges),
+                                         ("note_peaks", lambda: prepared.note_peaks))
+             if k not in record}
+  if not changed_momentum and not missing:
     return
-  record.setdefault("pitch_ranges", prepared.pitch_ranges())
+  record |= missing
   write_atomically(model_file, json.dumps(record, indent=2))
   if changed_momentum:
     log(f"BatchNorm momentum {before} -> {mconfig.bn_momentum} from epoch {epoch + 1} "
