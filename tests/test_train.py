@@ -103,7 +103,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   with open(os.path.join(run, "model.json")) as f:     # nor model.json the pitch ranges
     record = json.load(f)
   ranges = record.pop("pitch_ranges")
-  assert set(ranges) == {"sine", "square"}
+  peaks = record.pop("note_peaks")
+  assert set(ranges) == {"sine", "square"} and len(peaks) == 3
   with open(os.path.join(run, "model.json"), "w") as f:
     json.dump(record, f)
   changed = _run([f"--flagfile={path}", "--timbre_adversary=5"], timeout=120,
@@ -117,7 +118,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert "--timbre_adversary=0.0" in open(path).read()
   assert f"--run_dir={run}\n" in open(path).read()
   with open(os.path.join(run, "model.json")) as f:
-    assert json.load(f)["pitch_ranges"] == ranges
+    record = json.load(f)
+  assert record["pitch_ranges"] == ranges and record["note_peaks"] == peaks
   # --bn_momentum changes only the inference statistics: a resumed run may change it.
   momentum = _run([f"--flagfile={path}", "--epochs=5", "--bn_momentum=0.9"])
   assert momentum.returncode == 0 and "Done: 5 epochs" in momentum.stdout, \
