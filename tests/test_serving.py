@@ -657,6 +657,8 @@ def test_a_note_far_from_the_training_levels_gets_a_warning(runs):
   quiet = np.exp((p01 - median - 2.0) / 2) * gain   # its loudest bin 2 nats under p01
   assert said(quiet).startswith("n.wav is quieter than 99 % of the training notes")
   assert "scaling it by +" in said(quiet)
+  assert client.level_warnings(model, note * quiet, rate, "n.wav", " (do so)")[0].endswith(
+      "brings it to the training notes' median (do so).")
   # Louder than 99 % but not than all: the other warning (peaks moved down to make it so).
   lower = dict(model.meta, note_peaks=[p01 - 50, median - 50, p99 - 50])
   assert said(gain, lower).startswith("n.wav is louder than 99 % of the training notes")

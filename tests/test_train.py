@@ -75,7 +75,8 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   assert "--epochs=2" in flags_text and f"--data_path={toy_csv}" in flags_text
   assert f"--run_dir={run}\n" in flags_text   # recorded absolute: replayable from anywhere
   again = _run([f"--flagfile={run}/flags.txt"])   # (from the repository's folder)
-  assert again.returncode == 0 and "already finished (epoch 2)" in again.stdout
+  assert again.returncode == 0 and "already finished (epoch 2). To train it further, run " \
+      "the same command with --epochs=N, N > 2." in again.stdout
   # Neither a finished run nor a refused command changes the record.
   fewer = _run([f"--flagfile={run}/flags.txt", "--epochs=1", "--media_every=9"])
   assert fewer.returncode == 0 and "already finished (epoch 2)" in fewer.stdout

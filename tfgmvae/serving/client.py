@@ -229,7 +229,8 @@ def level_gain(model: Model, waveform, sample_rate: int, name: str = "the note")
   return float(np.exp((peaks[1] - loudest_bin(model, waveform, sample_rate)) / 2))
 
 
-def level_warnings(model: Model, waveform, sample_rate: int, name: str) -> list[str]:
+def level_warnings(model: Model, waveform, sample_rate: int, name: str,
+                   remedy: str = "") -> list[str]:
   """Warnings when the note is louder or quieter than the notes the model trained on,
   or goes past full scale. The log-mel keeps each note's level (the normalisation is
   corpus-wide), so level is part of what the model hears as timbre: a note far from
@@ -237,7 +238,8 @@ def level_warnings(model: Model, waveform, sample_rate: int, name: str) -> list[
 
   Compares the loudest bin of the note's log-mel with the training notes': their
   percentiles 1, 50 and 99 (`note_peaks`, recorded by preparation) when the model has
-  them, else only the loudest training bin (`log_mel_max`).
+  them, else only the loudest training bin (`log_mel_max`). `remedy` follows the gain
+  that would bring the note to their median (e.g. how to apply it).
   """
   out = []
   waveform = np.asarray(waveform, np.float32)
@@ -254,7 +256,8 @@ def level_warnings(model: Model, waveform, sample_rate: int, name: str) -> list[
   median = peaks[1] if peaks else None
   gain = "" if median is None else (
       f"; scaling it by {_decibels(median - loudest):+.1f} dB (x"
-      f"{np.exp((median - loudest) / 2):.3g}) brings it to the training notes' median")
+      f"{np.exp((median - loudest) / 2):.3g}) brings it to the training notes' median"
+      + remedy)
   if loudest > model.meta["log_mel_max"]:
     out.append(f"{name} is louder than every training note (its loudest mel band is "
                f"{_decibels(loudest - model.meta['log_mel_max']):.1f} dB above theirs), so "
@@ -330,8 +333,9 @@ def check_free(paths: list[str]) -> None:
   taken = [p for path in paths for p in (path, os.path.splitext(path)[0] + ".png")
            if os.path.exists(p)]
   if taken:
-    raise FileExistsError(f"{', '.join(taken)} already exist(s); refusing to overwrite. "
-                          "Choose another --out.")
+    raise FileExistsError(f"{', '.join(taken)} already "
+                          f"{'exists' if len(taken) == 1 else 'exist'}; refusing to "
+                          "overwrite. Choose another --out.")
 
 
 def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,

@@ -357,7 +357,9 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     if bool(state.stopped.numpy()) or start >= config.epochs:
       more = (f" To train on from its weights anyway, start a new run with "
               f"--warm_start={config.run_dir}." if bool(state.stopped.numpy())
-              and start < config.epochs else "")
+              and start < config.epochs else
+              f" To train it further, run the same command with --epochs=N, N > {start}."
+              if not bool(state.stopped.numpy()) else "")
       log(f"{config.run_dir} is already finished (epoch {start}"
           f"{', stopped early' if bool(state.stopped.numpy()) else ''}).{more}")
       return _result({}, state, chief, task)
