@@ -510,6 +510,37 @@ def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
                          f"--run_dir={toy['root']}", "--out_dir=/tmp/never"],
                         capture_output=True, text=True, env=ENV, check=False)
   assert done.returncode == 1 and "model.json: not found" in done.stderr
+  # Folders that cannot be written are refused before any work.
+  with pytest.raises(EvaluationError, match="--cnn_dir=/etc/passwd: /etc/passwd exists and "
+                     "is not a folder; expected a folder for the CNN judges"):
+    EvalConfig(toy["mgmvae"], str(toy["root"] / "x"), cnn_dir="/etc/passwd").validate()
+  with pytest.raises(EvaluationError, match="--out_dir=/etc/passwd/x: cannot be written: "
+                     "/etc/passwd exists and is not a folder"):
+    EvalConfig(toy["mgmvae"], "/etc/passwd/x").validate()
+  with pytest.raises(EvaluationError, match="--out_dir=/etc/passwd/x/y: cannot be "
+                     "written: /etc/passwd is not a folder"):
+    EvalConfig(toy["mgmvae"], "/etc/passwd/x/y").validate()
+  # A run whose record names other data (notes, split or normalisation) than the data
+  # now at its prepared_dir is refused: its validation notes could be training notes.
+  copy = str(toy["root"] / "copied_run")
+  shutil.copytree(toy["mgmvae"], copy)
+  record_path = os.path.join(copy, "model.json")
+  record = json.load(open(record_path))
+  for changes, said in (({"index_sha256": "0" * 64}, "its notes or their split "
+                         r"\(index.csv\) differ"),
+                        ({"log_mel_max": record["log_mel_max"] + 1},
+                         "its log-mel normalisation differs")):
+    with open(record_path, "w") as f:
+      json.dump(record | changes, f)
+    with pytest.raises(EvaluationError, match=f": {said} from what {copy}/model.json "
+                       "records, so it is not the data the run trained on"):
+      evaluate(EvalConfig(copy, str(toy["root"] / "z")), log=_quiet)
+    assert not os.path.exists(toy["root"] / "z")
+  with open(record_path, "w") as f:
+    f.write("{not json")
+  with pytest.raises(EvaluationError, match=f"{record_path}: cannot be read as the run's "
+                     "record"):
+    evaluate(EvalConfig(copy, str(toy["root"] / "z")), log=_quiet)
 
 
 def test_too_few_labels_for_an_instrument_cnn_at_n_give_a_dash_not_a_failure(toy, evaluated):

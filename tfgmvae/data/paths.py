@@ -81,6 +81,21 @@ def remove_abandoned_temp_dirs(parent: str, prefix: str, log=print) -> list[str]
   return removed
 
 
+def folder_problem(path: str) -> str | None:
+  """Why `path` cannot be (or be made) a folder this process writes into, or None: it is
+  a file, or the nearest part of it that exists is not a folder or is not writable."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    return f"{path} exists and is not a folder"
+  found = os.path.abspath(path)
+  while not os.path.lexists(found):
+    found = os.path.dirname(found)
+  if not os.path.isdir(found):
+    return f"{found} is not a folder"
+  if not os.access(found, os.W_OK | os.X_OK):
+    return f"{found} is not writable"
+  return None
+
+
 class UnreachableError(OSError):
   """A URL's server could not be reached; the message names the URL and what to do."""
 

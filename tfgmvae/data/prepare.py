@@ -95,6 +95,7 @@ class Prepared:
   # Percentiles 1, 50 and 99 of the training notes' loudest log-mel bin (None for data
   # prepared before they were recorded): how loud a note the model knows.
   note_peaks: tuple[float, float, float] | None = None
+  index_sha256: str = ""     # of index.csv: which notes, in which split
 
   @property
   def num_instruments(self) -> int:
@@ -157,7 +158,8 @@ class Prepared:
                log_mel_max=float(meta["log_mel_max"]), seed=int(meta["seed"]),
                validation_fraction=float(meta["validation_fraction"]),
                counts=meta["counts"],
-               note_peaks=tuple(meta["note_peaks"]) if "note_peaks" in meta else None)
+               note_peaks=tuple(meta["note_peaks"]) if "note_peaks" in meta else None,
+               index_sha256=meta["index_sha256"])
 
 
 def read_record(prepared_dir: str) -> dict | None:

@@ -18,10 +18,11 @@ import time
 
 import tensorflow as tf
 
+from tfgmvae.data import paths
 from tfgmvae.data.dataset import data_errors
 from tfgmvae.data.prepare import Prepared, PrepareError, read_record
 from tfgmvae.evaluate import classifiers, experiments, figures, report
-from tfgmvae.serving.export import ExportError, load_run
+from tfgmvae.serving.export import ExportError, load_run, not_the_runs_data
 from tfgmvae.train.checkpoints import read_flags
 
 METRICS_FILE = "metrics.json"
@@ -86,6 +87,13 @@ class EvalConfig:
     elif folders and os.path.exists(self.out_dir):
       p.append(f"--out_dir={self.out_dir}: already exists; evaluations are never "
                "overwritten, choose a new folder")
+    elif folders:
+      where = paths.folder_problem(os.path.dirname(os.path.abspath(self.out_dir)))
+      if where:
+        p.append(f"--out_dir={self.out_dir}: cannot be written: {where}")
+    where = self.cnn_dir and paths.folder_problem(self.cnn_dir)
+    if where:
+      p.append(f"--cnn_dir={self.cnn_dir}: {where}; expected a folder for the CNN judges")
     if not self.ws or any(not 0 <= w < math.inf for w in self.ws):
       p.append(f"--ws={','.join(map(str, self.ws))}: expected finite non-negative numbers")
     if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
@@ -180,6 +188,12 @@ def evaluate(config: EvalConfig, log=print) -> dict:
       or tuple(prepared.pitches) != info.pitches):
     raise EvaluationError(f"{info.prepared_dir}: its vocabularies differ from those "
                           f"recorded in {config.run_dir}/model.json.")
+  other = not_the_runs_data(info, prepared)
+  if other:
+    raise EvaluationError(f"{info.prepared_dir}: {other} from what "
+                          f"{config.run_dir}/model.json records, so it is not the data "
+                          "the run trained on (its validation notes may be notes the "
+                          "model trained on); evaluate the run on its own prepared data.")
   fraction = label_fraction(config.run_dir)
   reps = _representatives(config, prepared)
   epoch = _checkpoint_epoch(path)
@@ -187,9 +201,10 @@ def evaluate(config: EvalConfig, log=print) -> dict:
   title = f"{kind.upper()}, N = {100 * fraction:g} %"
   out_dir = os.path.abspath(config.out_dir)
   cnn_dir = config.cnn_dir or os.path.join(os.path.dirname(out_dir), "cnn")
-  tmp = os.path.join(os.path.dirname(out_dir), f".tmp-{os.path.basename(out_dir)}-"
-                                               f"{os.getpid()}")
-  os.makedirs(tmp)
+  parent, unfinished = os.path.dirname(out_dir), f".tmp-{os.path.basename(out_dir)}-"
+  os.makedirs(parent, exist_ok=True)
+  paths.remove_abandoned_temp_dirs(parent, unfinished, log)   # of killed evaluations
+  tmp = paths.make_temp_dir(parent, unfinished)
   clock = time.time()
 
   def stage(name):
@@ -268,12 +283,13 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as f:
       f.write(report.markdown(metrics, pictures, title))
     if os.path.exists(out_dir):
+      kept = f"{out_dir}.{os.getpid()}"   # (not a name the clean-up above removes)
+      os.rename(tmp, kept)
       raise EvaluationError(f"--out_dir={out_dir}: appeared while evaluating; the "
-                            f"results are left in {tmp}")
+                            f"results are left in {kept}")
     os.rename(tmp, out_dir)
   except BaseException:
-    if os.path.isdir(tmp) and not os.path.exists(os.path.join(tmp, "report.md")):
-      shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     raise
   if config.summaries:
     logdir = os.path.join(config.run_dir, "summaries", "evaluation")

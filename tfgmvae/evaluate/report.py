@@ -104,9 +104,9 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
   lines += [f"CNNs (from `{metrics['cnn_dir']}`): {cnn}.", ""]
   if run["label_fraction"] == 0.0 and "clusters" in metrics:
     lines += ["At N = 0 the components are named by matching them to instruments on the "
-              "validation labels, and synthesis and transfer below use that naming on "
-              "the same validation notes: an optimistic use of labels the model never "
-              "saw.", ""]
+              "training notes' labels, which the model never saw, and synthesis and "
+              "transfer below use that naming: a use of labels beyond the run's N "
+              "(scored on the validation notes).", ""]
   lines += ["## Figure 2: the timbre space", "",
             f"Timbre centres used below: {metrics['timbre_centres']}.", "",
             f"![t-SNE]({pictures['fig2_tsne']})", "",

@@ -163,6 +163,11 @@ def check_run(run: str, model: str, fraction: float, prepared_dir: str) -> None:
         f"{model} at {fraction}; move that folder away.")
   data = flags.get("prepared_dir") or os.path.join(run, "data")
   trained_on = (read_record(data) or {}).get("index_sha256")
+  try:    # what the run itself recorded, if it did (the folder may since be replaced)
+    with open(os.path.join(run, "model.json"), encoding="utf-8") as f:
+      trained_on = json.load(f).get("index_sha256") or trained_on
+  except (OSError, ValueError):
+    pass
   if trained_on != (read_record(prepared_dir) or {}).get("index_sha256"):
     raise ReproduceError(
         f"{run} trains on the prepared data at {data}, "

@@ -102,6 +102,7 @@ class RunInfo:
   prepared_dir: str
   pitch_ranges: dict | None = None   # instrument -> [lowest, highest] training pitch
   note_peaks: tuple | None = None    # Prepared.note_peaks
+  index_sha256: str | None = None    # the prepared data's (None: recorded before it was)
 
 
 def run_metadata(prepared: Prepared) -> dict:
@@ -109,7 +110,7 @@ def run_metadata(prepared: Prepared) -> dict:
   return {"instruments": list(prepared.instruments), "pitches": list(prepared.pitches),
           "audio": prepared.audio.to_dict(), "log_mel_min": prepared.log_mel_min,
           "log_mel_max": prepared.log_mel_max, "pitch_ranges": prepared.pitch_ranges(),
-          "note_peaks": prepared.note_peaks}
+          "note_peaks": prepared.note_peaks, "index_sha256": prepared.index_sha256}
 
 
 def read_run(run_dir: str) -> RunInfo:
@@ -117,8 +118,12 @@ def read_run(run_dir: str) -> RunInfo:
   path = os.path.join(run_dir, MODEL_FILE)
   if not os.path.isfile(path):
     raise ExportError(f"{path}: not found; expected a run directory written by bin/train.")
-  with open(path, encoding="utf-8") as f:
-    meta = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (ValueError, OSError) as e:
+    raise ExportError(f"{path}: cannot be read as the run's record ({e}); expected the "
+                      "JSON file bin/train writes.") from e
   prepared_dir = meta.get("prepared_dir", "")
   if not os.path.isdir(prepared_dir) and os.path.isdir(os.path.join(run_dir, "data")):
     prepared_dir = os.path.join(run_dir, "data")
@@ -144,7 +149,20 @@ def read_run(run_dir: str) -> RunInfo:
                  log_mel_min=float(meta["log_mel_min"]),
                  log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir,
                  pitch_ranges=meta["pitch_ranges"],
-                 note_peaks=tuple(meta["note_peaks"]) if meta.get("note_peaks") else None)
+                 note_peaks=tuple(meta["note_peaks"]) if meta.get("note_peaks") else None,
+                 index_sha256=meta.get("index_sha256"))
+
+
+def not_the_runs_data(info: RunInfo, prepared: Prepared) -> str | None:
+  """What differs between a run's record and `prepared` (its notes and split, or its
+  normalisation), if it is not the data the run trained on; None if it is (as far as
+  the record says: one written before the index's checksum was kept has only the
+  normalisation)."""
+  if info.index_sha256 and info.index_sha256 != prepared.index_sha256:
+    return "its notes or their split (index.csv) differ"
+  if (info.log_mel_min, info.log_mel_max) != (prepared.log_mel_min, prepared.log_mel_max):
+    return "its log-mel normalisation differs"
+  return None
 
 
 def checkpoint_path(run_dir: str, checkpoint: str = "best") -> str:
