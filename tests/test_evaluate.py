@@ -692,8 +692,19 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   mine.write_text("my notes")
   refused = subprocess.run(command + [f"--results={mine}"], capture_output=True, text=True,
                            env=ENV, check=False)
-  assert refused.returncode == 1 and "mine.md: already exists" in refused.stderr
+  assert refused.returncode == 1 and "mine.md: already exists and is not this grid's " \
+      "results file" in refused.stderr
   assert mine.read_text() == "my notes"
+  # A --results file this grid wrote (its first line says so) is rewritten by a rerun.
+  own = (out / "RESULTS.md").read_text()
+  assert own.startswith(f"<!-- written by bin/reproduce --out_dir={out}; ")
+  ours = tmp_path / "ours.md"
+  ours.write_text(own.splitlines()[0] + "\nan older run's text\n")
+  rewritten = subprocess.run(command + ["--notrain", f"--results={ours}"],
+                             capture_output=True, text=True, env=ENV, check=False)
+  assert rewritten.returncode == 0, rewritten.stdout + rewritten.stderr
+  assert ours.read_text().startswith(own.splitlines()[0] + "\n# Results: the paper's grid")
+  assert "an older run's text" not in ours.read_text()
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
                        capture_output=True, text=True, env=ENV, check=False)
   assert bad.returncode == 1 and "--fractions=2.0: expected numbers in [0, 1]" in bad.stderr

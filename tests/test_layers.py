@@ -33,6 +33,20 @@ def fast_path_calls(monkeypatch):
   return calls
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+  """Counts the calls of the fused batch-norm kernel (our training pass; Keras's own
+  layer never calls it), so a test sees the fast path ran."""
+  calls = []
+  fused = tf.compat.v1.nn.fused_batch_norm
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return fused(*args, **kwargs)
+  monkeypatch.setattr(tf.compat.v1.nn, "fused_batch_norm", counted)
+  return calls
+
+
 def _twins(ours, theirs, shape):
   """Builds both layers and gives them the same (random, non-trivial) weights."""
   ours.build(shape)
@@ -65,12 +79,15 @@ def _close(a, b, rtol):
 
 
 @pytest.mark.parametrize("shape", [(6, 9, 5), (12, 5)])
-def test_batch_norm_matches_keras_in_training_and_inference(shape):
+def test_batch_norm_matches_keras_in_training_and_inference(shape, fused_calls):
   ours, theirs = layers.BatchNormalization(), keras.layers.BatchNormalization()
   _twins(ours, theirs, shape)
   x = np.random.default_rng(0).normal(2.0, 3.0, shape).astype(np.float32)
   y1, g1 = _value_and_grads(ours, x, training=True)
+  assert fused_calls, "the fused training pass did not run"
+  fused_calls.clear()
   y2, g2 = _value_and_grads(theirs, x, training=True)
+  assert not fused_calls
   _close(y1, y2, 1e-5)
   for a, b in zip(g1, g2):   # d/dx, d/dgamma, d/dbeta
     _close(a, b, 1e-4)
@@ -81,12 +98,13 @@ def test_batch_norm_matches_keras_in_training_and_inference(shape):
          _value_and_grads(theirs, x, training=False)[0], 1e-6)
 
 
-def test_batch_norm_under_mixed_bfloat16(bf16_policy):
+def test_batch_norm_under_mixed_bfloat16(bf16_policy, fused_calls):
   del bf16_policy
   ours, theirs = layers.BatchNormalization(), keras.layers.BatchNormalization()
   _twins(ours, theirs, (16, 7, 8))
   x = np.random.default_rng(1).normal(1.0, 2.0, (16, 7, 8)).astype(np.float32)
   y1, g1 = _value_and_grads(ours, tf.cast(x, tf.bfloat16).numpy(), training=True)
+  assert fused_calls, "the fused training pass did not run"
   y2, g2 = _value_and_grads(theirs, tf.cast(x, tf.bfloat16).numpy(), training=True)
   assert ours.compute_dtype == "bfloat16"
   _close(y1, y2, 2e-2)

@@ -603,12 +603,26 @@ def test_a_run_without_its_training_checkpoints_is_not_replaced(prepared_dir, tm
                log=lambda *_: None)["epoch"] == 1
 
 
+class _Compiled(keras.callbacks.Callback):
+  """Records, batch by batch, whether the model trains under XLA."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.seen.append(bool(self.model.jit_compile))
+
+
 def test_xla_trains_the_same_batches(prepared_dir, tmp_path):
   # (The batches carry the notes' keys, strings XLA cannot take: fit gets none.)
-  plain = train(_config(tmp_path / "plain", prepared_dir, epochs=1), log=lambda *_: None)
+  off, on = _Compiled(), _Compiled()
+  plain = train(_config(tmp_path / "plain", prepared_dir, epochs=1), log=lambda *_: None,
+                callbacks=[off])
   xla = train(_config(tmp_path / "xla", prepared_dir, epochs=1, jit_compile=True),
-              log=lambda *_: None)
+              log=lambda *_: None, callbacks=[on])
   assert xla["epoch"] == 1
+  assert on.seen and all(on.seen) and off.seen and not any(off.seen)
   np.testing.assert_allclose(xla["history"]["loss"], plain["history"]["loss"], rtol=1e-3)
 
 
@@ -685,7 +699,7 @@ def test_one_process_at_a_time_trains_into_a_run_directory(prepared_dir, tmp_pat
   assert (other / "flags.txt").read_text() == "--seed=5\n"
 
 
-def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
+def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path, monkeypatch):
   class Poison(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
       if epoch == 1:
@@ -699,11 +713,24 @@ def test_nan_stops_the_run_and_names_the_term(prepared_dir, tmp_path):
   assert "the loss term 'kl_pitch' became NaN or Inf during epoch 2" in message
   assert "ckpt-1" in message
   assert message.endswith("Try a lower --learning_rate.")   # (it is float32 already)
-  # XLA compiles the step's check away: the logged terms are checked instead.
+  # XLA compiles the step's check away: the logged terms are checked instead, by the
+  # callback (counted here: the step's own check gives the same message without XLA).
+  from tfgmvae.train import loop  # pylint: disable=g-import-not-at-top
+  stops, check = [], loop._NonFiniteStop._check   # pylint: disable=protected-access
+
+  def counted(self, logs):
+    try:
+      check(self, logs)
+    except Exception:
+      stops.append(self.model.jit_compile)
+      raise
+
+  monkeypatch.setattr(loop._NonFiniteStop, "_check", counted)   # pylint: disable=protected-access
   with pytest.raises(TrainingError, match="the loss term 'kl_pitch' became NaN or Inf "
                      "during epoch 2; the last good checkpoint is .*ckpt-1"):
     train(_config(tmp_path / "nan_xla", prepared_dir, epochs=3, jit_compile=True),
           log=lambda *_: None, callbacks=[Poison()])
+  assert stops == [True]
   # Every term at once: the weights or the notes went bad, not one term.
   from tfgmvae.train.loop import _nan_message, _nan_terms  # pylint: disable=g-import-not-at-top
   manager = types.SimpleNamespace(latest_checkpoint=None, checkpoints=[])

@@ -116,11 +116,13 @@ class ReproduceConfig:
       path = self.flagfile(model)
       if not os.path.isfile(path):
         p.append(f"--{model}_flags={path}: not found")
+    from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
     own = os.path.join(os.path.abspath(self.out_dir), "RESULTS.md") if self.out_dir else ""
     if self.results and os.path.abspath(self.results) != own and os.path.exists(
-        self.results):
-      p.append(f"--results={self.results}: already exists; it is never overwritten (only "
-               "OUT_DIR/RESULTS.md, which the grid owns, is rewritten)")
+        self.results) and not results.written_for(self.results, self.out_dir):
+      p.append(f"--results={self.results}: already exists and is not this grid's results "
+               "file; it is never overwritten (OUT_DIR/RESULTS.md, and a --results file "
+               "this grid wrote, are rewritten)")
     if self.epochs < 0:
       p.append(f"--epochs={self.epochs}: expected >= 0 (0: the flagfiles' own)")
     if self.prepared_dir and not os.path.isfile(

@@ -43,6 +43,21 @@ def table1(metrics: dict, fractions, kind: str) -> list[str]:
   return lines
 
 
+def mark(out_dir: str) -> str:
+  """The first line of a grid's results file: whose it is (so a rerun may rewrite it)."""
+  return (f"<!-- written by bin/reproduce --out_dir={os.path.abspath(out_dir)}; a rerun "
+          "rewrites this file -->")
+
+
+def written_for(path: str, out_dir: str) -> bool:
+  """Whether the file at `path` is the results file of the grid in `out_dir`."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.readline().rstrip("\n") == mark(out_dir)
+  except (OSError, UnicodeDecodeError):
+    return False
+
+
 def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
                      machine: str, prepared) -> str:
   """The whole RESULTS.md of a grid."""
@@ -50,7 +65,7 @@ def results_markdown(out_dir: str, evaluations: dict[str, str], timings: dict,
   check_judges(metrics)   # one table, one kind of judge
   fractions = sorted({m["run"]["label_fraction"] for m in metrics.values()})
   total = sum(timings.values())
-  lines = ["# Results: the paper's grid on this data", "",
+  lines = [mark(out_dir), "# Results: the paper's grid on this data", "",
            f"Data: `{prepared.directory}` ({sum(prepared.counts['train'].values())} "
            f"training / {sum(prepared.counts['validation'].values())} validation notes, "
            f"{prepared.num_instruments} instruments, {prepared.num_pitches} pitches). "
