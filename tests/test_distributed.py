@@ -311,7 +311,10 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
     with open(tmp_path / log) as f:
       assert f"from {path} (epoch {EPOCHS})" in f.read()
     assert run["iterations"] == STEPS + TRAIN_NOTES // BATCH
-    assert list(run["history"]["loss"]) == list(chief2["history"]["loss"])
+  assert list(other2["history"]["loss"]) == list(chief2["history"]["loss"])
+  for name, value in chief2["weights"].items():   # one model on both, trained on
+    np.testing.assert_allclose(other2["weights"][name], value, rtol=0, atol=1e-6)
+  assert any(not np.array_equal(chief["weights"][n], v) for n, v in chief2["weights"].items())
   assert os.path.isfile(os.path.join(run_dir, "checkpoints", f"ckpt-{EPOCHS + 1}.index"))
   assert not os.listdir(worker_tmp)
   # The resumed workers read the stores they wrote before.
