@@ -357,6 +357,45 @@ def test_table1_and_clusters_match_an_independent_recomputation(toy, evaluated):
                               "train_matched_accuracy")):
     right = np.mean([name.get(c, -1) == y for c, y in zip(found, labels)])
     assert metrics["clusters"][key] == pytest.approx(right, abs=1e-9), key
+  # Figure 3 at w = 0 and Figure 5 at alpha = 1, recomputed: [z_t, z_p] = [mu_k, mu_m]
+  # for each validation note; z_t + alpha (mu_target - mu_source). Judged by random
+  # (untrained, so input-sensitive) networks: the toy's 3-epoch CNNs answer the same
+  # for every input, which no wiring error could change.
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(7)
+  mel_shape = model.decode(tf.constant(means[:1]), tf.constant(
+      model.pitch_prior.means.numpy()[:1]), training=False).shape[1:]
+  judges = {task: keras.Sequential([keras.Input(mel_shape), keras.layers.Flatten(),
+                                    keras.layers.Dense(classes, kernel_initializer=
+                                                       keras.initializers.RandomNormal(
+                                                           stddev=0.3))])
+            for task, classes in (("instrument", prepared.num_instruments),
+                                  ("pitch", prepared.num_pitches))}
+  t_means, p_means = means, model.pitch_prior.means.numpy()
+
+  def judged(z_timbre, z_pitch, task):
+    mels = model.decode(tf.constant(z_timbre), tf.constant(z_pitch), training=False)
+    return classifiers.predict_proba(judges[task], mels.numpy())
+
+  centred = judged(t_means[val["instrument"]], p_means[val["pitch"]], "instrument")
+  assert np.ptp(centred, axis=0).max() > 0.05   # the judge hears a difference
+  codes = experiments.encode_split(model, prepared, "validation")
+  synthesis = experiments.controllable_synthesis(model, codes, t_means, np.ones_like(
+      t_means), judges, ws=(0.0,), draws=2)
+  for task in ("instrument", "pitch"):
+    heard = judged(t_means[val["instrument"]], p_means[val["pitch"]], task).argmax(-1)
+    assert synthesis["w_0"][task]["f1_weighted"] == pytest.approx(
+        f1_score(val[task], heard, average="weighted", zero_division=0), abs=1e-6), task
+  index = {n: i for i, n in enumerate(prepared.instruments)}
+  transfer = experiments.timbre_transfer(model, codes, t_means, prepared.instruments,
+                                         ["Fhn", "Pno"], judges, alphas=(0.0, 1.0))
+  rows = val["instrument"] == index["Fhn"]
+  for alpha in (0.0, 1.0):
+    moved = val["z_timbre"][rows] + alpha * (t_means[index["Pno"]] - t_means[index["Fhn"]])
+    posterior = judged(moved, val["z_pitch"][rows], "instrument").mean(0)
+    assert transfer["Fhn->Pno"][f"alpha_{alpha:g}"]["target_probability"] == \
+        pytest.approx(posterior[index["Pno"]], abs=1e-5), alpha
 
 
 def test_components_are_named_on_the_training_notes():
