@@ -83,7 +83,8 @@ def remove_abandoned_temp_dirs(parent: str, prefix: str, log=print) -> list[str]
 
 def folder_problem(path: str) -> str | None:
   """Why `path` cannot be (or be made) a folder this process writes into, or None: it is
-  a file, or the nearest part of it that exists is not a folder or is not writable."""
+  a file, or the nearest part of it that exists (a dangling link counts) is not a folder
+  or is not writable."""
   if os.path.exists(path) and not os.path.isdir(path):
     return f"{path} exists and is not a folder"
   found = os.path.abspath(path)

@@ -132,17 +132,16 @@ def _read_rows(csv_path: str, required: tuple[str, ...]) -> tuple[list[dict], li
   return rows, header
 
 
-def _other_normalisation(path: str) -> str:
+def _other_normalisation(path: str) -> str | None:
   """The local file that `path` names in another Unicode normalisation (a CSV typed in
-  NFC for files copied from macOS, which names them in NFD), if there is one; else
-  `path` itself."""
+  NFC for files copied from macOS, which names them in NFD), if there is one."""
   if paths.is_url(path) or path.isascii():
-    return path
+    return None
   for form in ("NFC", "NFD"):
     other = unicodedata.normalize(form, path)
     if other != path and os.path.isfile(other):
       return other
-  return path
+  return None
 
 
 def _identity(path: str):
@@ -188,9 +187,9 @@ def _notes_from_rows(csv_path: str, rows: list[dict], path_col: str, instrument_
       continue
     path = paths.resolve(audio_root, rel)   # (./a.wav and a.wav are one note)
     exists = paths.isfile(path)
-    if not exists and not path.isascii():
-      path = _other_normalisation(path)
-      exists = os.path.isfile(path)
+    other = None if exists else _other_normalisation(path)
+    if other:
+      path, exists = other, True
     same = _identity(path)
     if same in seen:
       first, labels = seen[same]

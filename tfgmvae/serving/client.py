@@ -18,6 +18,7 @@ from tfgmvae.audio import (RESAMPLE_MARGIN, display, io, load_segment, silence_p
                            spectral)
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.audio.resample import resample
+from tfgmvae.data.paths import folder_problem
 from tfgmvae.serving import export as export_lib
 from tfgmvae.serving.module import MAX_RATE, MIN_RATE
 
@@ -193,9 +194,9 @@ def loudest_bin(model: Model, waveform, sample_rate: int) -> float:
   config = AudioConfig.from_dict(model.meta["audio"])
   start = int(round(config.offset * sample_rate))
   keep = int(np.ceil((config.duration + RESAMPLE_MARGIN) * sample_rate))
-  segment = resample(np.asarray(waveform, np.float32)[start:start + keep],
-                     int(sample_rate), config.sample_rate).numpy()[:config.segment_samples]
-  segment = np.pad(segment, (0, config.segment_samples - len(segment)))
+  kept = np.asarray(waveform, np.float32)[start:start + keep]
+  segment = spectral.fit_segment(resample(kept, int(sample_rate), config.sample_rate),
+                                 config)
   return float(np.max(spectral.log_mel(segment, config)))
 
 
@@ -323,13 +324,11 @@ def output_paths(out: str, suffixes: list[str]) -> list[str]:
 
 def check_free(paths: list[str]) -> None:
   """Raises FileExistsError naming every output (WAV or its PNG) that already exists, and
-  NotADirectoryError when an output's folder is (under) a file."""
+  NotADirectoryError when an output's folder is (under) a file or cannot be written."""
   for path in paths:
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(folder):   # (a dangling link is not a folder either)
-      folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-      raise NotADirectoryError(f"{path}: {folder} is not a folder; choose another --out.")
+    problem = folder_problem(os.path.dirname(os.path.abspath(path)))
+    if problem:
+      raise NotADirectoryError(f"{path}: {problem}; choose another --out.")
   taken = [p for path in paths for p in (path, os.path.splitext(path)[0] + ".png")
            if os.path.exists(p)]
   if taken:

@@ -10,8 +10,8 @@ and the inverse (mel -> linear magnitude -> Griffin-Lim). Its signatures, all ba
 * `encode_mel`: normalised log-mel [B, T, F] -> the same;
 * `decode`: `z_timbre`, `z_pitch` [B, L] -> `mel` (normalised) and `audio`;
 * `synthesize` (also `serving_default`) and `synthesize_mel` (no audio):
-  `instrument`, `pitch`, `w` (0 to `MAX_W`), `seed` [B] -> z_p ~ N(mu_pitch, (w sigma_p)^2),
-  z_t ~ N(mu_instrument, (w sigma_t)^2), decoded;
+  `instrument`, `pitch`, `w` (0 to `MAX_W`), `seed` [B] ->
+  z_p ~ N(mu_pitch, (w sigma_p)^2), z_t ~ N(mu_instrument, (w sigma_t)^2), decoded;
 * `transfer`: audio, `sample_rate`, `target_instrument`, `alpha` [B] ->
   z_t' = z_t + alpha (mu_target - mu_source), the source being the inferred instrument
   (also returned, with the pitch the model hears, `pitch`);
@@ -22,8 +22,8 @@ outside [0, `MAX_W`], a wrong shape (declared by each signature, but checked aga
 loaded SavedModel does not enforce it), a bad rate, non-finite samples or codes, codes
 so large that the decoded mel overflows) fails with an InvalidArgument error whose
 message says what was expected. `decode` takes any finite codes: those far from the
-training notes' give a mel saturated at +-1 (the decoder ends in tanh). Only core TensorFlow ops are used, so TF
-Serving loads the export as it is.
+training notes' give a mel saturated at +-1 (the decoder ends in tanh). Only core
+TensorFlow ops are used, so TF Serving loads the export as it is.
 
 For MVAE, whose timbre prior has no per-instrument components, `timbre_means` and
 `timbre_scales` are the mean and standard deviation of the training notes' posterior
