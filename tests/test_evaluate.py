@@ -17,6 +17,7 @@ from scipy import stats as scipy_stats
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, tone, toy_specs, write_notes
+from tfgmvae.data import paths
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.evaluate import classifiers, experiments, report, stats
 from tfgmvae.evaluate.evaluate import EvalConfig, EvaluationError, _chosen_how, evaluate
@@ -297,12 +298,35 @@ def _check_f(scores):
 def evaluated(toy):
   cnn_dir = str(toy["root"] / "cnn")
   out = {}
+  # What an evaluation killed with kill -9 left beside its --out_dir (its process is
+  # gone), and one of a live evaluation (this process): the first is removed, not the
+  # second (test_a_killed_evaluations_folder_is_removed).
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  parent = toy["root"] / "eval"
+  host = paths._HOST   # pylint: disable=protected-access
+  planted = {"dead": parent / f".tmp-mgmvae-{host}-{int(gone.stdout)}-0123abcd",
+             "live": parent / f".tmp-mgmvae-{host}-{os.getpid()}-4567cdef"}
+  for folder in planted.values():
+    (folder / "figures").mkdir(parents=True)
+  said = []
   for name in ("mgmvae", "mgmvae_n0", "mvae"):
-    out_dir = str(toy["root"] / "eval" / name)
+    out_dir = str(parent / name)
     config = EvalConfig(toy[name], out_dir, cnn_dir=cnn_dir, draws=3, cnn_epochs=3,
                         tsne_max_notes=500)
-    out[name] = (evaluate(config, log=_quiet), out_dir)
+    out[name] = (evaluate(config, log=said.append if name == "mgmvae" else _quiet),
+                 out_dir)
+  out["planted"] = (planted, int(gone.stdout), said)
   return out
+
+
+def test_a_killed_evaluations_folder_is_removed(evaluated):
+  planted, pid, said = evaluated["planted"]
+  assert not planted["dead"].exists() and planted["live"].is_dir()
+  assert f"Removed {planted['dead']}: unfinished, left by a process (pid {pid}) that " \
+      "was killed while writing." in said
+  assert not any(str(planted["live"]) in line for line in said)
+  shutil.rmtree(planted["live"])
 
 
 def test_table1_and_clusters_match_an_independent_recomputation(toy, evaluated):
