@@ -32,7 +32,7 @@ def _hours(seconds: float) -> str:
 
 
 def _values(values: dict) -> str:
-  shown = ("elbo", "accuracy/instrument", "accuracy/pitch")
+  shown = ("elbo", "accuracy/instrument", "accuracy/instrument_matched", "accuracy/pitch")
   return ", ".join(f"{tag} {values[tag]:.3f}" for tag in shown if tag in values)
 
 

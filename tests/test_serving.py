@@ -396,6 +396,88 @@ def test_mvae_export_uses_class_centres(runs):
       "and train a new run on it)")
 
 
+def _unlabelled_copy(run_dir, to):
+  """`run_dir` copied to `to` with its model.json saying it trained without labels."""
+  shutil.copytree(run_dir, to)
+  with open(os.path.join(to, "model.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  with open(os.path.join(to, "model.json"), "w", encoding="utf-8") as f:
+    json.dump(meta | {"label_fraction": 0.0}, f)
+  return str(to)
+
+
+def test_an_unlabelled_mgmvae_exports_its_components_matched_to_instruments(runs, tmp_path):
+  """At N = 0 the components are in no particular order: the export names them by
+  Hungarian matching on the training notes, so a run whose components sit the other way
+  round serves what a run in order does."""
+  model, _, _ = export_lib.load_run(runs["mgmvae"])
+  prepared = Prepared.load(runs["prepared"])
+  codes, labels = [], []
+  for batch in make_dataset(prepared, "train", PipelineConfig(batch_size=7, shuffle=False,
+                                                              cache="")):
+    codes.append(model.encode(batch["mel"])["z_timbre_mean"].numpy())
+    labels.append(batch["instrument"].numpy())
+  codes, labels = np.concatenate(codes), np.concatenate(labels)
+  # Components in order by construction (2 epochs leave the toy's unsorted): at each
+  # instrument's training codes' mean, which sorts most notes to their own instrument.
+  centres = np.stack([codes[labels == k].mean(0) for k in range(len(VOCAB))])
+  near = ((codes[:, None, :] - centres[None]) ** 2).sum(-1).argmin(-1)
+  assert np.mean(near == labels) > 0.5
+  saved = {}
+  for name, means in (("in_order", centres), ("reversed", centres[::-1])):
+    model.timbre_prior.means.assign(means)
+    saved[name] = tf.train.Checkpoint(model=model.weights_checkpoint()).write(
+        str(tmp_path / name / "ckpt"))
+  ordered, labelled = export_lib.build_module(runs["mgmvae"], saved["in_order"],
+                                              griffin_lim_iters=GL_ITERS)
+  assert labelled["instrument_naming"] == "components"
+  assert labelled["timbre_components"] is None
+  # The reversed weights recorded as a run without labels: matched back into order.
+  run_dir = _unlabelled_copy(runs["mgmvae"], tmp_path / "n0")
+  module, meta = export_lib.build_module(run_dir, saved["reversed"],
+                                         griffin_lim_iters=GL_ITERS)
+  assert meta["label_fraction"] == 0.0 and meta["instrument_naming"] == "centres"
+  assert meta["timbre_components"] == [1, 0]
+  np.testing.assert_allclose(module.timbre_means.numpy(), centres, atol=1e-6)
+  waves = np.stack([tone(p, 22050, 1.0, harmonics=h, amp=0.4)
+                    for p, h in ((60, 9), (64, 2), (67, 5))])
+  theirs = ordered.encode(tf.constant(waves, tf.float32), tf.constant(22050))
+  ours = module.encode(tf.constant(waves, tf.float32), tf.constant(22050))
+  np.testing.assert_allclose(ours["instrument_probs"].numpy(),
+                             theirs["instrument_probs"].numpy(), atol=1e-5)
+  assert list(ours["instrument"].numpy()) == list(theirs["instrument"].numpy())
+  args = (["Vc", "Pno"], [60, 61], [0.0, 0.0], [0, 0])
+  np.testing.assert_allclose(_synth(module.synthesize_mel, *args)["mel"].numpy(),
+                             _synth(ordered.synthesize_mel, *args)["mel"].numpy(),
+                             atol=1e-5)
+
+
+def test_an_unlabelled_mvae_names_instruments_by_its_class_centres(runs, tmp_path):
+  """At N = 0 an MVAE's auxiliary classifier never trained: notes are named by the class
+  centre their z_t is likeliest under, in the live module and in the export."""
+  run_dir = _unlabelled_copy(runs["mvae"], tmp_path / "n0")
+  module, meta = export_lib.build_module(run_dir, griffin_lim_iters=GL_ITERS)
+  assert meta["instrument_naming"] == "centres" and meta["timbre_components"] is None
+  waves = np.stack([tone(p, 22050, 1.0, harmonics=h, amp=0.4)
+                    for p, h in ((60, 9), (64, 2), (67, 5))])
+  codes = module.encode(tf.constant(waves, tf.float32), tf.constant(22050))
+  z = codes["z_timbre_mean"].numpy().astype(np.float64)
+  mu, sd = module.timbre_means.numpy(), module.timbre_scales.numpy()
+  log_lik = (-0.5 * ((z[:, None] - mu) / sd) ** 2 - np.log(sd)).sum(-1)
+  expected = np.exp(log_lik - log_lik.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  np.testing.assert_allclose(codes["instrument_probs"].numpy(), expected, atol=1e-5)
+  classifier = tf.exp(module.model.instrument_log_probs(codes["z_timbre_mean"])).numpy()
+  assert not np.allclose(classifier, expected, atol=1e-3)   # not the classifier's answer
+  folder = export_lib.export(export_lib.ExportConfig(run_dir, str(tmp_path / "export"),
+                                                     griffin_lim_iters=GL_ITERS), log=_quiet)
+  loaded = tf.saved_model.load(folder).signatures["encode"]
+  np.testing.assert_allclose(
+      loaded(audio=tf.constant(waves, tf.float32),
+             sample_rate=tf.constant(22050))["instrument_probs"].numpy(), expected,
+      atol=1e-5)
+
+
 def test_outputs_and_models_are_checked_before_any_work(runs, tmp_path):
   """What bin/synthesize and bin/transfer check first (and print as one ERROR line)."""
   for iters in (0, -5):   # a run is served with Griffin-Lim of its own; an export with its

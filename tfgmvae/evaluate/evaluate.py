@@ -23,7 +23,6 @@ from tfgmvae.data.dataset import data_errors
 from tfgmvae.data.prepare import Prepared, PrepareError, read_record
 from tfgmvae.evaluate import classifiers, experiments, figures, report
 from tfgmvae.serving.export import ExportError, load_run, not_the_runs_data
-from tfgmvae.train.checkpoints import read_flags
 
 METRICS_FILE = "metrics.json"
 FORMAT = "tfgmvae-evaluation/1"
@@ -119,20 +118,6 @@ class EvalConfig:
     return self
 
 
-def label_fraction(run_dir: str) -> float:
-  """The run's share N of instrument labels: from RUN_DIR/model.json, or from the
-  flags.txt of runs whose model.json predates that field."""
-  with open(os.path.join(run_dir, "model.json"), encoding="utf-8") as f:
-    meta = json.load(f)
-  if "label_fraction" in meta:
-    return float(meta["label_fraction"])
-  flags = read_flags(run_dir)
-  if "label_fraction" in flags:
-    return float(flags["label_fraction"])
-  raise EvaluationError(f"{run_dir}: neither model.json nor flags.txt records the run's "
-                        "--label_fraction.")
-
-
 def _checkpoint_epoch(path: str) -> int:
   try:
     return int(tf.train.load_variable(path, "state/epoch/.ATTRIBUTES/VARIABLE_VALUE"))
@@ -194,7 +179,10 @@ def evaluate(config: EvalConfig, log=print) -> dict:
                           f"{config.run_dir}/model.json records, so it is not the data "
                           "the run trained on (its validation notes may be notes the "
                           "model trained on); evaluate the run on its own prepared data.")
-  fraction = label_fraction(config.run_dir)
+  fraction = info.label_fraction
+  if fraction is None:
+    raise EvaluationError(f"{config.run_dir}: neither model.json nor flags.txt records "
+                          "the run's --label_fraction.")
   reps = _representatives(config, prepared)
   epoch = _checkpoint_epoch(path)
   kind = info.model.kind

@@ -15,7 +15,7 @@ from tfgmvae.data.dataset import PipelineConfig, make_dataset
 from tfgmvae.data.prepare import Prepared
 from tfgmvae.evaluate import stats
 from tfgmvae.evaluate.classifiers import LinearProbe, predict_proba
-from tfgmvae.serving.export import centres_from_codes
+from tfgmvae.serving.export import centres_from_codes, matched_components
 
 
 @dataclasses.dataclass
@@ -306,8 +306,7 @@ def clusters(model, train: Codes, val: Codes, instruments) -> dict:
 
   k, components = len(instruments), model.timbre_prior.num_components
   train_assigned, val_assigned = assigned(train), assigned(val)
-  mapping = stats.match_clusters(stats.contingency(train_assigned, train.instrument,
-                                                   components, k))
+  mapping = matched_components(model.timbre_prior, train.z_timbre, train.instrument, k)
 
   def matched_accuracy(found, labels) -> float:
     return float(np.mean(np.array([mapping.get(int(c), -1) for c in found]) == labels))

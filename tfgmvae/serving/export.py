@@ -23,6 +23,7 @@ from tfgmvae.data.dataset import DataError, PipelineConfig, data_errors, make_da
 from tfgmvae.data.prepare import Prepared, PrepareError
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.module import ServingModule
+from tfgmvae.train.checkpoints import read_flags
 
 MODEL_FILE = "model.json"
 METADATA_FILE = os.path.join("assets.extra", "tfgmvae.json")
@@ -103,6 +104,7 @@ class RunInfo:
   pitch_ranges: dict | None = None   # instrument -> [lowest, highest] training pitch
   note_peaks: tuple | None = None    # Prepared.note_peaks
   index_sha256: str | None = None    # the prepared data's (None: recorded before it was)
+  label_fraction: float | None = None   # the run's N (None: recorded nowhere)
 
 
 def run_metadata(prepared: Prepared) -> dict:
@@ -150,7 +152,19 @@ def read_run(run_dir: str) -> RunInfo:
                  log_mel_max=float(meta["log_mel_max"]), prepared_dir=prepared_dir,
                  pitch_ranges=meta["pitch_ranges"],
                  note_peaks=tuple(meta["note_peaks"]) if meta.get("note_peaks") else None,
-                 index_sha256=meta.get("index_sha256"))
+                 index_sha256=meta.get("index_sha256"),
+                 label_fraction=_label_fraction(run_dir, meta))
+
+
+def _label_fraction(run_dir: str, meta: dict) -> float | None:
+  """The run's share N of instrument labels: from model.json, or from the flags.txt of
+  runs whose model.json predates that field; None if neither records it."""
+  if "label_fraction" in meta:
+    return float(meta["label_fraction"])
+  try:
+    return float(read_flags(run_dir)["label_fraction"])
+  except (KeyError, ValueError, OSError):
+    return None
 
 
 def not_the_runs_data(info: RunInfo, prepared: Prepared) -> str | None:
@@ -223,16 +237,18 @@ def load_run(run_dir: str, checkpoint: str = "best") -> tuple[GMVAE, RunInfo, st
   return model, info, path
 
 
-def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
-  """Mean and std of the training notes' z_t posterior means per instrument, [K, L] each.
+def training_codes(model: GMVAE, info: RunInfo, purpose: str, batch_size: int = 256):
+  """The run's training notes' z_t posterior means [N, L] and instrument labels [N] (all
+  of them, whatever the run's N).
 
-  MVAE's timbre prior has no per-instrument components; these play their part.
+  Raises:
+    ExportError: the training data cannot be read; the message starts with `purpose`.
   """
   try:
     prepared = Prepared.load(info.prepared_dir)
   except PrepareError as e:
-    raise ExportError(f"an MVAE's per-instrument timbre centres come from its training "
-                      f"data, which cannot be read: {e}") from e
+    raise ExportError(f"{purpose} come from its training data, which cannot be read: "
+                      f"{e}") from e
   codes, labels = [], []
   try:
     with data_errors(prepared):
@@ -241,10 +257,30 @@ def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
         codes.append(model.encode(batch["mel"], training=False)["z_timbre_mean"].numpy())
         labels.append(batch["instrument"].numpy())
   except DataError as e:
-    raise ExportError(f"an MVAE's per-instrument timbre centres come from its training "
-                      f"data: {e}") from None
-  return centres_from_codes(np.concatenate(codes), np.concatenate(labels),
-                            info.model.num_instruments)
+    raise ExportError(f"{purpose} come from its training data: {e}") from None
+  return np.concatenate(codes), np.concatenate(labels)
+
+
+def class_centres(model: GMVAE, info: RunInfo, batch_size: int = 256):
+  """Mean and std of the training notes' z_t posterior means per instrument, [K, L] each.
+
+  MVAE's timbre prior has no per-instrument components; these play their part.
+  """
+  codes, labels = training_codes(model, info, "an MVAE's per-instrument timbre centres",
+                                 batch_size)
+  return centres_from_codes(codes, labels, info.model.num_instruments)
+
+
+def matched_components(prior, codes, labels, num_instruments: int) -> dict[int, int]:
+  """{component: instrument}: each component of an MGMVAE's timbre prior named by
+  Hungarian matching of the components its notes' codes fall in (`codes` [N, L]) to
+  their instruments (`labels` [N]). A run trained without labels (N = 0) learns its
+  components in no particular order; this is how `bin/evaluate` and the export name
+  them (on the training notes)."""
+  from tfgmvae.evaluate import stats   # pylint: disable=g-import-not-at-top  (scipy: N = 0 only)
+  assigned = prior.log_responsibilities(tf.constant(codes, tf.float32)).numpy().argmax(-1)
+  return stats.match_clusters(stats.contingency(assigned, labels, prior.num_components,
+                                                num_instruments))
 
 
 def centres_from_codes(codes, labels, num_classes: int):
@@ -271,12 +307,25 @@ def build_module(run_dir: str, checkpoint: str = "best",
   """
   _check_griffin_lim_iters(griffin_lim_iters)
   model, info, path = load_run(run_dir, checkpoint)
-  means = scales = None
+  means = scales = order = None
+  unlabelled = info.label_fraction == 0.0
   if info.model.kind == "mvae":
     means, scales = class_centres(model, info)
+  elif unlabelled:
+    codes, labels = training_codes(
+        model, info, "the instruments of the timbre components of an MGMVAE trained "
+        "without labels (N = 0)")
+    component = {i: c for c, i in matched_components(
+        model.timbre_prior, codes, labels, info.model.num_instruments).items()}
+    order = [component[i] for i in range(info.model.num_instruments)]
+    means = tf.gather(model.timbre_prior.means, order).numpy()
+  # Without labels the auxiliary classifier (MVAE) never trained and the components
+  # (MGMVAE) are in no particular order: notes are named by the nearest centre instead.
   module = ServingModule(model, info.instruments, info.pitches, info.audio,
                          info.log_mel_min, info.log_mel_max, means, scales,
-                         griffin_lim_iters)
+                         griffin_lim_iters, name_by_centres=unlabelled)
+  naming = ("centres" if unlabelled else
+            "components" if info.model.kind == "mgmvae" else "classifier")
   metadata = {
       "format": "tfgmvae-export/1", "run_dir": os.path.abspath(run_dir),
       "checkpoint": os.path.abspath(path), "model": info.model.to_dict(),
@@ -288,6 +337,8 @@ def build_module(run_dir: str, checkpoint: str = "best",
       "output_samples": info.audio.frames * info.audio.hop_length,
       "pitch_ranges": info.pitch_ranges,
       "note_peaks": list(info.note_peaks) if info.note_peaks else None,
+      "label_fraction": info.label_fraction, "instrument_naming": naming,
+      "timbre_components": order,
       "signatures": sorted(module.SIGNATURES + ("serving_default",))}
   return module, metadata
 

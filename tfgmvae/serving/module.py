@@ -27,7 +27,11 @@ TensorFlow ops are used, so TF Serving loads the export as it is.
 
 For MVAE, whose timbre prior has no per-instrument components, `timbre_means` and
 `timbre_scales` are the mean and standard deviation of the training notes' posterior
-means per instrument (computed at export); for MGMVAE they are the prior's own.
+means per instrument (computed at export); for MGMVAE they are the prior's own. A run
+trained without instrument labels (N = 0) has no trained classifier (MVAE) and its
+components in no particular order (MGMVAE): its export orders the components by
+Hungarian matching on the training notes' labels, as `bin/evaluate` names them, and
+names a note's instrument by the centre its z_t is likeliest under.
 """
 
 import numpy as np
@@ -68,7 +72,8 @@ class ServingModule(tf.Module):
 
   def __init__(self, model, instruments, pitches, audio_config: AudioConfig,
                log_mel_min: float, log_mel_max: float, timbre_means=None,
-               timbre_scales=None, griffin_lim_iters: int = 32):
+               timbre_scales=None, griffin_lim_iters: int = 32,
+               name_by_centres: bool = False):
     """Wraps `model`.
 
     Args:
@@ -81,6 +86,9 @@ class ServingModule(tf.Module):
       timbre_means: [K, L] per-instrument timbre centres; default the MGMVAE prior's.
       timbre_scales: [K, L] their spread; default sigma_t everywhere.
       griffin_lim_iters: Griffin-Lim iterations of the audio outputs.
+      name_by_centres: Name a note's instrument by the Gaussian centre (`timbre_means`,
+        `timbre_scales`) its z_t is likeliest under, not by the model's classifier or
+        prior components (for a run trained without labels, N = 0).
     """
     super().__init__(name="tfgmvae")
     c = model.config
@@ -93,6 +101,7 @@ class ServingModule(tf.Module):
     self._audio = audio_config
     self._lo, self._hi = float(log_mel_min), float(log_mel_max)
     self._iters = int(griffin_lim_iters)
+    self._name_by_centres = bool(name_by_centres)
     self.instruments = tf.Variable(np.array(instruments, dtype=object), trainable=False,
                                    dtype=tf.string, name="instruments")
     self.pitches = tf.Variable(np.array(pitches, np.int32), trainable=False,
@@ -231,7 +240,12 @@ class ServingModule(tf.Module):
   def _codes(self, mel) -> dict:
     model = self.model
     out = model.encode(mel, training=False)
-    inst = tf.exp(model.instrument_log_probs(out["z_timbre_mean"]))
+    if self._name_by_centres:   # log N(z_t; mean_k, diag(scale_k^2)) up to a constant
+      gap = (out["z_timbre_mean"][:, None, :] - self.timbre_means) / self.timbre_scales
+      inst = tf.nn.softmax(-tf.reduce_sum(0.5 * tf.square(gap)
+                                          + tf.math.log(self.timbre_scales), -1))
+    else:
+      inst = tf.exp(model.instrument_log_probs(out["z_timbre_mean"]))
     pitch = tf.exp(model.pitch_log_probs(out["z_pitch_mean"]))
     out["instrument_probs"] = inst
     out["pitch_probs"] = pitch

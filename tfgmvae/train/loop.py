@@ -20,7 +20,7 @@ from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, checkpoint_owner, run_metadata
-from tfgmvae.train import inputs, progress
+from tfgmvae.train import inputs, progress, unlabelled
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
                                        check_flags, checkpoint_parts,
                                        remove_unfinished_saves,
@@ -397,6 +397,8 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
                                               config.checkpoint_every))
       if chief:
         all_callbacks += _summary_callbacks(config, prepared, store_dir, output)
+    if config.label_fraction == 0.0:   # before the callbacks that print or summarise it
+      all_callbacks.insert(0, unlabelled.MatchedAccuracy(_numeric(val_ds), val_steps))
     if config.jit_compile:   # XLA drops the step's own finiteness check
       all_callbacks.insert(0, _NonFiniteStop())
     if chief and resuming:   # a resumed one once its first epoch here is done

@@ -22,6 +22,7 @@ import numpy as np
 EPOCH_FIGURES = (("loss", "loss", ".1f"), ("elbo", "ELBO", ".1f"),
                  ("val_elbo", "validation ELBO", ".1f"),
                  ("val_instrument_accuracy", "instrument acc.", ".3f"),
+                 ("val_instrument_matched_accuracy", "matched instrument acc.", ".3f"),
                  ("val_pitch_accuracy", "pitch acc.", ".3f"))
 BAR_FIGURES = (("loss", "loss", ".1f"), ("elbo", "ELBO", ".1f"))
 

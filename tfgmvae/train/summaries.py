@@ -4,7 +4,9 @@
 
 * `train`: `losses/<term>` for each term of the objective, `losses/total`, `elbo`,
   `accuracy/instrument`, `accuracy/pitch` (and `accuracy/pitch_from_z_t`, the pitch
-  adversary's, when it is on), `optimization/learning_rate`,
+  adversary's, when it is on; at N = 0 validation has `accuracy/instrument_matched`
+  instead of `accuracy/instrument`: see tfgmvae.train.unlabelled),
+  `optimization/learning_rate`,
   `optimization/steps_per_second` and `progress/optimizer_step`;
 * `validation`: the same losses, ELBO and accuracies from the `val_` logs; after the
   first epoch, every `media_every` epochs and when training ends (so the last model is
@@ -41,6 +43,7 @@ LOSS_TERMS = ("reconstruction", "kl_pitch", "kl_timbre", "kl_instrument", "instr
 # Model tracker name -> TensorBoard tag (loss terms are added below).
 METRIC_TAGS = {"loss": "losses/total", "elbo": "elbo",
                "instrument_accuracy": "accuracy/instrument",
+               "instrument_matched_accuracy": "accuracy/instrument_matched",   # N = 0
                "pitch_accuracy": "accuracy/pitch",
                "adversary_accuracy": "accuracy/pitch_from_z_t"
               } | {t: f"losses/{t}" for t in LOSS_TERMS}
