@@ -105,7 +105,10 @@ def test_spectral_centroid_of_a_flat_spectrum_through_the_mel_bands():
 def test_spectral_centroid_matches_librosa_per_frame_and_weights_frames():
   rng = np.random.default_rng(0)
   power = rng.random((5, 256)) ** 4
-  centres, _ = stats.mel_bands_hz(22050, 256, 27.0, 11000.0)
+  centres, widths = stats.mel_bands_hz(22050, 256, 27.0, 11000.0)
+  edges = librosa.mel_frequencies(258, fmin=27.0, fmax=11000.0, htk=False)   # Slaney
+  np.testing.assert_allclose(centres, edges[1:-1], rtol=1e-9)
+  np.testing.assert_allclose(widths, (edges[2:] - edges[:-2]) / 2, rtol=1e-9)
   reference = librosa.feature.spectral_centroid(S=power.T, freq=centres)[0]
   for i in range(5):
     assert stats.spectral_centroid(power[i:i + 1], centres) == pytest.approx(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tfgmvae.data.dataset import DataError, data_errors
-from tfgmvae.data.prepare import PrepareConfig, PrepareError, prepare
+from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.data import store
 from tfgmvae.data.store import note_bytes, open_store
 from tfgmvae.train.config import ConfigError

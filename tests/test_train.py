@@ -471,8 +471,7 @@ def test_a_kill_inside_a_save_resumes_as_if_uninterrupted(straight_run, tmp_path
   again = _run([f"--run_dir={killed}"] + common)
   assert again.returncode == 0 and "Done: 2 epochs" in again.stdout, again.stderr[-2000:]
   for folder in ("checkpoints", "best"):
-    (want, want_reader), (got, got_reader) = _weights(straight, folder), _weights(killed,
-                                                                                  folder)
+    (want, _), (got, _) = _weights(straight, folder), _weights(killed, folder)
     for name, value in want.items():
       np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
                                  err_msg=f"{folder} {name}")

@@ -90,10 +90,12 @@ class AudioConfig:
     return (self.frames, self.n_mels)
 
   def to_dict(self) -> dict:
+    """The settings as JSON-ready values (prepared.json, model.json, exports)."""
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, values: dict) -> "AudioConfig":
+    """The inverse of `to_dict`; an unknown setting is a ValueError naming it."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -13,6 +13,8 @@ import struct
 import numpy as np
 import soundfile
 
+from tfgmvae.data import paths
+
 SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -20,13 +22,8 @@ class AudioDecodeError(ValueError):
   """A file could not be turned into a usable waveform. The message names the file."""
 
 
-def _is_url(path: str) -> bool:
-  return "://" in path
-
-
 def _read_url(path: str) -> bytes:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfgmvae.data import paths  # pylint: disable=g-import-not-at-top
   try:
     return paths.read_bytes(path)
   except paths.UnreachableError as e:
@@ -94,7 +91,7 @@ def _checked(path: str, f: soundfile.SoundFile, open_bytes) -> soundfile.SoundFi
 def _open(path: str) -> soundfile.SoundFile:
   """Opens `path` with libsndfile, raising AudioDecodeError that names the file."""
   try:
-    if _is_url(path):
+    if paths.is_url(path):
       data = _read_url(path)
       if not data:
         raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")

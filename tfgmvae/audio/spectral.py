@@ -42,11 +42,17 @@ def mel_to_hz(mel):
                   _F_SP * mel)
 
 
+def mel_band_edges(n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+  """The n_mels + 2 Slaney mel-scale frequencies (Hz) the triangles rise and fall
+  between: band k rises from edge k, peaks at edge k + 1 and falls to edge k + 2."""
+  return mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+
+
 @functools.lru_cache(maxsize=16)
 def _filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
                 fmax: float) -> np.ndarray:
   fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-  edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+  edges = mel_band_edges(n_mels, fmin, fmax)
   widths = np.diff(edges)
   rising = (fft_hz[None, :] - edges[:-2, None]) / widths[:-1, None]
   falling = (edges[2:, None] - fft_hz[None, :]) / widths[1:, None]

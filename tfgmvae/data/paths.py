@@ -118,6 +118,7 @@ def unreachable(path: str, error) -> UnreachableError | None:
 
 
 def is_url(path: str) -> bool:
+  """Whether `path` names a URL (`scheme://...`) rather than a local path."""
   return "://" in path
 
 
@@ -155,18 +156,21 @@ def _gfile(path: str, query, otherwise=_RAISE):
 
 
 def isfile(path: str) -> bool:
+  """`os.path.isfile` for a local path; for a URL, through TensorFlow's file systems."""
   if not is_url(path):
     return os.path.isfile(path)
   return _gfile(path, lambda g: g.exists(path) and not g.isdir(path), False)
 
 
 def exists(path: str) -> bool:
+  """`os.path.exists` for a local path; for a URL, through TensorFlow's file systems."""
   if not is_url(path):
     return os.path.exists(path)
   return _gfile(path, lambda g: g.exists(path), False)
 
 
 def isdir(path: str) -> bool:
+  """`os.path.isdir` for a local path; for a URL, through TensorFlow's file systems."""
   if not is_url(path):
     return os.path.isdir(path)
   return _gfile(path, lambda g: g.isdir(path), False)
@@ -187,6 +191,7 @@ def read_bytes(path: str) -> bytes:
 
 
 def join(base: str, *parts: str) -> str:
+  """`os.path.join`, or a '/' join below a URL."""
   return posixpath.join(base, *parts) if is_url(base) else os.path.join(base, *parts)
 
 

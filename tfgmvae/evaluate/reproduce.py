@@ -25,7 +25,7 @@ import time
 
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
                                   prepare, read_record)
-from tfgmvae.train.checkpoints import read_flags, write_atomically
+from tfgmvae.train.checkpoints import newest_registered, read_flags, write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("mgmvae", "mvae")
@@ -104,6 +104,7 @@ class ReproduceConfig:
   source_given: bool = True
 
   def validate(self) -> "ReproduceConfig":
+    """Returns self, or raises ReproduceError naming every bad setting."""
     p = []
     if not self.out_dir:
       p.append("--out_dir is required")
@@ -133,21 +134,18 @@ class ReproduceConfig:
     return self
 
   def flagfile(self, model: str) -> str:
+    """The flagfile the grid trains `model` ('mgmvae' or 'mvae') with."""
     return self.mgmvae_flags if model == "mgmvae" else self.mvae_flags
 
 
 def cell_name(model: str, fraction: float) -> str:
+  """A grid cell's folder name under OUT_DIR/runs and OUT_DIR/eval: `mgmvae_n025`."""
   return f"{model}_n{round(100 * fraction):03d}"
 
 
 def best_epoch(run_dir: str) -> int | None:
   """Epoch of the run's best checkpoint (its number), or None before the first."""
-  path = os.path.join(run_dir, "best", "checkpoint")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    first = f.readline()
-  return int(first.rsplit("ckpt-", 1)[1].strip().strip('"'))
+  return newest_registered(os.path.join(run_dir, "best"))
 
 
 def check_run(run: str, model: str, fraction: float, prepared_dir: str) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 from scipy import optimize, stats
 from sklearn import metrics as skm
 
+from tfgmvae.audio import spectral
+
 # Instrument abbreviations (TinySOL, the paper, the rendered corpus) and NSynth family
 # names, by the paper's four families.
 FAMILIES = {
@@ -94,8 +96,8 @@ def mel_bands_hz(sample_rate: int, n_mels: int, fmin: float, fmax: float):
   (f[k+2] - f[k]) / 2: the triangle's area once Slaney normalisation has divided it by
   that same amount.
   """
-  import librosa  # pylint: disable=import-outside-toplevel  (slow import)
-  edges = librosa.mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax, htk=False)
+  del sample_rate   # (the bands end at fmax, below Nyquist)
+  edges = spectral.mel_band_edges(n_mels, fmin, fmax)
   return edges[1:-1], (edges[2:] - edges[:-2]) / 2.0
 
 

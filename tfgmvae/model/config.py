@@ -82,6 +82,7 @@ class ModelConfig:
     return self.frames - 2 * (self.kernel_size - 1)
 
   def to_dict(self) -> dict:
+    """The settings as JSON-ready values for model.json and exports."""
     out = dataclasses.asdict(self)
     # Settings at the value the code had before they existed are left out, so older
     # tfgmvae reads the file too.
@@ -93,4 +94,5 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, values: dict) -> "ModelConfig":
+    """The inverse of `to_dict` (settings it left out take their defaults)."""
     return cls(**values)

@@ -167,7 +167,9 @@ class GMVAE(keras.Model):
     Returns:
       (terms, extra): terms by name (see the module docstring; `instrument_ce` is
       already multiplied by the labelled mask); extra holds `labelled` (float [B]),
-      `instrument_log_probs` and `pitch_log_probs`.
+      `instrument_log_probs` (of the sampled z_t), `pitch_log_probs` (None without the
+      pitch classifier), `adversary_log_probs` (None without the adversary), and the
+      batch's `instrument` and `pitch` indices (int32 [B]).
     """
     c = self.config
     mel = self._mel(batch)
@@ -192,7 +194,8 @@ class GMVAE(keras.Model):
     if self.timbre_prior is not None:
       terms["kl_timbre"] = losses.expected_component_kl(
           post["z_timbre_mean"], post["z_timbre_logvar"],
-          tf.convert_to_tensor(self.timbre_prior.means), c.log_sigma_t, inst_log_probs)
+          tf.convert_to_tensor(self.timbre_prior.means), self.timbre_prior.log_scale,
+          inst_log_probs)
       terms["kl_instrument"] = losses.categorical_kl_uniform(inst_log_probs)
     else:
       terms["kl_timbre"] = losses.standard_normal_kl(post["z_timbre_mean"],
@@ -319,9 +322,8 @@ class GMVAE(keras.Model):
       self.timbre_adversary(post["z_timbre_mean"])
     self.built = True
 
-  def build_for(self, batch_size: int = 2):
+  def build_for(self):
     """Builds the model (all weights exist afterwards) and returns it."""
-    del batch_size
     if not self.built:
       self.build()
     return self

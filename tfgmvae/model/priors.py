@@ -9,10 +9,13 @@ a fixed component scale. It builds, on demand:
 * `log_responsibilities(z)`: log p(y = k | z) under the uniform mixture (log-sum-exp).
 
 Because the means are a Keras weight they are trained, checkpointed and exported with the
-model. The objective uses `components()` (through `log_responsibilities`, q(y|x), and
-the expected KL of z_t against each component) and `conditional()` (the KL of z_p
-against p(z_p | y_p), by TFP's closed form); synthesis draws from `conditional()`'s mean
-and standard deviation, the latter scaled by w. `mixture()` is p(z) itself.
+model. The objective uses `components()` through `log_responsibilities` (q(y|z_t) of
+the sampled z_t, one draw of SPEC's expectation over q(z_t|x), as the authors' code does;
+inference and export use the posterior mean), the components' `means` and `log_scale`
+in the closed-form expected KL of z_t against each component
+(`losses.expected_component_kl`), and `conditional()` (the KL of z_p against
+p(z_p | y_p), by TFP's closed form); synthesis draws from `conditional()`'s mean and
+standard deviation, the latter scaled by w. `mixture()` is p(z) itself.
 """
 
 import math

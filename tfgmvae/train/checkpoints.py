@@ -111,7 +111,7 @@ _UNFINISHED_SAVE = re.compile(r"ckpt-\d+_temp")
 _CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
 
 
-def _newest_registered(directory: str) -> int | None:
+def newest_registered(directory: str) -> int | None:
   """The number N of the newest checkpoint in the folder's `checkpoint` state file."""
   state = tf.train.get_checkpoint_state(directory)
   found = re.search(r"ckpt-(\d+)$", state.model_checkpoint_path) if state else None
@@ -140,7 +140,7 @@ def remove_unfinished_saves(directory: str, log=print) -> list[str]:
   if not os.path.isdir(directory):
     return []
   names = sorted(os.listdir(directory))
-  newest = _newest_registered(directory)
+  newest = newest_registered(directory)
   removed = []
   for name in names:
     path = os.path.join(directory, name)

@@ -221,8 +221,6 @@ class TrainConfig:
       if not going_on and warm_start_checkpoint(self.warm_start) is None:
         p.append(f"--warm_start={self.warm_start}: no checkpoint there (expected another "
                  "run's directory, or a checkpoint such as RUN/best/ckpt-N)")
-    if self.model == "mvae" and self.label_fraction == 0.0:
-      pass   # allowed: the auxiliary classifier then never sees a label (paper's grid)
     if self.on_bad_file not in ("error", "skip"):
       p.append(f"--on_bad_file={self.on_bad_file!r}: expected 'error' or 'skip'")
     if self.nsynth_instrument_field not in NSYNTH_INSTRUMENT_FIELDS:
@@ -235,6 +233,3 @@ class TrainConfig:
     if p:
       raise ConfigError("Invalid training settings:\n  - " + "\n  - ".join(p))
     return self
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

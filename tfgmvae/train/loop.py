@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
-                                    note_dataset)
+                                    default_output, note_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
@@ -97,6 +97,8 @@ def worker_role(strategy) -> tuple[bool, str]:
 
 
 def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> ModelConfig:
+  """The network a run trains: sizes from its flags, vocabularies from its data
+  (synchronised batch norm with several replicas)."""
   return ModelConfig(
       num_pitches=prepared.num_pitches, num_instruments=prepared.num_instruments,
       kind=config.model, frames=prepared.audio.frames, n_mels=prepared.audio.n_mels,
@@ -289,9 +291,7 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
   if chief and not resuming:   # a new run records its flags before any work
     _record_flags(config.run_dir, flag_record)
   prepared = load_prepared(config, log)
-  output = "mel"
-  if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
-    output = "audio"
+  output = default_output()
   mconfig = model_config(config, prepared, replicas)
   previous_policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(config.precision)
