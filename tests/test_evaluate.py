@@ -609,19 +609,24 @@ def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
     evaluate(EvalConfig(copy, str(toy["root"] / "z")), log=_quiet)
 
 
-def test_too_few_labels_for_an_instrument_cnn_at_n_give_a_dash_not_a_failure(toy, evaluated):
+def test_too_few_labels_for_an_instrument_cnn_at_n_give_a_dash_not_a_failure(
+    toy, evaluated, monkeypatch):
   from tfgmvae.evaluate.evaluate import _cnns  # pylint: disable=import-outside-toplevel
   from tfgmvae.serving.export import load_run  # pylint: disable=import-outside-toplevel
   prepared = Prepared.load(toy["prepared"])
   _, info, _ = load_run(toy["mgmvae"], "best")
-  fraction = 0.01   # round(0.01 * n) is 0 for every toy instrument
-  assert sum(prepared.labelled_quota(fraction).values()) == 0
+  fraction = 0.01   # one labelled note per instrument (round(0.01 * n) is 0)
+  assert sum(prepared.labelled_quota(fraction).values()) == len(INSTRUMENTS)
+  # (Any N > 0 labels each instrument once, so with several instruments a CNN's 2
+  # notes are always there; a larger minimum stands for a data set with fewer.)
+  monkeypatch.setattr(classifiers, "MIN_NOTES", len(INSTRUMENTS) + 1)
   config = EvalConfig(toy["mgmvae"], "unused", cnn_epochs=3)
   messages = []
   cnns, records = _cnns(prepared, info, fraction, str(toy["root"] / "cnn"), config,
                         messages.append)
   assert cnns["instrument_n"] is None and cnns["instrument"] is not None
-  reason = "0 labelled training notes at N = 0.01, fewer than the 2 a CNN needs"
+  reason = (f"{len(INSTRUMENTS)} labelled training notes at N = 0.01, fewer than the "
+            f"{len(INSTRUMENTS) + 1} a CNN needs")
   assert records["instrument_n001"] == {"skipped": reason}
   assert f"No instrument CNN at N = 0.01: {reason}." in messages
   # The report says so where it lists the CNNs, and Table 1 shows '–'.
@@ -813,6 +818,22 @@ def test_reproduce_refuses_what_would_fail_late_before_training(toy, tmp_path):
   # the grid's data is used as it is.
   assert Grid(ReproduceConfig(str(tmp_path / "g3"), source_given=False),
               log=_quiet).prepared_dir() == str(tmp_path / "g3" / "data")
+  # An N that is no whole percentage would share a cell's name (n000 for 0.001).
+  with pytest.raises(ReproduceError, match=r"--fractions=0.0,0.001: expected whole "
+                     r"percentages \(0.25, not 0.255\)"):
+    ReproduceConfig(str(tmp_path / "g4"), prepared_dir=toy["prepared"],
+                    fractions=(0.0, 0.001)).validate()
+  # A warm-started run carries its source's labels: not a cell, whatever its N.
+  from tfgmvae.evaluate.reproduce import check_run  # pylint: disable=import-outside-toplevel
+  cold, warm = tmp_path / "cold", tmp_path / "warm"
+  for run, extra in ((cold, ""), (warm, f"--warm_start={toy['mgmvae']}\n")):
+    shutil.copytree(toy["mgmvae_n0"], run)
+    (run / "flags.txt").write_text(f"--model=mgmvae\n--label_fraction=0.0\n"
+                                   f"--prepared_dir={toy['prepared']}\n{extra}")
+  check_run(str(cold), "mgmvae", 0.0, toy["prepared"])   # (passes without the warm start)
+  with pytest.raises(ReproduceError, match=f"{warm}/flags.txt records --warm_start="
+                     f"{toy['mgmvae']}: a warm-started run carries what its source learned"):
+    check_run(str(warm), "mgmvae", 0.0, toy["prepared"])
 
 
 def test_the_cnn_budget_defaults_agree_and_train_every_epoch():

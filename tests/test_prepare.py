@@ -121,6 +121,8 @@ def test_label_ranks_give_per_instrument_quotas(toy_csv, tmp_path):
   p = _prepare(toy_csv, tmp_path / "prep")
   assert p.labelled_quota(0.25) == {"sine": 3, "square": 3}
   assert p.labelled_quota(0.0) == {"sine": 0, "square": 0}
+  # Any N > 0 labels at least one note of each instrument (round(0.01 * 11) is 0).
+  assert p.labelled_quota(0.01) == {"sine": 1, "square": 1}
   ranks = collections.defaultdict(list)
   for r in p.index("train"):
     ranks[r["instrument"]].append(r["label_rank"])

@@ -123,7 +123,8 @@ class PipelineConfig:
     batch_size: Notes per batch.
     shuffle: Shuffle every epoch (training).
     seed: Shuffle seed.
-    label_fraction: Share of each instrument's training labels kept (N).
+    label_fraction: Share of each instrument's training labels kept (N; see
+      `Prepared.labelled_quota`). Other splits keep every label, or none at N = 0.
     cache: 'memory', a file path prefix, or '' for no cache.
     output: 'mel' (log-mel computed in the pipeline) or 'audio' (segments).
     drop_remainder: Drop the last partial batch.
@@ -206,8 +207,10 @@ def note_dataset(prepared: Prepared, split: str, config: PipelineConfig = Pipeli
         "them; prepare the data again into a new folder with this tfgmvae.")
   acfg = prepared.audio
 
-  def labelled(row):
-    return split != TRAIN or row["label_rank"] < quota[row["instrument"]]
+  def labelled(row):   # validation: every note, unless the run labels none (N = 0)
+    if split != TRAIN:
+      return config.label_fraction > 0
+    return row["label_rank"] < quota[row["instrument"]]
 
   if prepared.source["dataset"] == "nsynth":
     keys = [r["key"] for r in rows]

@@ -10,8 +10,9 @@ max. It writes into a new folder:
 * `skipped.csv`: only with `on_bad_file='skip'`: every note left out and why.
 
 `label_rank` orders each instrument's training notes by a seeded shuffle; a run that
-keeps a fraction N of instrument labels keeps those with rank < round(N * count), so the
-labelled notes follow the data's instrument distribution.
+keeps a fraction N of instrument labels keeps those with rank < round(N * count), and at
+least one per instrument when N > 0 (else a small instrument's component or class would
+be named by nothing), so the labelled notes follow the data's instrument distribution.
 """
 
 import collections
@@ -126,10 +127,12 @@ class Prepared:
     return {name: ranges[name] for name in self.instruments if name in ranges}
 
   def labelled_quota(self, fraction: float) -> dict[str, int]:
-    """Labelled training notes per instrument when keeping `fraction` of the labels."""
+    """Labelled training notes per instrument when keeping `fraction` of the labels:
+    round(fraction * count) (half to even), at least 1 when fraction > 0."""
     if not 0.0 <= fraction <= 1.0:
       raise ValueError(f"label fraction {fraction}: expected a number in [0, 1].")
-    return {k: int(round(fraction * n)) for k, n in self.counts[TRAIN].items()}
+    least = 1 if fraction > 0 else 0
+    return {k: max(least, int(round(fraction * n))) for k, n in self.counts[TRAIN].items()}
 
   @classmethod
   def load(cls, directory: str) -> "Prepared":

@@ -107,6 +107,14 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
               "training notes' labels, which the model never saw, and synthesis and "
               "transfer below use that naming: a use of labels beyond the run's N "
               "(scored on the validation notes).", ""]
+  elif "clusters" not in metrics and run["label_fraction"] < 1.0:
+    lines += ["The MVAE's per-instrument timbre centres, which synthesis and transfer "
+              "below use, are the means of every training note's z_t by instrument: a "
+              "use of labels beyond the run's N (the MVAE has no other per-instrument "
+              "centre).", ""]
+  if run.get("warm_started_from"):
+    lines += [f"The run was warm-started from `{run['warm_started_from']}`, so it also "
+              "carries what that run learned (labels included).", ""]
   lines += ["## Figure 2: the timbre space", "",
             f"Timbre centres used below: {metrics['timbre_centres']}.", "",
             f"![t-SNE]({pictures['fig2_tsne']})", "",

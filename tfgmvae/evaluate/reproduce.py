@@ -113,6 +113,9 @@ class ReproduceConfig:
     if not self.fractions or any(not 0 <= f <= 1 for f in self.fractions):
       p.append(f"--fractions={','.join(map(str, self.fractions))}: expected numbers in "
                "[0, 1]")
+    elif any(abs(100 * f - round(100 * f)) > 1e-9 for f in self.fractions):
+      p.append(f"--fractions={','.join(map(str, self.fractions))}: expected whole "
+               "percentages (0.25, not 0.255): each cell is named by its N in percent")
     for model in self.models:
       path = self.flagfile(model)
       if not os.path.isfile(path):
@@ -161,6 +164,11 @@ def check_run(run: str, model: str, fraction: float, prepared_dir: str) -> None:
         f"{run}/flags.txt records --model={flags.get('model')} "
         f"--label_fraction={flags.get('label_fraction')}, not this cell's "
         f"{model} at {fraction}; move that folder away.")
+  if flags.get("warm_start"):
+    raise ReproduceError(
+        f"{run}/flags.txt records --warm_start={flags['warm_start']}: a warm-started "
+        "run carries what its source learned (its labels too, whatever this cell's N); "
+        "the grid trains every cell from scratch. Move that folder away.")
   data = flags.get("prepared_dir") or os.path.join(run, "data")
   trained_on = (read_record(data) or {}).get("index_sha256")
   try:    # what the run itself recorded, if it did (the folder may since be replaced)

@@ -105,6 +105,7 @@ class RunInfo:
   note_peaks: tuple | None = None    # Prepared.note_peaks
   index_sha256: str | None = None    # the prepared data's (None: recorded before it was)
   label_fraction: float | None = None   # the run's N (None: recorded nowhere)
+  warm_started_from: str | None = None  # the checkpoint a --warm_start run began from
 
 
 def run_metadata(prepared: Prepared) -> dict:
@@ -153,7 +154,8 @@ def read_run(run_dir: str) -> RunInfo:
                  pitch_ranges=meta["pitch_ranges"],
                  note_peaks=tuple(meta["note_peaks"]) if meta.get("note_peaks") else None,
                  index_sha256=meta.get("index_sha256"),
-                 label_fraction=_label_fraction(run_dir, meta))
+                 label_fraction=_label_fraction(run_dir, meta),
+                 warm_started_from=meta.get("warm_started_from"))
 
 
 def _label_fraction(run_dir: str, meta: dict) -> float | None:

@@ -382,9 +382,13 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
           config.label_fraction, start, config.epochs, output,
           strategy if replicas > 1 else None, store_dir=store_dir, log=log)
+      # Validation keeps every label, or none when the run uses none (N = 0: its
+      # components are in no particular order, so their cross-entropy against the
+      # instruments would mean nothing; unlabelled.MatchedAccuracy scores them instead).
       val_ds, val_steps = inputs.make_inputs(
           prepared, "validation", min(config.batch_size, _val_count(prepared, replicas)),
-          config.seed, config.latent_dim, 1.0, output=output,
+          config.seed, config.latent_dim, 1.0 if config.label_fraction > 0 else 0.0,
+          output=output,
           strategy=strategy if replicas > 1 else None, store_dir=store_dir, log=log)
       # (The epoch's line first, then what the checkpoint callback says about it.)
       all_callbacks = []

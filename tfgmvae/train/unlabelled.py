@@ -3,13 +3,16 @@
 Without labels, the MGMVAE's timbre components come out in no particular order and the
 MVAE's auxiliary classifier never trains, so the accuracy of the predicted class against
 the instrument's index says nothing (a run that sorts every instrument into its own
-component can score 0). `MatchedAccuracy` replaces it, on the epochs that validate, by
-the accuracy after naming each predicted class by Hungarian matching with the
-validation notes' instruments (the usual clustering accuracy): logged as
-`val_instrument_matched_accuracy`, TensorBoard's validation `accuracy/instrument_matched`.
-It is computed from the posterior means, as `bin/evaluate` does; `bin/evaluate`'s
-`clusters.matched_accuracy` matches on the training notes instead, so it is not raised
-by fitting the matching to the notes it scores (a little lower, mostly).
+component can score 0); such a run validates without labels too (its validation
+`instrument_ce` is 0, as in training). `MatchedAccuracy` drops that accuracy from an
+epoch's logs and, for an MGMVAE, puts in its place the accuracy after naming each
+component by Hungarian matching with the validation notes' instruments (the usual
+clustering accuracy): `val_instrument_matched_accuracy`, TensorBoard's validation
+`accuracy/instrument_matched`. It is computed from the posterior means, as
+`bin/evaluate` does; `bin/evaluate`'s `clusters.matched_accuracy` matches on the
+training notes instead, so it is not raised by fitting the matching to the notes it
+scores (a little lower, mostly). An MVAE logs no instrument accuracy at N = 0 (an
+untrained classifier's classes, matched or not, say nothing about its codes).
 """
 
 import keras
@@ -31,8 +34,8 @@ def matched_accuracy(predicted, labels, num_classes: int) -> float:
 
 
 class MatchedAccuracy(keras.callbacks.Callback):
-  """Puts the matched accuracy in place of the raw one in an epoch's logs (place it
-  before the callbacks that print or summarise them)."""
+  """Puts the matched accuracy (MGMVAE) or nothing (MVAE) in place of the raw one in an
+  epoch's logs (place it before the callbacks that print or summarise them)."""
 
   def __init__(self, val_ds: tf.data.Dataset, steps: int):
     """Args: the run's validation dataset (global batches) and the batches of a pass."""
@@ -50,6 +53,9 @@ class MatchedAccuracy(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     if logs is None or RAW not in logs:   # (not a validated epoch)
       return
+    del logs[RAW]
+    if self.model.timbre_prior is None:   # MVAE: no components to match
+      return
     if self._predict is None:
       self._predict = tf.function(self._predicted)
     predicted, labels = [], []
@@ -57,6 +63,5 @@ class MatchedAccuracy(keras.callbacks.Callback):
       predicted.append(self._predict({k: batch[k] for k in ("mel", "audio")
                                       if k in batch}).numpy())
       labels.append(np.asarray(batch["instrument"]))
-    del logs[RAW]
     logs[MATCHED] = matched_accuracy(np.concatenate(predicted), np.concatenate(labels),
                                      self.model.config.num_instruments)
