@@ -74,7 +74,8 @@ def run(main):
 
   A note that cannot be read (the data pipeline's DataError, or its failed assertion
   inside TensorFlow) and a server that cannot be reached also end in one `ERROR:` line
-  naming the file, exit code 1. Ctrl-C ends in `ERROR: interrupted.`, exit code 130."""
+  naming the file, exit code 1, as does a full disk or a file or folder that cannot be
+  written (`storage_error`). Ctrl-C ends in `ERROR: interrupted.`, exit code 130."""
   from absl import app  # pylint: disable=g-import-not-at-top
 
   def checked(argv):
@@ -88,7 +89,7 @@ def run(main):
       print(f"ERROR: {e} (usage: {os.path.basename(sys.argv[0])} --help)", file=sys.stderr)
       return e.exitcode
     except Exception as e:  # pylint: disable=broad-except
-      message = _data_error(e)
+      message = _data_error(e) or storage_error(e)
       if message is None:
         raise
       print(f"ERROR: {message}", file=sys.stderr)
@@ -110,6 +111,38 @@ def _refuse_unexpanded_tilde(flag_values):
         home = "$HOME" + value[1:] if value[1:2] in ("", "/") else "an absolute path"
         raise app.UsageError(f"--{name}={value}: '~' is not expanded after --flag= or in "
                              f"a flagfile; write {home} instead")
+
+
+# What the operating system (or TensorFlow, quoting it) says when storage fails, and what
+# to do about it.
+_STORAGE = {"No space left on device": "the disk is full: free some space (or choose "
+                                       "another folder) and run the command again",
+            "Disk quota exceeded": "the disk quota is used up: free some space and run "
+                                   "the command again",
+            "Read-only file system": "that file system is mounted read-only: choose a "
+                                     "writable folder",
+            "Permission denied": "this user may not access it: change its permissions or "
+                                 "choose another path"}
+
+
+def storage_error(error: BaseException) -> str | None:
+  """One line for an error (or an error it was raised from) that a full disk, a read-only
+  file system or missing permissions caused, naming the path where it is known; None for
+  any other error."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = (error.strerror or "") if isinstance(error, OSError) else str(error)
+    for said, advice in _STORAGE.items():
+      if said in text:
+        where = getattr(error, "filename", None)
+        if not isinstance(error, OSError):   # TensorFlow's name the file before it
+          last = re.sub(r"\{\{.*?\}\}", "", text.strip().splitlines()[-1])
+          where = last.split(";")[0].strip()[:300]
+          where = None if said in where else where
+        return f"{where + ': ' if where else ''}{said}; {advice}."
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _data_error(error: Exception) -> str | None:

@@ -156,3 +156,40 @@ def test_help_lists_the_audio_flags(name):
   for flag in ("--audio_preset", "--sample_rate", "--silence_threshold",
                "--validation_fraction"):
     assert f"  {flag}:" in own, flag
+
+
+def test_storage_failures_are_one_line_naming_the_path(tmp_path):
+  """A full disk, a read-only file system or a permission, raised by Python or quoted by
+  TensorFlow (and raised from another error), is one ERROR line with what to do; other
+  errors are left to their traceback. A folder that cannot be written is refused before
+  any work: here a --run_dir under a file."""
+  import errno  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, BIN)
+  try:
+    import _common  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(BIN)
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/model.json.tmp")
+  assert _common.storage_error(full) == (
+      "/data/run/model.json.tmp: No space left on device; the disk is full: free some "
+      "space (or choose another folder) and run the command again.")
+  try:
+    try:
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    except OSError as e:
+      raise RuntimeError("while saving") from e
+  except RuntimeError as e:
+    assert _common.storage_error(e) == ("Read-only file system; that file system is "
+                                        "mounted read-only: choose a writable folder.")
+  quoted = Exception("{{function_node __wrapped__SaveV2_dtypes_4}} /r/ckpt-3_temp/part-0; "
+                     "No space left on device [Op:SaveV2]")
+  assert _common.storage_error(quoted).startswith("/r/ckpt-3_temp/part-0: No space left")
+  assert _common.storage_error(ValueError("other")) is None
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  done = subprocess.run([sys.executable, os.path.join(BIN, "train"),
+                         f"--run_dir={blocker}/run", "--prepared_dir=/nonexistent"],
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 2   # (bad settings, as for any other flag)
+  assert f"--run_dir={blocker}/run: cannot be written: {blocker} is not a folder" in \
+      done.stderr, done.stderr

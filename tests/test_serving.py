@@ -396,6 +396,23 @@ def test_mvae_export_uses_class_centres(runs):
       "and train a new run on it)")
 
 
+def test_a_commands_notes_are_written_whole_or_not_at_all(tmp_path):
+  """Each WAV and PNG is renamed into place once complete, and a command's notes are all
+  written or none: a failure at the second note (here its spectrogram cannot be drawn)
+  removes the first, so the same command can run again."""
+  wave = tone(60, 22050, 0.5, amp=0.4)
+  mel = np.zeros([43, 256], np.float32)
+  paths = [str(tmp_path / "out" / "a.wav"), str(tmp_path / "out" / "b.wav")]
+  with pytest.raises(OSError, match=r"/out/b\.wav: could not be written \("):
+    client.write_notes(paths, [{"audio": wave, "mel": mel},
+                               {"audio": wave, "mel": np.zeros([0])}], 22050)
+  assert os.listdir(tmp_path / "out") == []
+  done = client.write_notes(paths, [{"audio": wave, "mel": mel}] * 2, 22050)
+  assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "a.wav", "b.png", "b.wav"]
+  assert [d["wav"] for d in done] == paths
+  assert soundfile.info(paths[1]).frames == len(wave)
+
+
 def _unlabelled_copy(run_dir, to):
   """`run_dir` copied to `to` with its model.json saying it trained without labels."""
   shutil.copytree(run_dir, to)

@@ -102,6 +102,9 @@ def _open(path: str) -> soundfile.SoundFile:
       raise AudioDecodeError(f"{path}: is a directory; expected an audio file.")
     if os.path.getsize(path) == 0:
       raise AudioDecodeError(f"{path}: the file is empty (0 bytes); expected audio.")
+    if not os.access(path, os.R_OK):
+      raise AudioDecodeError(f"{path}: cannot be read: this user may not read it (change "
+                             "its permissions).")
     return _checked(path, soundfile.SoundFile(path), lambda: open(path, "rb"))
   except AudioDecodeError:
     raise

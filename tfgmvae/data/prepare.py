@@ -429,6 +429,9 @@ def _check_out_dir(out_dir: str):
   if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
     raise PrepareError(f"--out_dir={out_dir} already exists and is not empty; prepared "
                        "data is never overwritten. Choose a new folder or delete it.")
+  where = paths.folder_problem(out_dir)
+  if where:   # before any note is read
+    raise PrepareError(f"--out_dir={out_dir}: cannot be written: {where}.")
 
 
 def prepare(config: PrepareConfig, log=print) -> Prepared:

@@ -18,6 +18,7 @@ paths give identical batches (tests/test_store.py).
 
 import concurrent.futures
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -141,6 +142,19 @@ def _load(folder: str, output: str, notes: int) -> Store:
   return Store(folder, output, labels, features)
 
 
+def _reserve(path: str) -> None:
+  """Allocates the disk blocks of a memory-mapped file before it is filled: a disk that
+  fills up while pages of a memory map are written back kills the process (SIGBUS)
+  instead of raising, so the space is taken up front, where running out is an OSError.
+  (File systems that cannot allocate ahead are left as they are.)"""
+  with open(path, "r+b") as f:
+    try:
+      os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+    except OSError as e:
+      if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise OSError(e.errno, e.strerror, path) from None
+
+
 def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
            folder: str, identity: dict, log) -> None:
   tmp = f"{folder}.tmp-{os.getpid()}"
@@ -161,6 +175,7 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
     log(f"Writing the {split} split ({count} notes, {need / 1e9:.2f} GB) to {folder}.")
     features = np.lib.format.open_memmap(os.path.join(tmp, _FEATURES), mode="w+",
                                          dtype=np.float32, shape=shape)
+    _reserve(os.path.join(tmp, _FEATURES))
     labels = {k: [] for k in ("key", "instrument", "pitch", "labelled")}
     row = 0
     with data_errors(prepared, f"Writing {folder}: "):

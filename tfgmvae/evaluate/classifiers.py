@@ -13,14 +13,17 @@
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfgmvae.data import paths
 from tfgmvae.data.dataset import PipelineConfig, note_dataset
 from tfgmvae.data.prepare import Prepared
 
@@ -207,18 +210,36 @@ def cnn_for(prepared: Prepared, spec: CnnSpec, cnn_dir: str,
                       verbose=0)
   best = int(np.argmin(history.history["val_loss"]))
   accuracy = float(history.history["val_accuracy"][best])
-  os.makedirs(cnn_dir, exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.keras"
-  model.save(tmp)
-  os.replace(tmp, path + ".keras")
   saved = {"spec": record, "epochs": len(history.history["val_loss"]),
            "best_epoch": best + 1, "holdout_accuracy": accuracy}
-  with open(tmp + ".json", "w", encoding="utf-8") as f:
-    json.dump(saved, f, indent=2)
-  os.replace(tmp + ".json", path + ".json")
+  _save(model, saved, path, cnn_dir)
   log(f"  {spec.name} CNN: {saved['epochs']} epochs, best {best + 1}, held-out "
       f"accuracy {accuracy:.3f}; saved to {path}.keras")
   return model, saved
+
+
+def _save(model: keras.Model, saved: dict, path: str, cnn_dir: str) -> None:
+  """Writes PATH.keras and PATH.json, each renamed into place once complete. Keras
+  writes its archive through a weights file beside it, so both are made in a folder of
+  this process's own, which the next evaluation removes if this one is killed; and
+  since Keras's archive writer crashes the process (not an error) on a full disk, the
+  space is checked first."""
+  os.makedirs(cnn_dir, exist_ok=True)
+  paths.remove_abandoned_temp_dirs(cnn_dir, ".cnn-", log=lambda _: None)
+  need = 3 * 4 * model.count_params() + 2**20   # weights, their copy in the archive, slack
+  free = shutil.disk_usage(cnn_dir).free
+  if free < need:
+    raise OSError(errno.ENOSPC, f"No space left on device: saving the CNN needs about "
+                  f"{need / 2**20:.0f} MB and {free / 2**20:.0f} MB are free", cnn_dir)
+  tmp = paths.make_temp_dir(cnn_dir, ".cnn-")
+  try:
+    model.save(os.path.join(tmp, "cnn.keras"))
+    with open(os.path.join(tmp, "cnn.json"), "w", encoding="utf-8") as f:
+      json.dump(saved, f, indent=2)
+    os.replace(os.path.join(tmp, "cnn.keras"), path + ".keras")
+    os.replace(os.path.join(tmp, "cnn.json"), path + ".json")
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def predict_proba(model: keras.Model, mels, batch_size: int = 256) -> np.ndarray:

@@ -93,6 +93,11 @@ class EvalConfig:
     where = self.cnn_dir and paths.folder_problem(self.cnn_dir)
     if where:
       p.append(f"--cnn_dir={self.cnn_dir}: {where}; expected a folder for the CNN judges")
+    where = (self.summaries and folders and self.run_dir
+             and paths.folder_problem(os.path.join(self.run_dir, "summaries", "evaluation")))
+    if where:
+      p.append(f"--run_dir={self.run_dir}: its summaries cannot be written: {where}; "
+               "--nosummaries leaves TensorBoard out")
     if not self.ws or any(not 0 <= w < math.inf for w in self.ws):
       p.append(f"--ws={','.join(map(str, self.ws))}: expected finite non-negative numbers")
     if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
@@ -282,8 +287,13 @@ def evaluate(config: EvalConfig, log=print) -> dict:
     raise
   if config.summaries:
     logdir = os.path.join(config.run_dir, "summaries", "evaluation")
-    if not report.write_summaries(logdir, metrics, {k: os.path.join(out_dir, v)
-                                                    for k, v in pictures.items()}, epoch):
+    try:
+      written = report.write_summaries(logdir, metrics, {k: os.path.join(out_dir, v)
+                                                         for k, v in pictures.items()}, epoch)
+    except (OSError, tf.errors.OpError) as e:
+      raise EvaluationError(f"Wrote {out_dir}, but not the TensorBoard summaries: "
+                            f"{getattr(e, 'message', None) or e}") from e
+    if not written:
       log(f"{logdir} already holds an evaluation of epoch {epoch}; this one is in "
           f"{out_dir} only (TensorBoard keeps the first).")
   stage(f"Wrote {out_dir}")

@@ -1,5 +1,6 @@
 """An evaluation's figures, its report.md and its TensorBoard summaries."""
 
+import errno
 import os
 
 import numpy as np
@@ -226,17 +227,32 @@ def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
   """
   if step in summarised_steps(logdir):
     return False
+  before = set(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")))
   writer = tf.summary.create_file_writer(logdir)
+  tags = set()
   with writer.as_default(step=step):
     for key, value in scalar_items({k: v for k, v in metrics.items() if k != "run"}):
       if np.isfinite(value):
         tf.summary.scalar(f"evaluation/{key}", value)
+        tags.add(f"evaluation/{key}")
     for key, path in pictures.items():
       with open(path, "rb") as f:
         image = tf.image.decode_png(f.read(), channels=3)
       tf.summary.image(f"evaluation/{key}", image[tf.newaxis])
+      tags.add(f"evaluation/{key}")
   writer.flush()
   writer.close()
+  # TensorFlow's writer reports no failure to write (a full disk): read the file back,
+  # and remove one that was cut short, so that a later evaluation can write it whole.
+  found = {v.tag for event in read_events(logdir) if event.step == step
+           for v in event.summary.value}
+  if not tags <= found:
+    for path in set(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))) - before:
+      tf.io.gfile.remove(path)
+    raise OSError(errno.EIO, f"{len(tags - found)} of the {len(tags)} evaluation "
+                  "summaries did not reach the event file, which was removed (is the disk "
+                  "full?); the results are written, and --nosummaries leaves TensorBoard "
+                  "out", logdir)
   return True
 
 

@@ -10,6 +10,8 @@ import dataclasses
 import itertools
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -357,9 +359,54 @@ def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
   if folder:
     os.makedirs(folder, exist_ok=True)
   png = os.path.splitext(path)[0] + ".png"
-  io.write_wav(path, audio * gain, sample_rate)
-  display.write_png(png, display.spectrogram_image(*beside, mel, scale=4))
+  # Both are written under temporary names and renamed once complete, so a failure
+  # (a full disk) leaves neither a cut-short file nor a WAV without its PNG.
+  temps = {final: os.path.join(os.path.dirname(final) or ".", f".{os.path.basename(final)}"
+                                                               f".tmp-{os.getpid()}")
+           for final in (path, png)}
+  try:
+    io.write_wav(temps[path], audio * gain, sample_rate)
+    display.write_png(temps[png], display.spectrogram_image(*beside, mel, scale=4))
+    taken = [final for final in temps if os.path.exists(final)]
+    if taken:
+      raise FileExistsError(f"{', '.join(taken)} appeared meanwhile; refusing to "
+                            "overwrite.")
+    for final, temp in temps.items():
+      os.replace(temp, final)
+  except (FileExistsError, KeyboardInterrupt):
+    _remove(temps.values())
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    _remove(list(temps.values()) + ([png] if os.path.exists(path) else []))
+    reason = re.sub(r"\{\{.*?\}\}\s*", "", getattr(e, "message", None) or str(e)).strip()
+    full = "No space left" not in reason and shutil.disk_usage(folder or ".").free < 2**20
+    raise OSError(f"{path}: could not be written ({reason})"
+                  + ("; the disk is full" if full else "")) from e
   return {"wav": path, "png": png, "peak": peak, "gain": gain}
+
+
+def write_notes(paths, notes, sample_rate: int, normalize: bool = False,
+                beside=()) -> list[dict]:
+  """`write_note` for each (path, note) of a command, all or none: if one fails, those
+  already written are removed again, so the same command can be run again once the
+  cause (a full disk) is gone."""
+  done = []
+  try:
+    for path, note in zip(paths, notes):
+      done.append(write_note(path, note["audio"], note["mel"], sample_rate, normalize,
+                             beside))
+  except BaseException:
+    _remove([f for d in done for f in (d["wav"], d["png"])])
+    raise
+  return done
+
+
+def _remove(files) -> None:
+  for f in files:
+    try:
+      os.remove(f)
+    except OSError:
+      pass
 
 
 def metadata(path: str) -> dict:

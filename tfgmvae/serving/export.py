@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfgmvae.audio import spectral
 from tfgmvae.audio.config import AudioConfig
 from tfgmvae.data.dataset import DataError, PipelineConfig, data_errors, make_dataset
+from tfgmvae.data.paths import folder_problem
 from tfgmvae.data.prepare import Prepared, PrepareError
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.module import ServingModule
@@ -228,15 +229,22 @@ def _other_run(run_dir: str, checkpoint: str) -> str | None:
 def load_run(run_dir: str, checkpoint: str = "best") -> tuple[GMVAE, RunInfo, str]:
   """The run's model with restored weights, its facts, and the checkpoint used."""
   info = read_run(run_dir)
-  path = checkpoint_path(run_dir, checkpoint)
+  checkpoint_path(run_dir, checkpoint)   # (a run without one is refused before building)
   model = GMVAE(info.model).build_for()
-  try:
-    tf.train.Checkpoint(model=model.weights_checkpoint()).read(path) \
-        .assert_existing_objects_matched().expect_partial()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ExportError(f"{path}: does not hold the weights of the model in "
-                      f"{os.path.join(run_dir, MODEL_FILE)}: {e}") from e
-  return model, info, path
+  for attempt in range(3):
+    # Chosen only now: a run still training may have replaced its newest checkpoint
+    # while the model was built (and may again while it is read: then the next one).
+    path = checkpoint_path(run_dir, checkpoint)
+    try:
+      tf.train.Checkpoint(model=model.weights_checkpoint()).read(path) \
+          .assert_existing_objects_matched().expect_partial()
+      return model, info, path
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+      if (checkpoint in CHECKPOINTS and attempt < 2
+          and not tf.io.gfile.exists(path + ".index")):
+        continue
+      raise ExportError(f"{path}: does not hold the weights of the model in "
+                        f"{os.path.join(run_dir, MODEL_FILE)}: {e}") from e
 
 
 def training_codes(model: GMVAE, info: RunInfo, purpose: str, batch_size: int = 256):
@@ -375,6 +383,9 @@ def export(config: ExportConfig, log=print) -> str:
     hint = ("leave out --version to write the next one" if config.version is not None
             else "move it away, or give a free --version")
     raise ExportError(f"{final} exists; an export is never overwritten: {hint}.")
+  where = folder_problem(config.export_dir)
+  if where:   # before the model is built
+    raise ExportError(f"--export_dir={config.export_dir}: cannot be written: {where}.")
   module, metadata = build_module(config.run_dir, config.checkpoint,
                                   config.griffin_lim_iters)
   os.makedirs(config.export_dir, exist_ok=True)
