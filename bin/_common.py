@@ -136,11 +136,12 @@ def storage_error(error: BaseException) -> str | None:
     for said, advice in _STORAGE.items():
       if said in text:
         where = getattr(error, "filename", None)
+        reason = text.strip() if isinstance(error, OSError) else said
         if not isinstance(error, OSError):   # TensorFlow's name the file before it
-          last = re.sub(r"\{\{.*?\}\}", "", text.strip().splitlines()[-1])
-          where = last.split(";")[0].strip()[:300]
-          where = None if said in where else where
-        return f"{where + ': ' if where else ''}{said}; {advice}."
+          line = next(l for l in text.splitlines() if said in l)
+          line = re.sub(r"\{\{.*?\}\}", "", line)
+          where = line[:line.index(said)].rstrip(" ;:,").strip()[-300:] or None
+        return f"{where + ': ' if where else ''}{reason}; {advice}."
     error = error.__cause__ or error.__context__
   return None
 

@@ -542,12 +542,29 @@ def test_an_evaluated_step_is_not_summarised_twice(tmp_path):
   assert points == [(7, 1.0), (9, 3.0)]
   assert sorted(e.step for e in acc.Tensors("evaluation/fig")) == [7, 9]
   assert report.summarised_steps(logdir) == {7, 9}
-  # Event files cut short (a kill while writing): their whole records still count.
-  for name in os.listdir(logdir):
-    path = os.path.join(logdir, name)
-    with open(path, "r+b") as f:
-      f.truncate(os.path.getsize(path) - 10)   # into each file's last record (the image)
-  assert report.summarised_steps(logdir) == {7, 9}
+  # An event file cut short (a kill or a full disk while writing) lacks its closing
+  # record: its step counts as not summarised, and the next evaluation of that step
+  # replaces the file. One written before evaluations closed their files counts whole.
+  (seven,) = [n for n in os.listdir(logdir) if any(e.step == 7 for e in _events_of(
+      os.path.join(logdir, n)))]
+  path = os.path.join(logdir, seven)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 10)   # into its last record
+  assert report.summarised_steps(logdir) == {9}
+  assert report.write_summaries(logdir, {"a": {"b": 4.0}}, {"fig": picture}, 7)
+  assert not os.path.exists(path) and report.summarised_steps(logdir) == {7, 9}
+  old = str(tmp_path / "old")
+  with tf.summary.create_file_writer(old).as_default(step=5):   # no suffix, no closing
+    tf.summary.scalar("evaluation/a/b", 5.0)
+  assert report.summarised_steps(old) == {5}
+  assert not report.write_summaries(old, {"a": {"b": 6.0}}, {}, 5)
+
+
+def _events_of(path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  return [event_pb2.Event.FromString(r)
+          for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
 
 
 def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):

@@ -258,3 +258,31 @@ def test_read_rows_equals_indexing_the_array(tmp_path, monkeypatch):
   monkeypatch.delattr(store.os, "preadv")   # elsewhere: the memory map
   np.testing.assert_array_equal(store.read_rows(features, np.array([1, 2])),
                                 np.asarray(features)[[1, 2]])
+
+
+def test_labels_follow_this_versions_share_and_n0_unlabels_validation(prepared, tmp_path):
+  """A training store labelling other notes than the current rule (an earlier version
+  labelled none of an instrument when round(N * count) was 0) is written again; the
+  validation store keeps every label and is unlabelled when opened at N = 0, so a run's
+  store written with labels serves it without its sources."""
+  directory = str(tmp_path / "store")
+  train = open_store(prepared, "train", "mel", 0.01, directory, log=_quiet)
+  assert list(np.bincount(train.labels["instrument"][train.labels["labelled"]])) == [1, 1]
+  folder = os.path.join(directory, "train-mel")
+  labels = dict(np.load(os.path.join(folder, "labels.npz")))
+  labels["labelled"][:] = False   # what the earlier rule wrote at N = 0.01
+  np.savez(os.path.join(folder, "labels.npz"), **labels)
+  messages = []
+  train = open_store(prepared, "train", "mel", 0.01, directory, log=messages.append)
+  assert "labels other notes than this tfgmvae's share of 0.01" in messages[0]
+  assert train.labels["labelled"].sum() == 2
+  labelled = open_store(prepared, "validation", "mel", 1.0, directory, log=_quiet)
+  stamp = os.stat(os.path.join(directory, "validation-mel", "features.npy")).st_mtime_ns
+  messages.clear()
+  unlabelled = open_store(prepared, "validation", "mel", 0.0, directory,
+                          log=messages.append)
+  assert not messages    # the same store, not written again
+  assert os.stat(os.path.join(directory, "validation-mel",
+                              "features.npy")).st_mtime_ns == stamp
+  assert labelled.labels["labelled"].all() and not unlabelled.labels["labelled"].any()
+  np.testing.assert_array_equal(labelled.labels["key"], unlabelled.labels["key"])

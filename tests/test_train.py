@@ -845,8 +845,8 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
 
 def test_unlabelled_notes_add_no_instrument_loss_in_training(prepared_dir, tmp_path):
   # N = 0: no note keeps its label, so the instrument cross-entropy is exactly 0 in
-  # every training epoch, while the unsupervised terms still train. (Validation keeps
-  # every label, so its cross-entropy is measured.)
+  # every epoch (validation has no labels either), while the unsupervised terms still
+  # train.
   lines = []
   hist = train(_config(tmp_path / "n0", prepared_dir, epochs=2, label_fraction=0.0,
                        verbose=2), log=lines.append)["history"]

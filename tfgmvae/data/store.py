@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgmvae.data.dataset import PipelineConfig, data_errors, note_dataset
-from tfgmvae.data.prepare import JSON_NAME, Prepared, PrepareError
+from tfgmvae.data.prepare import JSON_NAME, TRAIN, Prepared, PrepareError
 
 # Bump when the pipeline's output for the same prepared data changes (normalisation,
 # front end, element layout): stores of an older format are then written again.
@@ -225,6 +225,10 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
   folder = os.path.join(directory, f"{split}-{output}")
   for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):   # from a killed write
     shutil.rmtree(leftover, ignore_errors=True)
+  # Other splits are stored with every label and unlabelled at N = 0 when opened, so one
+  # store serves both (and a run's store written before N = 0 unlabelled them is kept).
+  unlabelled = split != TRAIN and label_fraction == 0.0
+  label_fraction = label_fraction if split == TRAIN else 1.0
   identity = _identity(prepared, split, output, label_fraction)
   notes = sum(prepared.counts[split].values())
   try:
@@ -234,7 +238,11 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
     meta = None
   if meta is not None and {k: meta.get(k) for k in identity} == identity:
     try:
-      return _load(folder, output, notes)
+      store = _load(folder, output, notes)
+      if _labelled_as(store, prepared, split, label_fraction):
+        return _unlabel(store) if unlabelled else store
+      log(f"{folder} labels other notes than this tfgmvae's share of {label_fraction:g} "
+          "does (written by an earlier version); writing it again.")
     except (OSError, ValueError, KeyError, EOFError,
             zipfile.BadZipFile) as e:   # (the last two: a damaged labels.npz)
       log(f"{folder} is damaged ({e}); writing it again.")
@@ -244,4 +252,21 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
     shutil.rmtree(folder)
   os.makedirs(directory, exist_ok=True)
   _write(prepared, split, output, label_fraction, folder, identity, log)
-  return _load(folder, output, notes)
+  store = _load(folder, output, notes)
+  return _unlabel(store) if unlabelled else store
+
+
+def _labelled_as(store: Store, prepared: Prepared, split: str, fraction: float) -> bool:
+  """Whether the store labels as many notes of each instrument as `fraction` does now
+  (`Prepared.labelled_quota`; every note outside the training split)."""
+  counts = np.bincount(store.labels["instrument"][store.labels["labelled"]],
+                       minlength=len(prepared.instruments))
+  if split != TRAIN:
+    return bool(store.labels["labelled"].all())
+  quota = prepared.labelled_quota(fraction)
+  return [int(c) for c in counts] == [quota.get(name, 0) for name in prepared.instruments]
+
+
+def _unlabel(store: Store) -> Store:
+  return dataclasses.replace(store, labels=dict(
+      store.labels, labelled=np.zeros_like(store.labels["labelled"])))

@@ -120,8 +120,15 @@ class CnnSpec:
 
   @property
   def file_name(self) -> str:
-    """`name`-<first 10 hex digits of the SHA-256 of the spec>: one file per spec."""
-    record = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+    """`name`-<first 10 hex digits of the SHA-256 of the spec>: one file per spec.
+
+    A CNN that sees part of the labels also hashes the rule choosing them (since
+    2026-11-26 at least one note per instrument), so judges trained under the earlier
+    rule are not reused."""
+    fields = dataclasses.asdict(self)
+    if self.task == "instrument" and self.label_fraction < 1.0:
+      fields["labelled_rule"] = "at least one per instrument"
+    record = json.dumps(fields, sort_keys=True).encode()
     return f"{self.name}-{hashlib.sha256(record).hexdigest()[:10]}"
 
 

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2  # pylint: disable=g-direct-tensorflow-import
 
 from tfgmvae.evaluate import figures
-from tfgmvae.train.history import read_events
 
 F1_NOTE = ("F1 (weighted) averages the per-class F1 weighted by each class's number of "
            "validation notes; F1 (macro) is their unweighted mean.")
@@ -211,10 +211,39 @@ def swap_lines(swap: dict | None) -> list[str]:
   return lines
 
 
+# Evaluation event files end in this suffix and close with this tag, so a file cut short
+# (a full disk: TensorFlow's writer does not always raise) is known by its missing last
+# record. Files written before either existed count as whole.
+SUFFIX, COMPLETE = ".evaluation", "evaluation/summaries_complete"
+
+
+def _cut_short(path: str) -> bool:
+  if not path.endswith(SUFFIX):
+    return False
+  try:
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      if any(v.tag == COMPLETE for v in event_pb2.Event.FromString(record).summary.value):
+        return False
+  except tf.errors.DataLossError:
+    pass
+  return True
+
+
 def summarised_steps(logdir: str) -> set[int]:
-  """Steps at which `logdir`'s event files already hold evaluation summaries."""
-  return {int(event.step) for event in read_events(logdir)
-          if any(v.tag.startswith("evaluation/") for v in event.summary.value)}
+  """Steps at which `logdir`'s event files already hold evaluation summaries (files cut
+  short left out)."""
+  whole = [p for p in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))
+           if not _cut_short(p)]
+  steps = set()
+  for path in whole:
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
+        if any(v.tag.startswith("evaluation/") for v in event.summary.value):
+          steps.add(int(event.step))
+    except tf.errors.DataLossError:
+      continue
+  return steps
 
 
 def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
@@ -224,35 +253,38 @@ def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
   Returns:
     False, writing nothing, when `logdir` already holds an evaluation at `step` (the same
     checkpoint evaluated again): TensorBoard would show both as one jagged point.
+
+  Raises:
+    OSError or tf.errors.OpError: the summaries could not be written whole (the file
+      written is removed, or, if TensorFlow writes it again, left marked as cut short
+      and removed by the next evaluation).
   """
   if step in summarised_steps(logdir):
     return False
-  before = set(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")))
-  writer = tf.summary.create_file_writer(logdir)
-  tags = set()
+  pattern = os.path.join(logdir, "events.out.tfevents.*")
+  for path in tf.io.gfile.glob(pattern):
+    if _cut_short(path):   # an earlier evaluation's, cut short
+      tf.io.gfile.remove(path)
+  before = set(tf.io.gfile.glob(pattern))
+  writer = tf.summary.create_file_writer(logdir, filename_suffix=SUFFIX)
   with writer.as_default(step=step):
     for key, value in scalar_items({k: v for k, v in metrics.items() if k != "run"}):
       if np.isfinite(value):
         tf.summary.scalar(f"evaluation/{key}", value)
-        tags.add(f"evaluation/{key}")
     for key, path in pictures.items():
       with open(path, "rb") as f:
         image = tf.image.decode_png(f.read(), channels=3)
       tf.summary.image(f"evaluation/{key}", image[tf.newaxis])
-      tags.add(f"evaluation/{key}")
+    tf.summary.scalar(COMPLETE, 1.0)
   writer.flush()
   writer.close()
-  # TensorFlow's writer reports no failure to write (a full disk): read the file back,
-  # and remove one that was cut short, so that a later evaluation can write it whole.
-  found = {v.tag for event in read_events(logdir) if event.step == step
-           for v in event.summary.value}
-  if not tags <= found:
-    for path in set(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))) - before:
+  short = [p for p in set(tf.io.gfile.glob(pattern)) - before if _cut_short(p)]
+  if short:
+    for path in short:
       tf.io.gfile.remove(path)
-    raise OSError(errno.EIO, f"{len(tags - found)} of the {len(tags)} evaluation "
-                  "summaries did not reach the event file, which was removed (is the disk "
-                  "full?); the results are written, and --nosummaries leaves TensorBoard "
-                  "out", logdir)
+    raise OSError(errno.EIO, "the evaluation's summaries did not all reach the event "
+                  "file, which was removed (is the disk full?); --nosummaries leaves "
+                  "TensorBoard out", logdir)
   return True
 
 

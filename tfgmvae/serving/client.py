@@ -364,6 +364,7 @@ def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
   temps = {final: os.path.join(os.path.dirname(final) or ".", f".{os.path.basename(final)}"
                                                                f".tmp-{os.getpid()}")
            for final in (path, png)}
+  renamed = []
   try:
     io.write_wav(temps[path], audio * gain, sample_rate)
     display.write_png(temps[png], display.spectrogram_image(*beside, mel, scale=4))
@@ -373,11 +374,12 @@ def write_note(path: str, audio: np.ndarray, mel: np.ndarray, sample_rate: int,
                             "overwrite.")
     for final, temp in temps.items():
       os.replace(temp, final)
+      renamed.append(final)
   except (FileExistsError, KeyboardInterrupt):
-    _remove(temps.values())
+    _remove(list(temps.values()) + renamed)
     raise
   except Exception as e:  # pylint: disable=broad-except
-    _remove(list(temps.values()) + ([png] if os.path.exists(path) else []))
+    _remove(list(temps.values()) + renamed)
     reason = re.sub(r"\{\{.*?\}\}\s*", "", getattr(e, "message", None) or str(e)).strip()
     full = "No space left" not in reason and shutil.disk_usage(folder or ".").free < 2**20
     raise OSError(f"{path}: could not be written ({reason})"

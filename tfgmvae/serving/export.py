@@ -240,9 +240,13 @@ def load_run(run_dir: str, checkpoint: str = "best") -> tuple[GMVAE, RunInfo, st
           .assert_existing_objects_matched().expect_partial()
       return model, info, path
     except (AssertionError, ValueError, tf.errors.OpError) as e:
-      if (checkpoint in CHECKPOINTS and attempt < 2
-          and not tf.io.gfile.exists(path + ".index")):
+      gone = not tf.io.gfile.exists(path + ".index")
+      if checkpoint in CHECKPOINTS and attempt < 2 and gone:
         continue
+      if gone:
+        raise ExportError(f"{path}: was removed while it was read (is {run_dir} still "
+                          "training? It keeps only its newest checkpoints); run the "
+                          "command again.") from e
       raise ExportError(f"{path}: does not hold the weights of the model in "
                         f"{os.path.join(run_dir, MODEL_FILE)}: {e}") from e
 
