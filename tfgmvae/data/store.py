@@ -259,10 +259,10 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
 def _labelled_as(store: Store, prepared: Prepared, split: str, fraction: float) -> bool:
   """Whether the store labels as many notes of each instrument as `fraction` does now
   (`Prepared.labelled_quota`; every note outside the training split)."""
-  counts = np.bincount(store.labels["instrument"][store.labels["labelled"]],
-                       minlength=len(prepared.instruments))
   if split != TRAIN:
     return bool(store.labels["labelled"].all())
+  counts = np.bincount(store.labels["instrument"][store.labels["labelled"]],
+                       minlength=len(prepared.instruments))
   quota = prepared.labelled_quota(fraction)
   return [int(c) for c in counts] == [quota.get(name, 0) for name in prepared.instruments]
 

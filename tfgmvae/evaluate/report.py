@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.util import event_pb2  # pylint: disable=g-direct-tensorflow-import
 
 from tfgmvae.evaluate import figures
+from tfgmvae.train.history import read_file_events
 
 F1_NOTE = ("F1 (weighted) averages the per-class F1 weighted by each class's number of "
            "validation notes; F1 (macro) is their unweighted mean.")
@@ -217,33 +217,24 @@ def swap_lines(swap: dict | None) -> list[str]:
 SUFFIX, COMPLETE = ".evaluation", "evaluation/summaries_complete"
 
 
-def _cut_short(path: str) -> bool:
-  if not path.endswith(SUFFIX):
-    return False
-  try:
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      if any(v.tag == COMPLETE for v in event_pb2.Event.FromString(record).summary.value):
-        return False
-  except tf.errors.DataLossError:
-    pass
-  return True
+def _evaluation_files(logdir: str) -> dict[str, tuple[bool, set[int]]]:
+  """Each event file in `logdir`: whether it is whole (not cut short), and the steps at
+  which it holds evaluation summaries."""
+  out = {}
+  for path in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    events = list(read_file_events(path))
+    whole = not path.endswith(SUFFIX) or any(
+        v.tag == COMPLETE for event in events for v in event.summary.value)
+    out[path] = (whole, {int(event.step) for event in events
+                         if any(v.tag.startswith("evaluation/") for v in event.summary.value)})
+  return out
 
 
 def summarised_steps(logdir: str) -> set[int]:
   """Steps at which `logdir`'s event files already hold evaluation summaries (files cut
   short left out)."""
-  whole = [p for p in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))
-           if not _cut_short(p)]
-  steps = set()
-  for path in whole:
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        event = event_pb2.Event.FromString(record)
-        if any(v.tag.startswith("evaluation/") for v in event.summary.value):
-          steps.add(int(event.step))
-    except tf.errors.DataLossError:
-      continue
-  return steps
+  return set().union(*(steps for whole, steps in _evaluation_files(logdir).values()
+                       if whole))
 
 
 def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
@@ -259,13 +250,12 @@ def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
       written is removed, or, if TensorFlow writes it again, left marked as cut short
       and removed by the next evaluation).
   """
-  if step in summarised_steps(logdir):
+  files = _evaluation_files(logdir)
+  if any(whole and step in steps for whole, steps in files.values()):
     return False
-  pattern = os.path.join(logdir, "events.out.tfevents.*")
-  for path in tf.io.gfile.glob(pattern):
-    if _cut_short(path):   # an earlier evaluation's, cut short
+  for path, (whole, _) in files.items():
+    if not whole:   # an earlier evaluation's, cut short
       tf.io.gfile.remove(path)
-  before = set(tf.io.gfile.glob(pattern))
   writer = tf.summary.create_file_writer(logdir, filename_suffix=SUFFIX)
   with writer.as_default(step=step):
     for key, value in scalar_items({k: v for k, v in metrics.items() if k != "run"}):
@@ -278,7 +268,8 @@ def write_summaries(logdir: str, metrics: dict, pictures: dict[str, str],
     tf.summary.scalar(COMPLETE, 1.0)
   writer.flush()
   writer.close()
-  short = [p for p in set(tf.io.gfile.glob(pattern)) - before if _cut_short(p)]
+  short = [path for path, (whole, _) in _evaluation_files(logdir).items()
+           if not whole and path not in files]
   if short:
     for path in short:
       tf.io.gfile.remove(path)

@@ -139,9 +139,8 @@ class TrainConfig:
     if not self.run_dir:
       p.append("--run_dir is required: the folder this run writes into (created, or "
                "resumed when it exists)")
-    elif paths.folder_problem(self.run_dir):
-      p.append(f"--run_dir={self.run_dir}: cannot be written: "
-               f"{paths.folder_problem(self.run_dir)}")
+    elif where := paths.folder_problem(self.run_dir):
+      p.append(f"--run_dir={self.run_dir}: cannot be written: {where}")
     if not self.prepared_dir:
       if self.dataset not in DATASETS:
         p.append(f"--dataset={self.dataset!r}: expected one of {', '.join(DATASETS)}")

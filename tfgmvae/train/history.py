@@ -30,11 +30,16 @@ def read_events(directory: str):
   files = sorted(tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")),
                  key=lambda path: (_file_time(path), path))
   for path in files:
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        yield event_pb2.Event.FromString(record)
-    except tf.errors.DataLossError:
-      continue
+    yield from read_file_events(path)
+
+
+def read_file_events(path: str):
+  """The events of one event file; one cut short by a kill gives its whole records."""
+  try:
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      yield event_pb2.Event.FromString(record)
+  except tf.errors.DataLossError:
+    return
 
 
 def read_scalars(directory: str) -> dict[str, dict[int, tuple[float, float]]]:
