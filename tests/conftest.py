@@ -114,3 +114,14 @@ def write_tinysol(root):
 def toy_csv(tmp_path):
   """A folder of 24 toy notes with labels.csv; returns the CSV path."""
   return write_notes(str(tmp_path / "toy"), toy_specs())
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+  """The toy notes prepared once per test module (bin/train tests)."""
+  from tfgmvae.data.prepare import PrepareConfig, prepare  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("train_data")
+  csv_path = write_notes(str(root / "notes"), toy_specs())
+  out = str(root / "prepared")
+  prepare(PrepareConfig("csv", csv_path, out), log=lambda *_: None)
+  return out
