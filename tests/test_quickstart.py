@@ -10,8 +10,10 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pytest
 import soundfile
 
 from conftest import REPO
@@ -135,3 +137,17 @@ def test_quickstart_checks_its_choices_and_folders_before_rendering(tmp_path):
                                  "already exists and is not empty")
   assert os.listdir(tmp_path / "data") == ["corpus"]
   assert (tmp_path / "data" / "corpus" / "mine.txt").read_text() == "mine"
+
+
+def test_choices_are_checked_against_the_prepared_data_first(tmp_path):
+  from tfgmvae import quickstart  # pylint: disable=g-import-not-at-top
+  prepared = types.SimpleNamespace(directory="P", instruments=["Pno", "Vc"],
+                                   pitches=[57, 58, 59])
+  config = quickstart.QuickstartConfig(work_dir=str(tmp_path))
+  with pytest.raises(quickstart.ChoiceError, match=r"^--pitch=60: expected a MIDI pitch "
+                     r"of P, 57 to 59\.$"):
+    quickstart.check_choices(config, prepared)
+  quickstart.check_choices(dataclasses.replace(config, pitch=58), prepared)
+  with pytest.raises(quickstart.ChoiceError, match=r"^--target=Vn: expected one of the "
+                     r"instruments of P: Pno, Vc\.$"):
+    quickstart.check_choices(dataclasses.replace(config, pitch=58, target="Vn"), prepared)
