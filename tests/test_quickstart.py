@@ -117,6 +117,13 @@ def test_quickstart_renders_trains_exports_writes_audio_and_reuses_it(tmp_path):
   api = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env=ENV, timeout=600, check=False)
   assert api.returncode == 0 and "README python ok" in api.stdout, api.stderr[-3000:]
+  # The finished run's hint ("the same command with --epochs=N") works for quickstart.
+  assert "To train it further, run the same command with --epochs=N" in second.stdout
+  os.remove(out / wavs[0].replace(".wav", ".png"))   # (the lone PNG left above)
+  further = _quickstart(tmp_path, flagfile, "--epochs=3")
+  assert further.returncode == 0, further.stdout[-2000:] + further.stderr[-3000:]
+  assert "Done: 3 epochs" in further.stdout
+  assert "--epochs=3" in (tmp_path / "runs" / "q" / "flags.txt").read_text()
 
 
 def test_quickstart_checks_its_choices_and_folders_before_rendering(tmp_path):

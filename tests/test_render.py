@@ -240,6 +240,12 @@ def test_cli_rejects_unknown_instrument_before_any_work(tmp_path):
                                   "some of Pno, Vn, Vc, Ehn, Fhn, Trtb, Trop, Sax, Bn, Clr, "
                                   "Fl, Ob.")
   assert sorted(p.name for p in tmp_path.iterdir()) == []
+  result = run_make_dataset(f"--out_dir={out_dir}", f"--soundfonts={tmp_path}/no.sf2",
+                            cwd=tmp_path)
+  assert result.returncode == 1 and result.stderr == (
+      f"ERROR: --soundfonts: {tmp_path}/no.sf2: no such file (expected .sf2/.sf3 "
+      "soundfont paths). (usage: make_dataset --help)\n"), result.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("changes,said", [

@@ -594,7 +594,8 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   assert len(names) == 16 and "s_Pno_61_w1.wav" in names and "s_Vc_60_w0.png" in names
   bad = _cli("synthesize", f"--model={export_base}", "--instrument=Kazoo", "--pitch=60",
              f"--out={tmp_path}/k.wav")
-  assert bad.returncode == 1 and "'Kazoo' is not in the model's vocabulary" in bad.stderr
+  assert bad.returncode == 1 and bad.stderr.startswith(
+      "ERROR: --instrument 'Kazoo' is not in the model's vocabulary; expected one of ")
   bad = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=60",
              "--w=nan", f"--out={tmp_path}/k.wav")
   assert bad.returncode != 0 and "expected values from 0 to 10" in bad.stderr
@@ -626,6 +627,10 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
              "--target=Pno", "--alpha=2", f"--out={tmp_path}/u.wav")
   assert bad.returncode != 0 and "expected numbers in [0, 1]" in bad.stderr
+  bad = _cli("transfer", f"--model={runs['mgmvae_export']}", f"--input={runs['note']}",
+             "--target=Pno,Kazoo", f"--out={tmp_path}/u.wav")
+  assert bad.returncode == 1 and bad.stderr.startswith(
+      "ERROR: --target 'Kazoo' is not in the model's vocabulary; expected one of "), bad.stderr
   # A note silent where the model reads it is refused, as preparation refuses it.
   quiet = np.zeros(22050, np.float32)
   quiet[15000:] = 0.5     # sounds only after the analysed 0.5 s

@@ -287,8 +287,9 @@ def stratified_split(notes: list[Note], fraction: float, seed: int):
     if len(group) < 2:
       problems.extend(Problem(n.where or n.key, (f"{n.key}: " if n.where else "")
                               + f"instrument {instrument!r} has only {len(group)} note; "
-                              "a stratified split needs at least 2 (one for training, "
-                              "one for validation)", n.key, n.row) for n in group)
+                              "a stratified split needs at least 2 (one for training "
+                              "and, if its pitch has another training note, one for "
+                              "validation)", n.key, n.row) for n in group)
       continue
     quota = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
     taken = 0

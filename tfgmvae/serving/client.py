@@ -123,7 +123,9 @@ def real_mel(model: Model, path: str) -> np.ndarray:
                             model.meta["log_mel_max"]).numpy()
 
 
-def _checked(model: Model, instruments, pitches=(), what: str = "instrument"):
+def check_vocabulary(model: Model, instruments, pitches=(), what: str = "instrument"):
+  """Raises ValueError for an instrument or pitch the model does not know; the message
+  starts with `what` (e.g. a flag's name) and the name, and lists the model's ones."""
   for name in instruments:
     if name not in model.instruments:
       raise ValueError(f"{what} {name!r} is not in the model's vocabulary; expected "
@@ -162,7 +164,7 @@ def synthesize(model: Model, instruments, pitches, ws=(0.0,), seeds=(0,)) -> lis
   Returns:
     Dicts with the combination's values and its `mel` [T, F] and `audio` [n].
   """
-  _checked(model, instruments, pitches)
+  check_vocabulary(model, instruments, pitches)
   combos = list(itertools.product(instruments, pitches, ws, seeds))
   out = model.run("synthesize", instrument=[c[0] for c in combos],
                   pitch=[c[1] for c in combos], w=[c[2] for c in combos],
@@ -284,8 +286,8 @@ def transfer(model: Model, waveform, sample_rate: int, targets, alphas,
     ValueError: an unknown instrument, or a note silent where the model reads it (as
       preparation refuses such a note; `name` says which in the message).
   """
-  _checked(model, targets, what="target instrument")
-  _checked(model, [source] if source else [], what="source instrument")
+  check_vocabulary(model, targets, what="target instrument")
+  check_vocabulary(model, [source] if source else [], what="source instrument")
   combos = list(itertools.product(targets, alphas))
   config = model.meta["audio"]      # the model reads the segment after its offset
   if not MIN_RATE <= sample_rate <= MAX_RATE:   # the served graph's range: resample here
