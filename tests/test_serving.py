@@ -719,7 +719,7 @@ def test_pitches_outside_an_instruments_training_range_get_a_warning(runs, tmp_p
       "note.\n"), done.stderr[-2000:]
   refused = _cli("synthesize", f"--model={run}", "--instrument=Vc,Kazoo", "--pitch=64",
                  "--griffin_lim_iters=1", f"--out={tmp_path}/k.wav")
-  assert refused.returncode == 1 and refused.stderr.startswith("ERROR: instrument 'Kazoo'")
+  assert refused.returncode == 1 and refused.stderr.startswith("ERROR: --instrument 'Kazoo'")
   # bin/transfer: for each target, the pitch the model hears in the note (here every
   # pitch of the vocabulary is outside Vc's range).
   with open(os.path.join(run, "model.json"), "w") as f:
