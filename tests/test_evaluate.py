@@ -808,6 +808,16 @@ def test_reproduce_refuses_what_would_fail_late_before_training(toy, tmp_path):
                      "more of the data's instruments .*unknown: Oboe"):
     grid.run()
   assert not (tmp_path / "g1").exists()
+  # ... and, when the grid prepares its data, before preparing it (or rendering the
+  # default corpus: its instruments are known).
+  notes = write_notes(str(tmp_path / "n"), toy_specs(pitches=range(60, 62)))
+  for dataset, path, names in (("csv", notes, "sine, square"),
+                               ("rendered", str(tmp_path / "not_yet"), "Bn, Clr, ")):
+    with pytest.raises(ReproduceError, match=f"--representatives=sine,Oboe: expected two "
+                       f"or more of the data's instruments \\({names}.*unknown: .*Oboe$"):
+      Grid(ReproduceConfig(str(tmp_path / "g5"), dataset=dataset, data_path=path,
+                           representatives=("sine", "Oboe")), log=_quiet).prepared_dir()
+    assert not (tmp_path / "g5" / "data").exists() and not (tmp_path / "not_yet").exists()
   # bin/evaluate flags bin/evaluate would refuse, or that the grid sets itself.
   for arg, said in (("--evaluate_arg=--draws=0", "--evaluate_arg: --draws=0: expected a "
                      "positive integer"),

@@ -25,6 +25,7 @@ import time
 
 from tfgmvae.data.prepare import (Prepared, PrepareConfig, PrepareError, other_source,
                                   prepare, read_record)
+from tfgmvae.data.sources import FileSource, SourceError, open_source
 from tfgmvae.train.checkpoints import newest_registered, read_flags, write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -259,6 +260,8 @@ class Grid:
             "were, or use another --out_dir for a grid on other data.")
       return folder
     source = os.path.abspath(c.data_path)
+    if c.representatives:   # before minutes of rendering and preparing
+      self._check_representatives(c.representatives, self._source_instruments(source))
     if c.dataset == "rendered" and not os.path.exists(source):
       self.log(f"Rendering the default corpus into {source} ...")
       self._child("render", ["make_dataset", f"--out_dir={source}"])
@@ -268,6 +271,32 @@ class Grid:
     except PrepareError as e:
       raise ReproduceError(str(e)) from e
     return folder
+
+  def _source_instruments(self, source: str) -> tuple[str, ...] | None:
+    """The instruments a source's labels name (the default corpus's when it is still to
+    be rendered), read without decoding audio; None for NSynth or unreadable labels
+    (preparation then says what is wrong)."""
+    if self.config.dataset == "rendered" and not os.path.exists(source):
+      from tfgmvae import render  # pylint: disable=g-import-not-at-top
+      return tuple(sorted(spec.name for spec in render.PAPER_INSTRUMENTS))
+    try:
+      opened = open_source(self.config.dataset, source)
+    except SourceError:
+      return None
+    if not isinstance(opened, FileSource):
+      return None
+    return tuple(sorted({note.instrument for note in opened.notes}))
+
+  @staticmethod
+  def _check_representatives(representatives, instruments) -> None:
+    if instruments is None:
+      return
+    unknown = [r for r in representatives if r not in instruments]
+    if unknown or len(representatives) == 1:
+      raise ReproduceError(   # (before any training, not at the first evaluation)
+          f"--representatives={','.join(representatives)}: expected two or more of the "
+          f"data's instruments ({', '.join(instruments)})"
+          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
 
   def train(self, model: str, fraction: float, prepared_dir: str) -> str:
     """Trains (or continues) one cell; returns its run directory."""
@@ -328,12 +357,7 @@ class Grid:
     prepared_dir = self.prepared_dir()
     prepared = Prepared.load(prepared_dir)
     representatives = self.representatives(prepared)
-    unknown = [r for r in representatives if r not in prepared.instruments]
-    if unknown or len(representatives) == 1:
-      raise ReproduceError(   # (before any training, not at the first evaluation)
-          f"--representatives={','.join(representatives)}: expected two or more of the "
-          f"data's instruments ({', '.join(prepared.instruments)})"
-          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    self._check_representatives(representatives, tuple(prepared.instruments))
     evaluations = {}
     for fraction in self.config.fractions:
       for model in self.config.models:
