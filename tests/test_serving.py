@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from conftest import REPO, tone, toy_specs, write_notes
 from tfgmvae.data.dataset import PipelineConfig, make_dataset
-from tfgmvae.audio import io, load_segment, spectral
+from tfgmvae.audio import display, io, load_segment, spectral
 from tfgmvae.audio.resample import resample
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.serving import client
@@ -587,6 +587,19 @@ def test_synthesize_and_transfer_commands(runs, tmp_path):
   np.testing.assert_allclose(louder, model_audio * 0.99 / peak, atol=1.5 / 32768)
   png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "n.png"))).numpy()
   assert png.shape == (256, 43 * 4, 3)
+  drawn = _cli("synthesize", f"--model={export_base}", "--instrument=Vc", "--pitch=C4",
+               f"--real={runs['note']}", f"--out={tmp_path}/real.wav")
+  assert drawn.returncode == 0, drawn.stderr[-2000:]
+  pair = tf.io.decode_png(tf.io.read_file(str(tmp_path / "real.png"))).numpy()
+  assert pair.shape == (256, 2 * 43 * 4 + display.GAP, 3)    # the recorded note, left
+  np.testing.assert_array_equal(pair[:, -43 * 4:], png)
+  for flag, path, says in (("synthesize", f"--real={REPO}/README.md", "--real: "),
+                           ("transfer", f"--input={tmp_path}/no.wav", "--input: ")):
+    args = ["--instrument=Vc", "--pitch=60"] if flag == "synthesize" else ["--target=Vc"]
+    bad = _cli(flag, f"--model={export_base}", path, *args, f"--out={tmp_path}/v.wav")
+    assert bad.returncode == 1 and bad.stderr.startswith(
+        f"ERROR: {says}{path.split('=')[1]}: "), bad.stderr
+  assert not [n for n in os.listdir(tmp_path) if n.startswith("v")]
   several = _cli("synthesize", f"--model={runs['mgmvae']}", "--instrument=Vc,Pno",
                  "--pitch=60,61", "--w=0,1", f"--out={tmp_path}/s.wav")
   assert several.returncode == 0, several.stderr[-2000:]
