@@ -50,9 +50,26 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
   handler = logging.Handler()
   handler.emit = lambda record: seen_warnings.append(record.getMessage())
   tf.get_logger().addHandler(handler)
+  # Other sizes, or another model kind, as the source's model.json records them: refused
+  # before the run directory is made.
+  hidden = tiny_config(source, prepared_dir).hidden
+  with pytest.raises(RunStateError, match=(
+      f"--warm_start={source}: its network has other sizes \\(--hidden={hidden}\\) than "
+      "this run's \\(--hidden=32\\); a warm start needs the same sizes: give "
+      f"--hidden={hidden}, or")):
+    train(tiny_config(tmp_path / "bigger", prepared_dir, warm_start=str(source), hidden=32),
+          log=lambda *_: None)
+  with pytest.raises(RunStateError, match="it is an MGMVAE run and this is an MVAE run"):
+    train(tiny_config(tmp_path / "baseline", prepared_dir, warm_start=str(source),
+                      model="mvae"), log=lambda *_: None)
+  assert not (tmp_path / "bigger").exists() and not (tmp_path / "baseline").exists()
+  # Weights that do not fit although nothing records why (a checkpoint copied away from
+  # its run's model.json): the restore itself is tried, quietly.
+  bare = tmp_path / "bare"
+  shutil.copytree(source / "checkpoints", bare / "checkpoints")
   try:
-    with pytest.raises(RunStateError, match="does not fit"):
-      train(tiny_config(tmp_path / "bigger", prepared_dir, warm_start=str(source),
+    with pytest.raises(RunStateError, match="its model does not fit"):
+      train(tiny_config(tmp_path / "bigger", prepared_dir, warm_start=str(bare),
                         hidden=32),
             log=lambda *_: None)
     gc.collect()
@@ -60,6 +77,17 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
     tf.get_logger().removeHandler(handler)
   # (Not one warning for each value the failed restore left: there were 178 here.)
   assert not [w for w in seen_warnings if "could not be found" in w], seen_warnings[:3]
+  # A run that has a checkpoint goes on from it: another warm start is refused (the one
+  # it started from, given again, is not).
+  with pytest.raises(RunStateError, match=(
+      f"--warm_start={bare}: {tmp_path}/warm already has a checkpoint \\(.*ckpt-1\\) and "
+      "goes on from it; a warm start acts only before a run's first checkpoint, and this "
+      f"run started from {source}/checkpoints/ckpt-")):
+    train(tiny_config(tmp_path / "warm", prepared_dir, warm_start=str(bare), epochs=2),
+          log=lambda *_: None)
+  with pytest.raises(RunStateError, match="this run started from its own initial weights"):
+    train(tiny_config(source, prepared_dir, warm_start=str(bare), epochs=2),
+          log=lambda *_: None)
   # A run with the pitch adversary from one without it (the adversary starts afresh),
   # and back.
   messages = []
@@ -148,8 +176,9 @@ def test_too_few_validation_notes_for_the_replicas_names_the_remedy(prepared_dir
   notes = sum(p.counts["validation"].values())
   eight = types.SimpleNamespace(num_replicas_in_sync=notes + 1)
   with pytest.raises(ConfigError, match=f"the validation split has {notes} notes, fewer "
-                     f"than one batch of {notes + 1} across {notes + 1} replicas; train on "
-                     "fewer replicas \\(--cpu_devices, or fewer GPUs\\), or prepare"):
+                     f"than one batch of {notes + 1} \\(1 note for each of {notes + 1} "
+                     "replicas\\); train on fewer replicas \\(--cpu_devices, or fewer "
+                     "GPUs\\), or prepare"):
     make_inputs(p, "validation", notes + 1, 0, 4, strategy=eight)
 
 
@@ -313,7 +342,8 @@ def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_
   assert result["best_elbo"] == pytest.approx(max(elbos), rel=1e-6)
   assert len(elbos) == result["epoch"] == best + 2 < 30     # stopped exactly then
   assert all(e < max(elbos) for e in elbos[best:])
-  assert any(f"Early stop after epoch {best + 2}" in l for l in lines)
+  assert any(l.startswith(f"Early stop after epoch {best + 2}: the validation ELBO has "
+                          "not improved for 2 epochs (best ") for l in lines)
   # The best/ folder holds that epoch's weights, and they are not the last epoch's.
   assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best}")
   # Training checkpoints after the first epoch, every 5, and the epoch it stopped at.

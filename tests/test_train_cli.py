@@ -48,6 +48,7 @@ def test_cli_trains_prepares_writes_flags_and_replays(toy_csv, tmp_path):
   other = run_train([f"--flagfile={run}/flags.txt", "--learning_rate=0.5"])
   assert other.returncode == 1
   assert "records different settings" in other.stderr and "--learning_rate=0.5" in other.stderr
+  assert "going on it may change only --epochs, --verbose, --media_every, " in other.stderr
   assert "--epochs=3" in open(os.path.join(run, "flags.txt")).read()
   # A run recorded before a flag existed (here --timbre_adversary) resumes when the
   # flag is at its default, and the file then records it; another value is refused.
@@ -239,14 +240,14 @@ def test_a_run_that_never_trained_takes_a_corrected_command(toy_csv, tmp_path):
   assert os.path.exists(flags_path) and not os.path.exists(os.path.join(run, "data"))
   # Now the data is prepared, but training fails before it starts (a warm start from a
   # run that has no checkpoint).
-  empty = tmp_path / "empty"   # (its model.json says MVAE: refused before any restore)
-  (empty / "checkpoints").mkdir(parents=True)
+  empty = tmp_path / "empty"   # (its model.json names other pitches: refused once the
+  (empty / "checkpoints").mkdir(parents=True)   # data is there, before any restore)
   (empty / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
   (empty / "checkpoints" / "ckpt-1.index").write_bytes(b"")
-  (empty / "model.json").write_text('{"model": {"kind": "mvae"}}')
+  (empty / "model.json").write_text('{"model": {"kind": "mgmvae"}, "pitches": [1, 2]}')
   big = run_train(base + ["--on_bad_file=skip", f"--warm_start={empty}"])
-  assert big.returncode == 1 and "it is an MVAE run and this is an MGMVAE run" in \
-      big.stderr, big.stderr[-2000:]
+  assert big.returncode == 1 and "it was trained on other pitches (1, 2) than this run's " \
+      "data" in big.stderr, big.stderr[-2000:]
   # (A run not yet trained records the checkpoint this command warm-starts from.)
   assert f"--warm_start={empty}/checkpoints/ckpt-1\n" in open(flags_path).read()
   assert "--on_bad_file=skip" in open(flags_path).read()

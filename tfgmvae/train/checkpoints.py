@@ -98,7 +98,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.state.stopped.assign(True)
         self.model.stop_training = True
         self.log(f"Early stop after epoch {done}: the validation ELBO has not improved for "
-                 f"{waited} epochs (best {float(self.state.best_elbo.numpy()):.2f} at "
+                 f"{waited} epoch{'s' * (waited != 1)} (best {float(self.state.best_elbo.numpy()):.2f} at "
                  f"epoch {int(self.state.best_epoch.numpy())}).")
     if done % self.every == 0 or self.saved == 0:
       self._save()
@@ -345,11 +345,12 @@ def check_flags(run_dir: str, flags_text: str, may_differ=RESUME_MAY_CHANGE,
           f"{path} records different data settings from this command (the run has not "
           f"trained yet, but {os.path.join(run_dir, 'data')} was prepared with them):\n"
           f"{diff}\nGive the recorded data settings, or use a new --run_dir.")
+    changeable = ", ".join(f"--{name}" for name in may_differ if name != "warm_start")
     raise RunStateError(
         f"{path} records different settings from this command:\n{diff}\nA run "
-        "directory holds one run: use a new --run_dir, or replay it with "
-        f"--flagfile={path}, or start a new run from its weights with "
-        f"--warm_start={run_dir}.")
+        f"directory holds one run, and going on it may change only {changeable}: use a "
+        f"new --run_dir, or replay it with --flagfile={path} (and only those changes), or "
+        f"start a new run from its weights with --warm_start={run_dir}.")
   return True
 
 

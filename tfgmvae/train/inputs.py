@@ -179,8 +179,11 @@ def make_inputs(prepared: Prepared, split: str, batch_size: int, seed: int,
     fix = ("lower --batch_size" if split == "train" or batch_size > replicas else
            "train on fewer replicas (--cpu_devices, or fewer GPUs), or prepare the data "
            "with a larger --validation_fraction")
+    per = batch_size // replicas
+    share = (f" ({per} note{'s' * (per != 1)} for each of {replicas} replicas)"
+             if replicas > 1 else "")
     raise ConfigError(f"the {split} split has {count} notes, fewer than one batch of "
-                      f"{batch_size} across {replicas} replicas; {fix}")
+                      f"{batch_size}{share}; {fix}")
   training = split == "train"
 
   def one_epoch(epoch):

@@ -2,9 +2,7 @@
 
 import contextlib
 import dataclasses
-import gc
 import json
-import logging
 import os
 import re
 import shutil
@@ -19,8 +17,8 @@ from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
 from tfgmvae.data.store import open_store
 from tfgmvae.model import GMVAE, ModelConfig
-from tfgmvae.serving.export import MODEL_FILE, checkpoint_owner, run_metadata
-from tfgmvae.train import inputs, progress, unlabelled
+from tfgmvae.serving.export import MODEL_FILE, run_metadata
+from tfgmvae.train import inputs, progress, unlabelled, warm_start
 from tfgmvae.train.checkpoints import (CheckpointCallback, RunState, RunStateError,
                                        check_flags, checkpoint_parts,
                                        remove_unfinished_saves,
@@ -107,34 +105,6 @@ def model_config(config: TrainConfig, prepared: Prepared, replicas: int) -> Mode
       timbre_adversary=config.timbre_adversary, bn_momentum=config.bn_momentum)
 
 
-def _warm_start_failure(source: str, mconfig: ModelConfig, exclude) -> str | None:
-  """Why the weights of checkpoint `source` do not fit a model of `mconfig`, or None.
-
-  Tried on a model of its own: a failed restore leaves deferred restorations on the
-  model that, when it is collected, log a warning (twice) for every value not restored;
-  this model is collected here, with TensorFlow's warnings off.
-  """
-  def attempt():
-    probe = GMVAE(mconfig)
-    probe.build_for()
-    try:
-      tf.train.Checkpoint(model=probe.weights_checkpoint(exclude=exclude)).restore(
-          source).expect_partial().assert_existing_objects_matched()
-      return None
-    except (AssertionError, ValueError) as e:
-      return str(e)
-
-  logger = tf.get_logger()
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    failure = attempt()
-    gc.collect()
-  finally:
-    logger.setLevel(level)
-  return failure
-
-
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
   """Adam (fused), loss-scaled under mixed_float16. Keras scales the loss itself only
   when the model's own policy is mixed_float16, and GMVAE keeps the model (its priors
@@ -173,32 +143,6 @@ def _validation_epochs(every: int, start: int, epochs: int):
   if every == 1:
     return 1
   return [e for e in range(start + 1, epochs + 1) if e % every == 0 or e == epochs]
-
-
-def _warm_start_mismatch(source: str, mconfig: ModelConfig, prepared) -> str | None:
-  """Why the run that wrote checkpoint `source` (RUN/checkpoints/ckpt-N or
-  RUN/best/ckpt-N) is no start for this one: another model kind, or other instrument
-  or pitch names (the weights' shapes alone may fit); None if it fits or RUN records
-  nothing to compare."""
-  owner = checkpoint_owner(source)
-  if owner is None:
-    return None
-  try:
-    with open(os.path.join(owner, MODEL_FILE), encoding="utf-8") as f:
-      other = json.load(f)
-  except (OSError, ValueError):
-    return None
-  kind = other.get("model", {}).get("kind")
-  if kind and kind != mconfig.kind:
-    return (f"it is an {kind.upper()} run and this is an {mconfig.kind.upper()} run; "
-            "a warm start needs the same model")
-  for name, ours in (("instruments", prepared.instruments), ("pitches", prepared.pitches)):
-    theirs = other.get(name)
-    if theirs is not None and list(theirs) != list(ours):
-      return (f"it was trained on other {name} ({', '.join(map(str, theirs))}) than this "
-              f"run's data ({', '.join(map(str, ours))}); a warm start needs the same "
-              "instrument and pitch vocabularies")
-  return None
 
 
 def _last_checkpoint(manager) -> str:
@@ -269,6 +213,7 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
   """
   config.validate()
   _check_not_orphaned(config.run_dir)
+  warm_start.check_request(config)   # what its records tell, before anything is written
   strategy = make_strategy(config)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -329,14 +274,14 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       source = warm_start_checkpoint(config.warm_start)
       if source is None:
         raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint there.")
-      mismatch = _warm_start_mismatch(source, mconfig, prepared)
+      mismatch = warm_start.vocabulary_mismatch(source, prepared)
       if mismatch:
         raise RunStateError(f"--warm_start={config.warm_start}: {mismatch}")
       # A run without the pitch adversary can warm-start one with it: the adversary
       # then starts from its initial weights.
       fresh = (("timbre_adversary",) if model.timbre_adversary is not None
                and "timbre_adversary" not in checkpoint_parts(source) else ())
-      failure = _warm_start_failure(source, mconfig, fresh)
+      failure = warm_start.restore_failure(source, mconfig, fresh)
       if failure is not None:
         raise RunStateError(f"--warm_start={config.warm_start}: its model does not fit "
                             f"this one (other sizes or vocabularies?): {failure}")
