@@ -122,7 +122,12 @@ _STORAGE = {"No space left on device": "the disk is full: free some space (or ch
             "Read-only file system": "that file system is mounted read-only: choose a "
                                      "writable folder",
             "Permission denied": "this user may not access it: change its permissions or "
-                                 "choose another path"}
+                                 "choose another path",
+            # (os.makedirs where a file is in the way, or a path through a file)
+            "File exists": "a file is in the way of a folder to be made there: move it "
+                           "away or choose another path",
+            "Not a directory": "part of that path is a file where a folder is expected: "
+                               "move it away or choose another path"}
 
 
 def storage_error(error: BaseException) -> str | None:

@@ -307,9 +307,12 @@ def test_multi_worker_two_processes_match_one_device(one_device_and_mirrored, pr
              tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
              env={"TMPDIR": str(worker_tmp)})
       for i in range(2)])
-  for run, log in ((chief2, "resumed0.log"), (other2, "resumed1.log")):
+  for i, (run, log) in enumerate(((chief2, "resumed0.log"), (other2, "resumed1.log"))):
     with open(tmp_path / log) as f:
-      assert f"from {path} (epoch {EPOCHS})" in f.read()
+      said = f.read()
+    assert f"from {path} (epoch {EPOCHS})" in said
+    assert (f"Joining the cluster of TF_CONFIG as worker {i}; it waits until all 2 of its "
+            "tasks have started (stop a waiting task with kill -9") in said
     assert run["iterations"] == STEPS + TRAIN_NOTES // BATCH
   assert list(other2["history"]["loss"]) == list(chief2["history"]["loss"])
   for name, value in chief2["weights"].items():   # one model on both, trained on

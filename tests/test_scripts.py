@@ -185,6 +185,15 @@ def test_storage_failures_are_one_line_naming_the_path(tmp_path):
                      "No space left on device [Op:SaveV2]")
   assert _common.storage_error(quoted).startswith("/r/ckpt-3_temp/part-0: No space left")
   assert _common.storage_error(ValueError("other")) is None
+  blocked = tmp_path / "run" / "cache"   # a file where a folder is to be made
+  blocked.parent.mkdir()
+  blocked.write_text("")
+  for attempt in (lambda: os.makedirs(blocked, exist_ok=True),
+                  lambda: open(blocked / "meta.json", encoding="utf-8")):
+    with pytest.raises(OSError) as info:
+      attempt()
+    assert _common.storage_error(info.value).startswith(f"{blocked}") and (
+        "move it away or choose another path." in _common.storage_error(info.value))
   blocker = tmp_path / "file"
   blocker.write_text("")
   done = subprocess.run([sys.executable, os.path.join(BIN, "train"),

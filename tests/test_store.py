@@ -13,7 +13,7 @@ import pytest
 from tfgmvae.data.dataset import DataError, data_errors
 from tfgmvae.data.prepare import PrepareConfig, prepare
 from tfgmvae.data import store
-from tfgmvae.data.store import note_bytes, open_store
+from tfgmvae.data.store import first_non_finite, note_bytes, open_store
 from tfgmvae.train.config import ConfigError
 from tfgmvae.train.inputs import available_memory, make_inputs, store_dir_for
 
@@ -168,6 +168,20 @@ def test_store_is_written_once_and_rebuilt_only_when_stale(prepared, tmp_path):
   store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
   assert "is damaged (22 float64 feature rows" in messages[0]
   assert store.features.dtype == np.float32
+  with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
+    f.write("\x00\x00 not json")
+  messages.clear()
+  store = open_store(prepared, "train", "mel", 0.25, directory, log=messages.append)
+  assert messages[0].startswith(f"{folder} is damaged ({folder}/meta.json: ")
+  assert "writing it again" in messages[0] and len(store) == 22
+  # NaN where the pipeline writes only finite values: found (after a failure) by note.
+  assert first_non_finite(directory, "train", "mel") is None
+  rows = np.load(os.path.join(folder, "features.npy"), mmap_mode="r+")
+  rows[7, 3, 5] = np.nan
+  rows.flush()
+  del rows
+  assert first_non_finite(directory, "train", "mel") == store.labels["key"][7].decode()
+  assert first_non_finite(directory, "validation", "mel") is None   # (none written)
 
 
 def test_a_killed_write_leaves_no_store(prepared, tmp_path):

@@ -140,6 +140,22 @@ def test_xla_trains_the_same_batches(prepared_dir, tmp_path):
   np.testing.assert_allclose(xla["history"]["loss"], plain["history"]["loss"], rtol=1e-3)
 
 
+def test_xla_is_refused_over_several_devices(prepared_dir, monkeypatch):
+  # XLA could not compile the cross-replica step: mirrored CPU replicas reach for each
+  # other's variables, and a multi-worker step's collective gather has no XLA kernel.
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": {"worker": ["localhost:1", "localhost:2"]},
+       "task": {"type": "worker", "index": 0}}))
+  for strategy, devices in (("mirrored", 2), ("multi_worker", 0)):
+    with pytest.raises(ConfigError, match=(
+        f"--jit_compile trains on one device only, not with --strategy={strategy} over "
+        "several: XLA cannot compile this model's cross-replica step")):
+      tiny_config("unused", prepared_dir, jit_compile=True, strategy=strategy,
+                  cpu_devices=devices).validate()
+  tiny_config("unused", prepared_dir, jit_compile=True, strategy="mirrored",
+              cpu_devices=1).validate()   # one replica: allowed
+
+
 def test_mixed_float16_scales_the_loss():
   from tfgmvae.train.loop import make_optimizer  # pylint: disable=g-import-not-at-top
   assert not hasattr(make_optimizer(TrainConfig(run_dir="r")), "inner_optimizer")
@@ -312,9 +328,27 @@ def test_a_run_kept_on_disk_resumes_without_its_sources(toy_csv, tmp_path):
   # It stopped in its first epoch: flags.txt still replays the last command that trained.
   assert (tmp_path / "run" / "flags.txt").read_text() == "--epochs=2\n"
   assert "no such file" in str(info.value) and str(info.value).endswith(
-      f" A run keeps the data it started with; --warm_start={config.run_dir} starts a new "
-      "run from this one's weights.")
+      f" {store_dir} keeps this run's notes: --cache=auto or --cache=disk trains from "
+      f"them. A run keeps the data it started with; --warm_start={config.run_dir} starts "
+      "a new run from this one's weights.")
   assert Prepared.load(prepared.directory).counts == prepared.counts
+  # A damaged store (NaN where only finite values are written) is named, not blamed on
+  # the learning rate.
+  features = os.path.join(store_dir, "train-mel", "features.npy")
+  rows = np.load(features, mmap_mode="r+")
+  rows[1] = np.nan
+  rows.flush()
+  del rows
+  with pytest.raises(TrainingError) as info:
+    train(dataclasses.replace(config, epochs=3, cache="disk"), log=lambda *_: None,
+          flags_text="--cache=disk\n--epochs=3\n")
+  assert str(info.value).startswith(
+      "Training stopped: the loss became NaN or Inf during epoch 3 because the notes kept "
+      f"on disk are damaged: {features} holds NaN or Inf values (first in note "), info.value
+  assert str(info.value).endswith(
+      f"Delete {store_dir} and run the same command again (the notes are written there "
+      "again from the source); the last good checkpoint is "
+      f"{tmp_path / 'run' / 'checkpoints' / 'ckpt-2'}.")
 
 
 def test_best_checkpoint_and_early_stopping_follow_the_validation_elbo(prepared_dir,

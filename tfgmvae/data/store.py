@@ -202,6 +202,27 @@ def _write(prepared: Prepared, split: str, output: str, label_fraction: float,
     raise
 
 
+def first_non_finite(directory: str, split: str, output: str) -> str | None:
+  """The key of the first note whose stored features hold NaN or Inf: such a store is
+  damaged (the pipeline writes only finite values). None when every value is finite or
+  there is no readable store. Reads the whole file, so it is meant for after a failure."""
+  folder = os.path.join(directory, f"{split}-{output}")
+  try:
+    features = np.load(os.path.join(folder, _FEATURES), mmap_mode="r")
+    with np.load(os.path.join(folder, _LABELS)) as f:
+      keys = f["key"]
+    for start in range(0, len(features), 1024):
+      chunk = np.asarray(features[start:start + 1024])
+      bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+      if bad.any():
+        row = start + int(np.argmax(bad))
+        key = keys[row] if row < len(keys) else row
+        return key.decode() if isinstance(key, bytes) else str(key)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    return None
+  return None
+
+
 def is_written(directory: str, split: str, output: str) -> bool:
   """Whether `directory` holds a complete store of the split (maybe a stale one)."""
   return os.path.isfile(os.path.join(directory, f"{split}-{output}", _META))
@@ -234,7 +255,10 @@ def open_store(prepared: Prepared, split: str, output: str, label_fraction: floa
   try:
     with open(os.path.join(folder, _META), encoding="utf-8") as f:
       meta = json.load(f)
-  except (OSError, ValueError):
+  except (FileNotFoundError, NotADirectoryError):   # (the latter: a file is in the way
+    meta = None                                     # of the folder, refused below)
+  except (OSError, ValueError) as e:   # (a folder where it should be, say)
+    log(f"{folder} is damaged ({os.path.join(folder, _META)}: {e}); writing it again.")
     meta = None
   if meta is not None and {k: meta.get(k) for k in identity} == identity:
     try:

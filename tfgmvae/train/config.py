@@ -201,17 +201,20 @@ class TrainConfig:
     if self.precision not in PRECISIONS:
       p.append(f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
     elif self.precision == "mixed_float16":
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      gpus = tf.config.list_physical_devices("GPU")
-      if not gpus:
+      if not _gpus():
         p.append("--precision=mixed_float16 needs a GPU; on CPUs use mixed_bfloat16")
-      if self.strategy == "multi_worker" or (self.strategy == "mirrored" and max(
-          len(gpus), self.cpu_devices) > 1):
+      if self._several_devices():
         # Keras's loss-scaled update (a cond around the wrapped optimizer's apply) fails
         # under the merge_call of this model's cross-replica step.
         p.append(f"--precision=mixed_float16 trains on one device only, not with "
                  f"--strategy={self.strategy} over several: use mixed_bfloat16 (GPUs "
                  "from Ampere on) or float32 there")
+    if self.jit_compile and self._several_devices():
+      # XLA reaches for another replica's variables (mirrored) and has no kernel for
+      # the collective gather of a multi-worker step.
+      p.append(f"--jit_compile trains on one device only, not with --strategy="
+               f"{self.strategy} over several: XLA cannot compile this model's "
+               "cross-replica step; leave --jit_compile out there")
     if self.warm_start and self.run_dir and (
         os.path.abspath(self.warm_start) == os.path.abspath(self.run_dir)):
       p.append("--warm_start names this run itself; to continue a run, run the same "
@@ -235,3 +238,13 @@ class TrainConfig:
     if p:
       raise ConfigError("Invalid training settings:\n  - " + "\n  - ".join(p))
     return self
+
+  def _several_devices(self) -> bool:
+    """Whether --strategy spreads the steps over several devices or workers."""
+    return self.strategy == "multi_worker" or (
+        self.strategy == "mirrored" and max(len(_gpus()), self.cpu_devices) > 1)
+
+
+def _gpus() -> list:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.config.list_physical_devices("GPU")

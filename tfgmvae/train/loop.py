@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfgmvae.data.dataset import (PipelineConfig, PreparedFeatures, data_errors,
                                     default_output, note_dataset)
 from tfgmvae.data.prepare import Prepared, PrepareConfig, prepare
-from tfgmvae.data.store import open_store
+from tfgmvae.data.store import first_non_finite, is_written, open_store
 from tfgmvae.model import GMVAE, ModelConfig
 from tfgmvae.serving.export import MODEL_FILE, run_metadata
 from tfgmvae.train import inputs, progress, unlabelled, warm_start
@@ -154,9 +154,19 @@ def _nan_terms(error: Exception) -> list[str] | None:
   """The loss terms a NaN stop names (the step's check or _NonFiniteStop); None for
   another error."""
   if isinstance(error, _NonFinite):
-    return error.terms
+    return sorted(error.terms)   # (the step's check names them in this order too)
   match = re.search(r"\[loss terms\] \[([a-z_, ]*)\] \[are NaN or Inf\]", str(error))
-  return [t for t in match.group(1).split(", ") if t] if match else None
+  return sorted(t for t in match.group(1).split(", ") if t) if match else None
+
+
+def _damaged_store(store_dir: str, output: str) -> str | None:
+  """Which stored split holds NaN or Inf features, and where, or None."""
+  for split in ("train", "validation"):
+    key = first_non_finite(store_dir, split, output)
+    if key is not None:
+      return (f"{os.path.join(store_dir, f'{split}-{output}', 'features.npy')} holds NaN "
+              f"or Inf values (first in note {key})")
+  return None
 
 
 def _nan_message(terms: list[str], epoch: int, manager, precision: str,
@@ -214,6 +224,12 @@ def train(config: TrainConfig, log=print, callbacks=(), flags_text: str = "",
   config.validate()
   _check_not_orphaned(config.run_dir)
   warm_start.check_request(config)   # what its records tell, before anything is written
+  if config.strategy == "multi_worker":   # (it then waits with nothing else to say)
+    cluster = json.loads(os.environ["TF_CONFIG"])
+    log(f"Joining the cluster of TF_CONFIG as {cluster['task']['type']} "
+        f"{cluster['task'].get('index', 0)}; it waits until all "
+        f"{sum(len(v) for v in cluster['cluster'].values())} of its tasks have started "
+        "(stop a waiting task with kill -9: Ctrl-C does not reach it then).")
   strategy = make_strategy(config)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -311,17 +327,21 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
     # Every worker keeps its own notes: the chief in RUN_DIR/cache, the others in a
     # folder of their own in it, which outlives their temporary save_dir, so a resume
     # reuses it. (Chosen before flags.txt is recorded: --cache=memory may be refused.)
-    store_dir = inputs.store_dir_for(
-        config.cache, prepared, output,
-        os.path.join(config.run_dir, "cache", *(() if chief else (task,))),
-        inputs.available_memory(), log)
+    cache_dir = os.path.join(config.run_dir, "cache", *(() if chief else (task,)))
+    store_dir = inputs.store_dir_for(config.cache, prepared, output, cache_dir,
+                                     inputs.available_memory(), log)
     if chief and latest:
       _update_model_file(model_file, mconfig, prepared, start, state, log)
-    def after():   # beside the data errors' hint, once the run has weights to start from
-      if not manager.latest_checkpoint:
-        return ""
-      return (f" A run keeps the data it started with; --warm_start={config.run_dir} "
-              "starts a new run from this one's weights.")
+    def after():   # beside the data errors' hint: the notes kept on disk, and once the
+      hint = ""    # run has weights to start from, a new run from them
+      if store_dir is None and all(is_written(cache_dir, split, output)
+                                   for split in ("train", "validation")):
+        hint = (f" {cache_dir} keeps this run's notes: --cache=auto or --cache=disk "
+                "trains from them.")
+      if manager.latest_checkpoint:
+        hint += (f" A run keeps the data it started with; --warm_start={config.run_dir} "
+                 "starts a new run from this one's weights.")
+      return hint
     with data_errors(prepared, "Reading the notes for training: ", after):   # (stores)
       train_ds, steps = inputs.make_inputs(
           prepared, "train", config.batch_size, config.seed, config.latent_dim,
@@ -370,6 +390,13 @@ def _train(config: TrainConfig, strategy, chief: bool, task: str, log, callbacks
       terms = _nan_terms(e)
       if terms is None:
         raise
+      damaged = _damaged_store(store_dir, output) if store_dir else None
+      if damaged:
+        raise TrainingError(
+            f"Training stopped: the loss became NaN or Inf during epoch "
+            f"{int(state.epoch.numpy()) + 1} because the notes kept on disk are damaged: "
+            f"{damaged}. Delete {store_dir} and run the same command again (the notes are "
+            f"written there again from the source); {_last_checkpoint(manager)}.") from None
       raise TrainingError(_nan_message(
           terms, int(state.epoch.numpy()), manager, config.precision,
           sum(name in model.trackers for name in LOSS_TERMS))) from None
