@@ -59,7 +59,8 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
       f"--hidden={hidden}, or")):
     train(tiny_config(tmp_path / "bigger", prepared_dir, warm_start=str(source), hidden=32),
           log=lambda *_: None)
-  with pytest.raises(RunStateError, match="it is an MGMVAE run and this is an MVAE run"):
+  with pytest.raises(RunStateError, match="it is an MGMVAE run and this is an MVAE run; a "
+                     "warm start needs the same model: give --model=mgmvae, or "):
     train(tiny_config(tmp_path / "baseline", prepared_dir, warm_start=str(source),
                       model="mvae"), log=lambda *_: None)
   assert not (tmp_path / "bigger").exists() and not (tmp_path / "baseline").exists()
@@ -117,6 +118,26 @@ def test_warm_start_is_a_separate_explicit_path(prepared_dir, tmp_path):
           log=lambda *_: None)
 
 
+def test_a_warm_start_names_its_checkpoint_as_given_then(tmp_path, monkeypatch):
+  from tfgmvae.train.warm_start import names_checkpoint  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "runs" / "src"
+  latest, best = str(run / "checkpoints" / "ckpt-7"), str(run / "best" / "ckpt-3")
+  (run / "best").mkdir(parents=True)
+  os.symlink(tmp_path / "runs", tmp_path / "link")
+  monkeypatch.chdir(tmp_path)
+  for given, checkpoint in ((latest, latest), (str(run), latest), (f"{run}/", latest),
+                            ("runs/src", latest), ("link/src", latest), (best, best),
+                            ("link/src/best/ckpt-3", best),
+                            ("runs/src", "/moved/from/runs/src/checkpoints/ckpt-7"),
+                            ("src/best/ckpt-3", best)):
+    assert names_checkpoint(given, checkpoint), (given, checkpoint)
+  for given, checkpoint in ((str(run), best),         # the run's latest, not its best
+                            ("/", latest), (str(tmp_path), latest), ("runs", latest),
+                            (str(run / "checkpoints" / "ckpt-6"), latest),
+                            ("../src", latest), ("rc", latest)):
+    assert not names_checkpoint(given, checkpoint), (given, checkpoint)
+
+
 class _Compiled(keras.callbacks.Callback):
   """Records, batch by batch, whether the model trains under XLA."""
 
@@ -154,6 +175,19 @@ def test_xla_is_refused_over_several_devices(prepared_dir, monkeypatch):
                   cpu_devices=devices).validate()
   tiny_config("unused", prepared_dir, jit_compile=True, strategy="mirrored",
               cpu_devices=1).validate()   # one replica: allowed
+  # What counts is the devices the strategy takes: the GPUs unless --cpu_devices is
+  # given; each task's for multi_worker.
+  from tfgmvae.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(config_lib, "_gpus", lambda: ["GPU:0", "GPU:1"])
+  for strategy, devices, several in (("mirrored", 0, True), ("mirrored", 1, False),
+                                     ("multi_worker", 0, True)):
+    config = tiny_config("unused", prepared_dir, jit_compile=True, strategy=strategy,
+                         cpu_devices=devices)
+    assert config._several_devices() is several   # pylint: disable=protected-access
+  monkeypatch.setattr(config_lib, "_gpus", lambda: [])
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}))
+  tiny_config("unused", prepared_dir, jit_compile=True, strategy="multi_worker").validate()
 
 
 def test_mixed_float16_scales_the_loss():

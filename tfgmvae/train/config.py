@@ -240,9 +240,19 @@ class TrainConfig:
     return self
 
   def _several_devices(self) -> bool:
-    """Whether --strategy spreads the steps over several devices or workers."""
-    return self.strategy == "multi_worker" or (
-        self.strategy == "mirrored" and max(len(_gpus()), self.cpu_devices) > 1)
+    """Whether --strategy spreads the steps over several devices or workers: mirrored
+    over --cpu_devices when given (else the GPUs), multi_worker over the local GPUs of
+    each of TF_CONFIG's tasks."""
+    if self.strategy == "mirrored":
+      return (self.cpu_devices or len(_gpus())) > 1
+    if self.strategy == "multi_worker":
+      try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", ""))["cluster"]
+        tasks = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+      except (ValueError, TypeError, KeyError, AttributeError):
+        return True   # (refused anyway, for its TF_CONFIG)
+      return tasks > 1 or len(_gpus()) > 1
+    return False
 
 
 def _gpus() -> list:

@@ -19,8 +19,9 @@ from tfgmvae.serving.export import MODEL_FILE, checkpoint_owner
 from tfgmvae.train.checkpoints import RunStateError, read_flags
 from tfgmvae.train.config import TrainConfig, warm_start_checkpoint
 
-# The network sizes both runs must share, as TrainConfig fields (and flags).
-SIZES = ("latent_dim", "filters", "hidden", "pitch_classifier")
+# The network sizes both runs must share, as TrainConfig fields (and flags). (Parts that
+# one of them lacks, the pitch classifier or the pitch adversary, are left to the restore.)
+SIZES = ("latent_dim", "filters", "hidden")
 
 
 def check_request(config: TrainConfig) -> None:
@@ -36,8 +37,7 @@ def check_request(config: TrainConfig) -> None:
   latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints"))
   if latest:
     started = started_from(config.run_dir)
-    given = os.path.abspath(config.warm_start).rstrip(os.sep)
-    if started and (started == given or started.startswith(given + os.sep)):
+    if started and names_checkpoint(config.warm_start, started):
       return   # the command that started it, run again: it goes on from its own
     raise RunStateError(
         f"--warm_start={config.warm_start}: {config.run_dir} already has a checkpoint "
@@ -55,7 +55,8 @@ def check_request(config: TrainConfig) -> None:
   if kind and kind != config.model:
     raise RunStateError(
         f"--warm_start={config.warm_start}: it is an {kind.upper()} run and this is an "
-        f"{config.model.upper()} run; a warm start needs the same model.")
+        f"{config.model.upper()} run; a warm start needs the same model: give "
+        f"--model={kind}, or warm-start from an {config.model.upper()} run.")
   differ = [name for name in SIZES
             if name in model and model[name] != getattr(config, name)]
   if differ:
@@ -65,6 +66,25 @@ def check_request(config: TrainConfig) -> None:
         f"--warm_start={config.warm_start}: its network has other sizes ({there}) than "
         f"this run's ({here}); a warm start needs the same sizes: give {there}, or "
         "warm-start from a run of this size.")
+
+
+def names_checkpoint(given: str, checkpoint: str) -> bool:
+  """Whether --warm_start=`given` names `checkpoint` (absolute, as recorded): the
+  checkpoint itself, or the run directory whose checkpoints/ it is in (the form that
+  takes that run's latest). Symlinks are resolved, and a relative `given` also matches
+  the recorded path's end, so the command still fits after the folders it names were
+  moved or copied together."""
+  run_form = os.path.basename(os.path.dirname(checkpoint)) == "checkpoints"
+  targets = [checkpoint] + ([os.path.dirname(os.path.dirname(checkpoint))]
+                            if run_form else [])
+  path = os.path.normpath(given)
+  for target in targets:
+    if os.path.realpath(given) == os.path.realpath(target):
+      return True
+    if (not os.path.isabs(path) and not path.startswith("..")
+        and target.endswith(os.sep + path)):
+      return True
+  return False
 
 
 def started_from(run_dir: str) -> str | None:
