@@ -14,6 +14,7 @@ import librosa
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, tone, toy_specs, write_notes
@@ -619,6 +620,14 @@ def test_evaluate_refuses_bad_settings_and_existing_output(toy, evaluated):
                        "records, so it is not the data the run trained on"):
       evaluate(EvalConfig(copy, str(toy["root"] / "z")), log=_quiet)
     assert not os.path.exists(toy["root"] / "z")
+  # Another run's checkpoint (of the same network) is that run's to evaluate.
+  theirs = tf.train.latest_checkpoint(os.path.join(toy["mgmvae_n0"], "best"))
+  with pytest.raises(EvaluationError, match=f"--checkpoint={theirs}: belongs to the run "
+                     f"{toy['mgmvae_n0']}, not to --run_dir={toy['mgmvae']}; evaluate it "
+                     f"with --run_dir={toy['mgmvae_n0']}"):
+    evaluate(EvalConfig(toy["mgmvae"], str(toy["root"] / "w"), checkpoint=theirs),
+             log=_quiet)
+  assert not os.path.exists(toy["root"] / "w")
   with open(record_path, "w") as f:
     f.write("{not json")
   with pytest.raises(EvaluationError, match=f"{record_path}: cannot be read as the run's "
@@ -723,7 +732,9 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert again["mgmvae_n100.evaluate"] == timings["mgmvae_n100.evaluate"]
   timings_path.write_text(json.dumps(again | {"mgmvae_n100.evaluate": 1e6}))
   shutil.move(str(out / "eval" / "mgmvae_n100"), str(tmp_path / "old_evaluation"))
-  evaluate_only = subprocess.run(command + ["--notrain", "--fractions=0,1"],
+  swapped = [a for a in command if a != "--evaluate_arg=--draws=2"] + [
+      "--evaluate_arg=--draws=2"]   # (the same flags in another order: reused alike)
+  evaluate_only = subprocess.run(swapped + ["--notrain", "--fractions=0,1"],
                                  capture_output=True, text=True, env=ENV, check=False)
   assert evaluate_only.returncode == 0, evaluate_only.stdout + evaluate_only.stderr
   assert "[mgmvae_n100] evaluating epoch" in evaluate_only.stdout
@@ -776,6 +787,7 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
                          capture_output=True, text=True, env=ENV, check=False)
   assert other.returncode == 1 and "was evaluated with ['--representatives=Fhn,Pno,Vc,Bn'" \
       ", '--draws=2', '--cnn_epochs=2'], not" in other.stderr, other.stderr
+  assert "training" not in other.stdout   # (refused before the cell's training step)
   mine = tmp_path / "mine.md"
   mine.write_text("my notes")
   refused = subprocess.run(command + [f"--results={mine}"], capture_output=True, text=True,
@@ -788,9 +800,14 @@ def test_reproduce_runs_a_tiny_grid_resumably(toy, tmp_path):
   assert own.startswith(f"<!-- written by bin/reproduce --out_dir={out}; ")
   ours = tmp_path / "ours.md"
   ours.write_text(own.splitlines()[0] + "\nan older run's text\n")
-  rewritten = subprocess.run(command + ["--notrain", f"--results={ours}"],
+  rewritten = subprocess.run(command + ["--notrain", f"--results={ours}",
+                                        "--models=mgmvae"],
                              capture_output=True, text=True, env=ENV, check=False)
   assert rewritten.returncode == 0, rewritten.stdout + rewritten.stderr
+  # Asked for one cell, the grid's results keep the others it evaluated before.
+  assert "[mvae_n100] kept in the results: " in rewritten.stdout
+  assert "| mvae_n100 | mvae | 100 % |" in ours.read_text()
+  assert "mvae_n100" not in ours.read_text().split("Not run in this grid:")[1].split("\n")[0]
   assert ours.read_text().startswith(own.splitlines()[0] + "\n# Results: the paper's grid")
   assert "an older run's text" not in ours.read_text()
   bad = subprocess.run(command[:2] + [f"--out_dir={out}", "--fractions=2"],
@@ -845,6 +862,15 @@ def test_reproduce_refuses_what_would_fail_late_before_training(toy, tmp_path):
   # the grid's data is used as it is.
   assert Grid(ReproduceConfig(str(tmp_path / "g3"), source_given=False),
               log=_quiet).prepared_dir() == str(tmp_path / "g3" / "data")
+  # A source with no notes to prepare, and a --results folder that does not exist.
+  (tmp_path / "no_labels").mkdir()
+  with pytest.raises(ReproduceError, match="no_labels/labels.csv: no such CSV file"):
+    Grid(ReproduceConfig(str(tmp_path / "g6"), dataset="csv",
+                         data_path=str(tmp_path / "no_labels")), log=_quiet).prepared_dir()
+  with pytest.raises(ReproduceError, match=f"--results={tmp_path}/nodir/R.md: its folder "
+                     f"{tmp_path}/nodir does not exist"):
+    ReproduceConfig(str(tmp_path / "g7"), prepared_dir=toy["prepared"],
+                    results=str(tmp_path / "nodir" / "R.md")).validate()
   # An N that is no whole percentage would share a cell's name (n000 for 0.001).
   with pytest.raises(ReproduceError, match=r"--fractions=0.0,0.001: expected whole "
                      r"percentages \(0.25, not 0.255\)"):

@@ -98,7 +98,7 @@ def test_export_layout_versions_and_metadata(runs):
   # Another run's checkpoint would be served under this run's names and scales.
   other = export_lib.checkpoint_path(runs["mvae"], "best")
   with pytest.raises(export_lib.ExportError, match=f"--checkpoint={other}: belongs to the "
-                     f"run {runs['mvae']}, whose model differ from "):
+                     f"run {runs['mvae']}, whose model differs from "):
     export_lib.checkpoint_path(runs["mgmvae"], other)
   copy = os.path.join(str(runs["root"]), "copied", "ckpt")   # a copy outside any run
   os.makedirs(os.path.dirname(copy))

@@ -22,7 +22,8 @@ from tfgmvae.data import paths
 from tfgmvae.data.dataset import data_errors
 from tfgmvae.data.prepare import Prepared, PrepareError, read_record
 from tfgmvae.evaluate import classifiers, experiments, figures, report
-from tfgmvae.serving.export import ExportError, load_run, not_the_runs_data
+from tfgmvae.serving.export import (ExportError, checkpoint_owner, load_run,
+                                    not_the_runs_data)
 
 METRICS_FILE = "metrics.json"
 FORMAT = "tfgmvae-evaluation/1"
@@ -169,6 +170,12 @@ def evaluate(config: EvalConfig, log=print) -> dict:
   """
   config.validate()
   figures.require()
+  owner = (checkpoint_owner(config.checkpoint)
+           if config.checkpoint not in ("best", "latest") else None)
+  if owner and os.path.realpath(owner) != os.path.realpath(config.run_dir):
+    raise EvaluationError(   # (the report and summaries describe the run they are given)
+        f"--checkpoint={config.checkpoint}: belongs to the run {owner}, not to "
+        f"--run_dir={config.run_dir}; evaluate it with --run_dir={owner}.")
   try:
     model, info, path = load_run(config.run_dir, config.checkpoint)
     prepared = Prepared.load(info.prepared_dir)

@@ -94,7 +94,7 @@ def markdown(metrics: dict, pictures: dict, title: str) -> str:
               f"{_f(c['purity'])}, NMI {_f(c['nmi'])}, ARI {_f(c['ari'])}, matched "
               f"accuracy {_f(c['matched_accuracy'])} (on the training notes "
               f"{_f(c['train_matched_accuracy'])}); "
-              f"{c['used_components']} components used.", "",
+              f"{c['used_components']} component{'s' * (c['used_components'] != 1)} used.", "",
               "| component | " + " | ".join(c["components"]) + " |",
               "| --- |" + " --- |" * len(c["components"]),
               "| instrument | " + " | ".join(c["components"].values()) + " |", "",

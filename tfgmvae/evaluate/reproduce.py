@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -128,6 +129,9 @@ class ReproduceConfig:
       p.append(f"--results={self.results}: already exists and is not this grid's results "
                "file; it is never overwritten (OUT_DIR/RESULTS.md, and a --results file "
                "this grid wrote, are rewritten)")
+    if self.results and not os.path.isdir(os.path.dirname(os.path.abspath(self.results))):
+      p.append(f"--results={self.results}: its folder "
+               f"{os.path.dirname(os.path.abspath(self.results))} does not exist")
     if self.epochs < 0:
       p.append(f"--epochs={self.epochs}: expected >= 0 (0: the flagfiles' own)")
     if self.prepared_dir and not os.path.isfile(
@@ -140,6 +144,9 @@ class ReproduceConfig:
   def flagfile(self, model: str) -> str:
     """The flagfile the grid trains `model` ('mgmvae' or 'mvae') with."""
     return self.mgmvae_flags if model == "mgmvae" else self.mvae_flags
+
+
+CELL = re.compile(r"(mgmvae|mvae)_n[0-9]{3}")   # cell_name's names
 
 
 def cell_name(model: str, fraction: float) -> str:
@@ -268,7 +275,7 @@ class Grid:
     self.log(f"Preparing {source} into {folder} ...")
     try:
       prepare(PrepareConfig(c.dataset, source, folder), log=lambda m: None)
-    except PrepareError as e:
+    except (PrepareError, SourceError) as e:
       raise ReproduceError(str(e)) from e
     return folder
 
@@ -324,23 +331,37 @@ class Grid:
       return PAPER_REPRESENTATIVES
     return ()
 
+  def _evaluate_args(self, representatives) -> list[str]:
+    return ([f"--representatives={','.join(representatives)}"] if representatives else []
+            ) + list(self.config.evaluate_args)
+
+  def _evaluation(self, name: str, run: str) -> str | None:
+    """The folder of the evaluation of the run's best checkpoint (None: no best one)."""
+    epoch = best_epoch(run)
+    return None if epoch is None else os.path.join(self.out, "eval", name, f"epoch_{epoch}")
+
+  def _check_evaluated_alike(self, out: str, args: list[str]) -> None:
+    """Refuses to reuse the evaluation `out` when other bin/evaluate flags made it."""
+    record = out + ".args.json"   # the extra bin/evaluate flags of that evaluation
+    if not (os.path.isfile(os.path.join(out, "metrics.json")) and os.path.isfile(record)):
+      return
+    with open(record, encoding="utf-8") as f:
+      used = json.load(f)
+    if sorted(used) != sorted(args):
+      raise ReproduceError(
+          f"{out} was evaluated with {used or 'no extra flags'}, not {args or 'none'}; "
+          f"use another --out_dir, or move {out} away to evaluate again.")
+
   def evaluate(self, name: str, run: str, representatives=()) -> str:
     """Evaluates the run's best checkpoint unless that evaluation exists."""
-    epoch = best_epoch(run)
-    if epoch is None:
+    out = self._evaluation(name, run)
+    if out is None:
       raise ReproduceError(f"{run}: no best checkpoint after training")
-    out = os.path.join(self.out, "eval", name, f"epoch_{epoch}")
-    args = ([f"--representatives={','.join(representatives)}"] if representatives else []
-            ) + list(self.config.evaluate_args)
-    record = out + ".args.json"   # the extra bin/evaluate flags of that evaluation
+    epoch = int(out.rsplit("_", 1)[1])
+    args = self._evaluate_args(representatives)
+    record = out + ".args.json"
     if os.path.isfile(os.path.join(out, "metrics.json")):
-      if os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-          used = json.load(f)
-        if used != args:
-          raise ReproduceError(
-              f"{out} was evaluated with {used or 'no extra flags'}, not {args or 'none'}; "
-              f"use another --out_dir, or move {out} away to evaluate again.")
+      self._check_evaluated_alike(out, args)
       self.log(f"[{name}] reusing the evaluation {out}")
       return out
     self.log(f"[{name}] evaluating epoch {epoch}")
@@ -352,12 +373,47 @@ class Grid:
                 + args, accumulate=False)
     return out
 
+  def earlier_evaluations(self, asked, args) -> dict[str, str]:
+    """The grid's other cells (not in `asked`) that an earlier invocation evaluated at
+    their best checkpoint with the same bin/evaluate flags, so that RESULTS.md keeps
+    them; each one kept or left out is said."""
+    runs = os.path.join(self.out, "runs")
+    found = {}
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+      if name in asked or not CELL.fullmatch(name):
+        continue
+      out = self._evaluation(name, os.path.join(runs, name))
+      if out is None or not os.path.isfile(os.path.join(out, "metrics.json")):
+        self.log(f"[{name}] not evaluated at its best checkpoint: left out of the results "
+                 "(name its model and N in --models and --fractions to evaluate it)")
+        continue
+      try:
+        self._check_evaluated_alike(out, args)
+      except ReproduceError:
+        self.log(f"[{name}] evaluated with other bin/evaluate flags: left out of the "
+                 "results")
+        continue
+      self.log(f"[{name}] kept in the results: {out} (from an earlier invocation)")
+      found[name] = out
+    return found
+
   def run(self) -> str:
     """Every cell, then RESULTS.md; returns its path."""
     prepared_dir = self.prepared_dir()
     prepared = Prepared.load(prepared_dir)
     representatives = self.representatives(prepared)
     self._check_representatives(representatives, tuple(prepared.instruments))
+    cells = []
+    for fraction in self.config.fractions:   # before any training: the runs placed in
+      for model in self.config.models:       # the grid, and the evaluations a finished
+        name = cell_name(model, fraction)    # run would reuse
+        cells.append(name)
+        run = os.path.join(self.out, "runs", name)
+        if os.path.isfile(os.path.join(run, "flags.txt")):
+          check_run(run, model, fraction, prepared_dir)
+        out = self._evaluation(name, run)
+        if out:
+          self._check_evaluated_alike(out, self._evaluate_args(representatives))
     evaluations = {}
     for fraction in self.config.fractions:
       for model in self.config.models:
@@ -373,6 +429,7 @@ class Grid:
         evaluations[name] = self.evaluate(name, run, representatives)
     if not evaluations:
       raise ReproduceError(f"{self.out}: no cell has a trained run to evaluate")
+    evaluations |= self.earlier_evaluations(cells, self._evaluate_args(representatives))
     from tfgmvae.evaluate import results  # pylint: disable=import-outside-toplevel
     path = self.config.results or os.path.join(self.out, "RESULTS.md")
     text = results.results_markdown(self.out, evaluations, self.timings, machine(),

@@ -15,7 +15,9 @@ def _cell(ours, paper) -> str:
 
 
 def _minutes(seconds) -> str:
-  return "–" if seconds is None else f"{seconds / 60:.0f} min"
+  if seconds is None:
+    return "–"
+  return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
 
 
 def table1(metrics: dict, fractions, kind: str) -> list[str]:

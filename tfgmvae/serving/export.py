@@ -222,7 +222,8 @@ def _other_run(run_dir: str, checkpoint: str) -> str | None:
   differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
   if not differ:
     return None
-  return (f"belongs to the run {owner}, whose {', '.join(differ)} differ from "
+  return (f"belongs to the run {owner}, whose {', '.join(differ)} "
+          f"{'differs' if len(differ) == 1 else 'differ'} from "
           f"{run_dir}'s; use --run_dir={owner} for it.")
 
 
