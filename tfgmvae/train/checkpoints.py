@@ -97,8 +97,9 @@ class CheckpointCallback(keras.callbacks.Callback):
       if self.patience and waited >= self.patience:
         self.state.stopped.assign(True)
         self.model.stop_training = True
+        best = float(self.state.best_elbo.numpy())
         self.log(f"Early stop after epoch {done}: the validation ELBO has not improved for "
-                 f"{waited} epoch{'s' * (waited != 1)} (best {float(self.state.best_elbo.numpy()):.2f} at "
+                 f"{waited} epoch{'s' * (waited != 1)} (best {best:.2f} at "
                  f"epoch {int(self.state.best_epoch.numpy())}).")
     if done % self.every == 0 or self.saved == 0:
       self._save()
