@@ -306,12 +306,12 @@ class Grid:
           + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
 
   def train(self, model: str, fraction: float, prepared_dir: str) -> str:
-    """Trains (or continues) one cell; returns its run directory."""
+    """Trains (or continues) one cell, whose placed run `run()` has checked; returns its
+    run directory."""
     name = cell_name(model, fraction)
     run = os.path.join(self.out, "runs", name)
     epochs = [f"--epochs={self.config.epochs}"] if self.config.epochs else []
-    if os.path.isfile(os.path.join(run, "flags.txt")):
-      check_run(run, model, fraction, prepared_dir)
+    if os.path.isfile(os.path.join(run, "flags.txt")):   # (checked by run() first)
       args = ["train", f"--flagfile={os.path.join(run, 'flags.txt')}",
               f"--run_dir={run}"] + epochs   # (a run placed here goes on here)
     else:

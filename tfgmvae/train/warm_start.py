@@ -29,8 +29,9 @@ def check_request(config: TrainConfig) -> None:
 
   Raises:
     RunStateError: the run already has checkpoints and started from another source
-      (or none); no checkpoint is at the path; its run is another model kind or has
-      other network sizes (as its model.json records them).
+      (or none); the source's run is another model kind or has other network sizes (as
+      its model.json records them). (A path without a checkpoint is TrainConfig.validate's
+      to refuse.)
   """
   if not config.warm_start:
     return
@@ -46,10 +47,8 @@ def check_request(config: TrainConfig) -> None:
         + (started if started else "its own initial weights")
         + ". Leave --warm_start out to go on with this run, or give a new --run_dir to "
         "start a new run from those weights.")
-  source = warm_start_checkpoint(config.warm_start)
-  if source is None:
-    raise RunStateError(f"--warm_start={config.warm_start}: no checkpoint there.")
-  model = _recorded(source).get("model")
+  source = warm_start_checkpoint(config.warm_start)   # (None: refused by validate)
+  model = _recorded(source).get("model") if source else None
   model = model if isinstance(model, dict) else {}
   kind = model.get("kind")
   if kind and kind != config.model:
